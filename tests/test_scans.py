@@ -1,0 +1,379 @@
+"""Scan kernels against independent truth: brute-force enumeration over all K^T paths and the
+dense joint Gaussian of a linear-Gaussian state-space model."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from zoo import scans
+
+jax.config.update("jax_enable_x64", True)
+
+
+# ------------------------------------------------------------------ HMM brute force
+
+
+def random_hmm(rng, T, K, tv, batch=()):
+    log_init = np.log(rng.dirichlet(np.ones(K), size=batch))
+    shape = batch + ((T - 1,) if tv else ()) + (K,)
+    log_trans = np.log(rng.dirichlet(np.ones(K), size=shape))
+    log_lik = rng.normal(size=batch + (T, K)) * 2.0
+    return log_init, log_trans, log_lik
+
+
+def brute_force(log_init, log_trans, log_lik):
+    """Joint log p(z, y) of every path; returns paths (K^T, T) and log weights (K^T,)."""
+    T, K = log_lik.shape
+    paths = np.array(list(itertools.product(range(K), repeat=T)))
+    lw = np.empty(len(paths))
+    for n, z in enumerate(paths):
+        s = log_init[z[0]] + log_lik[0, z[0]]
+        for t in range(1, T):
+            lt = log_trans if log_trans.ndim == 2 else log_trans[t - 1]
+            s += lt[z[t - 1], z[t]] + log_lik[t, z[t]]
+        lw[n] = s
+    return paths, lw
+
+
+CASES = [(1, 3, False), (5, 2, False), (6, 3, True), (7, 3, False), (7, 2, True)]
+
+
+@pytest.mark.parametrize("T,K,tv", CASES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_hmm_against_enumeration(T, K, tv, parallel):
+    rng = np.random.default_rng(T * 10 + K + tv)
+    li, lt, ll = random_hmm(rng, T, K, tv)
+    paths, lw = brute_force(li, lt, ll)
+    logZ = np.logaddexp.reduce(lw)
+    post = np.exp(lw - logZ)
+    np.testing.assert_allclose(scans.hmm_log_normalizer(li, lt, ll, parallel), logZ, rtol=0, atol=1e-10)
+    res = scans.hmm_smoother(li, lt, ll, parallel, pairwise=True)
+    marg = np.array([[post[paths[:, t] == k].sum() for k in range(K)] for t in range(T)])
+    np.testing.assert_allclose(res.smoothed_probs, marg, atol=1e-10)
+    if T > 1:
+        pair = np.array(
+            [
+                [[post[(paths[:, t] == i) & (paths[:, t + 1] == j)].sum() for j in range(K)] for i in range(K)]
+                for t in range(T - 1)
+            ]
+        )
+        np.testing.assert_allclose(res.pairwise_probs, pair, atol=1e-10)
+    np.testing.assert_array_equal(scans.hmm_viterbi(li, lt, ll, parallel), paths[np.argmax(lw)])
+    filt = scans.hmm_filter(li, lt, ll, parallel)
+    np.testing.assert_allclose(filt.log_normalizer, logZ, atol=1e-10)
+    np.testing.assert_allclose(jnp.sum(filt.pointwise), logZ, atol=1e-10)
+    # filtered marginal at the last step equals the smoothed one
+    np.testing.assert_allclose(filt.filtered_probs[-1], marg[-1], atol=1e-10)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_ffbs_frequencies_match_exact_posterior(parallel):
+    rng = np.random.default_rng(3)
+    T, K = 4, 2
+    li, lt, ll = random_hmm(rng, T, K, tv=True)
+    ll = ll * 0.5
+    paths, lw = brute_force(li, lt, ll)
+    post = np.exp(lw - np.logaddexp.reduce(lw))
+    n = 20000
+    keys = jax.random.split(jax.random.key(0), n)
+    draws = jax.jit(jax.vmap(lambda k: scans.hmm_sample(k, li, lt, ll, parallel)))(keys)
+    codes = np.asarray(draws) @ (K ** np.arange(T)[::-1])
+    counts = np.bincount(codes, minlength=K**T)
+    order = paths @ (K ** np.arange(T)[::-1])
+    expected = n * post[np.argsort(order)]
+    chi2 = stats.chisquare(counts, expected)
+    assert chi2.pvalue > 0.001, chi2
+
+
+def test_hmm_batch_broadcast():
+    rng = np.random.default_rng(1)
+    li, lt, ll = random_hmm(rng, 6, 3, tv=True, batch=(2,))
+    out = scans.hmm_log_normalizer(li, lt, ll)
+    assert out.shape == (2,)
+    for b in range(2):
+        np.testing.assert_allclose(out[b], scans.hmm_log_normalizer(li[b], lt[b], ll[b]), atol=1e-12)
+    # fixed transitions shared by a batch of log-likelihoods
+    lt_fixed = np.log(rng.dirichlet(np.ones(3), size=3))
+    out = scans.hmm_smoother(li, lt_fixed, ll).smoothed_probs
+    assert out.shape == (2, 6, 3)
+    z = scans.hmm_sample(jax.random.key(1), li, lt_fixed, ll)
+    assert z.shape == (2, 6)
+
+
+@pytest.mark.parametrize("tv", [False, True])
+def test_gradients_match_finite_differences(tv):
+    rng = np.random.default_rng(7)
+    li, lt, ll = random_hmm(rng, 6, 3, tv)
+    for parallel in (False, True):
+        f = lambda a, b, c: scans.hmm_log_normalizer(a, b, c, parallel)  # noqa: E731
+        g = jax.grad(f, argnums=(0, 1, 2))(li, lt, ll)
+        for arg, grad in zip(range(3), g, strict=True):
+            x = [li, lt, ll][arg]
+            direction = rng.normal(size=x.shape)
+            eps = 1e-6
+            args_p = [li, lt, ll]
+            args_m = [li, lt, ll]
+            args_p[arg] = x + eps * direction
+            args_m[arg] = x - eps * direction
+            fd = (f(*args_p) - f(*args_m)) / (2 * eps)
+            np.testing.assert_allclose(np.sum(grad * direction), fd, rtol=1e-6, atol=1e-8)
+    # the gradient with respect to log_lik is the smoothed marginal
+    np.testing.assert_allclose(
+        jax.grad(scans.hmm_log_normalizer, argnums=2)(li, lt, ll),
+        scans.hmm_smoother(li, lt, ll).smoothed_probs,
+        atol=1e-10,
+    )
+
+
+def test_float32_long_sequence_no_nan():
+    jax.config.update("jax_enable_x64", False)
+    try:
+        T, K = 100_000, 10
+        key = jax.random.key(0)
+        k1, k2, k3 = jax.random.split(key, 3)
+        li = jax.nn.log_softmax(jax.random.normal(k1, (K,)))
+        lt = jax.nn.log_softmax(3 * jax.random.normal(k2, (K, K)), axis=-1)
+        ll = 20 * jax.random.normal(k3, (T, K))
+        for parallel in (False, True):
+            val, grads = jax.jit(
+                jax.value_and_grad(lambda a, b, c: scans.hmm_log_normalizer(a, b, c, parallel), argnums=(0, 1, 2))
+            )(li, lt, ll)
+            assert val.dtype == jnp.float32
+            assert np.isfinite(val)
+            assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+            # the two agree to float32 relative precision
+            if parallel:
+                np.testing.assert_allclose(val, seq_val, rtol=1e-4)
+            else:
+                seq_val = val
+        probs = scans.hmm_smoother(li, lt, ll).smoothed_probs
+        assert bool(jnp.all(jnp.isfinite(probs)))
+        np.testing.assert_allclose(jnp.sum(probs, -1), 1.0, atol=1e-4)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def test_float32_matches_float64():
+    rng = np.random.default_rng(11)
+    li, lt, ll = random_hmm(rng, 50, 4, tv=True)
+    ref = scans.hmm_log_normalizer(li, lt, ll)
+    for parallel in (False, True):
+        v32 = scans.hmm_log_normalizer(*(x.astype(np.float32) for x in (li, lt, ll)), parallel=parallel)
+        assert v32.dtype == jnp.float32
+        np.testing.assert_allclose(v32, ref, rtol=1e-5)
+
+
+def test_hmm_bad_input():
+    rng = np.random.default_rng(0)
+    li, lt, ll = random_hmm(rng, 5, 3, tv=False)
+    with pytest.raises(ValueError, match="log_trans"):
+        scans.hmm_log_normalizer(li, lt[:2, :2], ll)
+    with pytest.raises(ValueError, match="log_trans"):
+        scans.hmm_log_normalizer(li, np.zeros((3, 3, 3)), ll)  # wrong T-1
+    with pytest.raises(ValueError, match="log_init"):
+        scans.hmm_log_normalizer(li[:2], lt, ll)
+    with pytest.raises(ValueError, match="log_init"):
+        scans.hmm_log_normalizer(np.array([np.nan, 0.0, 0.0]), lt, ll)
+    with pytest.raises(ValueError, match="log_lik"):
+        scans.hmm_log_normalizer(li, lt, ll[0])
+
+
+# ------------------------------------------------------------------ linear recurrence
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_recurrence_matches_loop(dense, reverse):
+    rng = np.random.default_rng(2)
+    T, D = 37, 3
+    A = rng.normal(size=(T, D, D)) * 0.5 if dense else rng.normal(size=(T, D)) + 1j * rng.normal(size=(T, D))
+    b = rng.normal(size=(T, D))
+    x0 = rng.normal(size=D)
+    x = x0.astype(A.dtype)
+    ref = np.zeros((T, D), A.dtype)
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    for t in order:
+        x = (A[t] @ x if dense else A[t] * x) + b[t]
+        ref[t] = x
+    for parallel in (False, True):
+        out = scans.linear_recurrence(A, b, x0, parallel=parallel, reverse=reverse)
+        np.testing.assert_allclose(out, ref, atol=1e-10)
+
+
+# ------------------------------------------------------------------ Kalman against dense Gaussians
+
+
+def random_lgssm(rng, T, D, N, tv):
+    def rot(n):
+        q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+        return q
+
+    def spd(n, scale):
+        a = rng.normal(size=(n, n))
+        return scale * (a @ a.T / n + 0.5 * np.eye(n))
+
+    m0 = rng.normal(size=D)
+    P0 = spd(D, 1.0)
+    if tv:
+        F = np.stack([0.9 * rot(D) for _ in range(T - 1)])
+        b = rng.normal(size=(T - 1, D)) * 0.3
+        Q = np.stack([spd(D, 0.2) for _ in range(T - 1)])
+        H = rng.normal(size=(T, N, D))
+        d = rng.normal(size=(T, N))
+        R = np.stack([spd(N, 0.3) for _ in range(T)])
+    else:
+        F, b, Q = 0.9 * rot(D), rng.normal(size=D) * 0.3, spd(D, 0.2)
+        H, d, R = rng.normal(size=(N, D)), rng.normal(size=N), spd(N, 0.3)
+    return m0, P0, F, b, Q, H, d, R
+
+
+def dense_joint(T, m0, P0, F, b, Q, H, d, R):
+    """Mean and covariance of (x_1..x_T, y_1..y_T) built by propagating x_t = G_t w + c_t."""
+    D, N = m0.shape[0], (H.shape[-2])
+    get = lambda M, t, fixed_nd: M if M.ndim == fixed_nd else M[t]  # noqa: E731
+    nw = T * D
+    G = np.zeros((T, D, nw))
+    c = np.zeros((T, D))
+    L0 = np.linalg.cholesky(P0)
+    G[0][:, :D] = L0
+    c[0] = m0
+    for t in range(1, T):
+        Ft, bt, Qt = get(F, t - 1, 2), get(b, t - 1, 1), get(Q, t - 1, 2)
+        G[t] = Ft @ G[t - 1]
+        G[t][:, t * D : (t + 1) * D] += np.linalg.cholesky(Qt)
+        c[t] = Ft @ c[t - 1] + bt
+    Gx = G.reshape(T * D, nw)
+    cov_x = Gx @ Gx.T
+    mean_x = c.reshape(-1)
+    Hb = np.zeros((T * N, T * D))
+    Rb = np.zeros((T * N, T * N))
+    db = np.zeros(T * N)
+    for t in range(T):
+        Hb[t * N : (t + 1) * N, t * D : (t + 1) * D] = get(H, t, 2)
+        Rb[t * N : (t + 1) * N, t * N : (t + 1) * N] = get(R, t, 2)
+        db[t * N : (t + 1) * N] = get(d, t, 1)
+    mean_y = Hb @ mean_x + db
+    cov_y = Hb @ cov_x @ Hb.T + Rb
+    cov_xy = cov_x @ Hb.T
+    return mean_x, cov_x, mean_y, cov_y, cov_xy
+
+
+@pytest.mark.parametrize("tv", [False, True])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_kalman_against_dense_gaussian(tv, parallel):
+    rng = np.random.default_rng(5 + tv)
+    T, D, N = 7, 2, 3
+    params = random_lgssm(rng, T, D, N, tv)
+    mx, Cx, my, Cy, Cxy = dense_joint(T, *params)
+    y = rng.multivariate_normal(my, Cy).reshape(T, N)
+    y[2, :] = np.nan  # a missing row
+    y[4, 1] = np.nan  # a missing entry
+    obs = ~np.isnan(y.reshape(-1))
+    yo = y.reshape(-1)[obs]
+    ll = stats.multivariate_normal(my[obs], Cy[np.ix_(obs, obs)]).logpdf(yo)
+    gain = np.linalg.solve(Cy[np.ix_(obs, obs)], Cxy[:, obs].T).T
+    post_mean = mx + gain @ (yo - my[obs])
+    post_cov = Cx - gain @ Cxy[:, obs].T
+
+    res = scans.kalman_smoother(y, *params, parallel=parallel)
+    np.testing.assert_allclose(res.log_likelihood, ll, atol=1e-8)
+    np.testing.assert_allclose(res.smoothed_means, post_mean.reshape(T, D), atol=1e-8)
+    blocks = np.stack([post_cov[t * D : (t + 1) * D, t * D : (t + 1) * D] for t in range(T)])
+    np.testing.assert_allclose(res.smoothed_covariances, blocks, atol=1e-8)
+    cross = np.stack([post_cov[(t + 1) * D : (t + 2) * D, t * D : (t + 1) * D] for t in range(T - 1)])
+    np.testing.assert_allclose(res.smoothed_cross_covariances, cross, atol=1e-8)
+    filt = scans.kalman_filter(y, *params, parallel=parallel)
+    np.testing.assert_allclose(filt.log_likelihood, ll, atol=1e-8)
+    np.testing.assert_allclose(jnp.sum(filt.pointwise), ll, atol=1e-8)
+    # the filtered moment at the last step is the smoothed one
+    np.testing.assert_allclose(filt.filtered_means[-1], post_mean.reshape(T, D)[-1], atol=1e-8)
+    # the filter's first steps equal the dense posterior given only y_1..y_t
+    t = 3
+    o = obs.copy()
+    o[(t + 1) * N :] = False
+    g = np.linalg.solve(Cy[np.ix_(o, o)], Cxy[:, o].T).T
+    fm = mx + g @ (y.reshape(-1)[o] - my[o])
+    np.testing.assert_allclose(filt.filtered_means[t], fm.reshape(T, D)[t], atol=1e-8)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_kalman_sample_moments(parallel):
+    rng = np.random.default_rng(9)
+    T, D, N = 5, 2, 2
+    params = random_lgssm(rng, T, D, N, tv=False)
+    y = rng.normal(size=(T, N))
+    y[1, 0] = np.nan
+    sm = scans.kalman_smoother(y, *params)
+    n = 20000
+    keys = jax.random.split(jax.random.key(4), n)
+    xs = jax.jit(jax.vmap(lambda k: scans.kalman_sample(k, y, *params, parallel=parallel)))(keys)
+    xs = np.asarray(xs)
+    se = np.sqrt(np.diagonal(sm.smoothed_covariances, axis1=-1, axis2=-2) / n)
+    assert np.all(np.abs(xs.mean(0) - sm.smoothed_means) < 5 * se)
+    flat = xs.reshape(n, -1)
+    emp_cov = np.cov(flat.T)
+    for t in range(T):
+        np.testing.assert_allclose(
+            emp_cov[t * D : (t + 1) * D, t * D : (t + 1) * D], sm.smoothed_covariances[t], atol=0.05
+        )
+    # the lag-one cross covariance too (the sampler must get the joint right, not only marginals)
+    np.testing.assert_allclose(emp_cov[D : 2 * D, 0:D], sm.smoothed_cross_covariances[0], atol=0.05)
+
+
+def test_kalman_batch_and_gradients():
+    rng = np.random.default_rng(12)
+    T, D, N = 6, 2, 2
+    m0, P0, F, b, Q, H, d, R = random_lgssm(rng, T, D, N, tv=False)
+    y = rng.normal(size=(3, T, N))
+    out = scans.kalman_filter(y, m0, P0, F, b, Q, H, d, R)
+    assert out.log_likelihood.shape == (3,)
+    np.testing.assert_allclose(out.log_likelihood[1], scans.kalman_filter(y[1], m0, P0, F, b, Q, H, d, R).log_likelihood)
+    for parallel in (False, True):
+        f = lambda F_: scans.kalman_filter(y[0], m0, P0, F_, b, Q, H, d, R, parallel=parallel).log_likelihood  # noqa: E731
+        g = jax.grad(f)(F)
+        direction = rng.normal(size=F.shape)
+        eps = 1e-6
+        fd = (f(F + eps * direction) - f(F - eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(np.sum(g * direction), fd, rtol=1e-6)
+
+
+def test_kalman_long_float32():
+    jax.config.update("jax_enable_x64", False)
+    try:
+        rng = np.random.default_rng(0)
+        T, D, N = 100_000, 2, 3
+        th = 0.05
+        F = 0.999 * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]], np.float32)
+        params = (np.zeros(D, np.float32), np.eye(D, dtype=np.float32), F, np.zeros(D, np.float32),
+                  0.01 * np.eye(D, dtype=np.float32), rng.normal(size=(N, D)).astype(np.float32),
+                  np.zeros(N, np.float32), 0.1 * np.eye(N, dtype=np.float32))
+        y = rng.normal(size=(T, N)).astype(np.float32)
+        y[::7] = np.nan
+        for parallel in (False, True):
+            res = jax.jit(lambda yy: scans.kalman_smoother(yy, *params, parallel=parallel))(y)  # noqa: B023
+            assert res.log_likelihood.dtype == jnp.float32
+            assert np.isfinite(res.log_likelihood)
+            assert bool(jnp.all(jnp.isfinite(res.smoothed_means)))
+            assert bool(jnp.all(jnp.isfinite(res.smoothed_covariances)))
+            if parallel:
+                np.testing.assert_allclose(res.log_likelihood, seq_ll, rtol=1e-4)
+            else:
+                seq_ll = res.log_likelihood
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def test_kalman_bad_input():
+    rng = np.random.default_rng(0)
+    m0, P0, F, b, Q, H, d, R = random_lgssm(rng, 4, 2, 3, tv=False)
+    y = rng.normal(size=(4, 3))
+    with pytest.raises(ValueError, match="F"):
+        scans.kalman_filter(y, m0, P0, F[:1], b, Q, H, d, R)
+    with pytest.raises(ValueError, match="H"):
+        scans.kalman_filter(y[:, :2], m0, P0, F, b, Q, H, d, R)
+    with pytest.raises(ValueError, match="P0"):
+        scans.kalman_filter(y, m0, P0[:1], F, b, Q, H, d, R)

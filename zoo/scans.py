@@ -1,0 +1,927 @@
+"""Scan kernels: hidden Markov models, Kalman filtering and smoothing, linear recurrences.
+
+Every kernel is a pure, jit-able and differentiable function with a ``parallel`` switch:
+``parallel=False`` runs a sequential :func:`jax.lax.scan` (the fastest choice on a CPU),
+``parallel=True`` runs :func:`jax.lax.associative_scan` (O(log T) depth, for accelerators).
+Both give the same result up to rounding.
+
+Conventions
+-----------
+HMM: ``log_init`` (K,), ``log_trans`` (K, K) fixed or (T-1, K, K) time-varying with
+``log_trans[t, i, j] = log p(z_{t+1} = j | z_t = i)`` (0-based: the transition into step t+1),
+``log_lik`` (T, K) with ``log_lik[t, k] = log p(y_t | z_t = k)``. Leading batch dimensions
+(trials) broadcast: ``log_lik`` (..., T, K), ``log_init`` (..., K), time-varying ``log_trans``
+(..., T-1, K, K). A 2-D ``log_trans`` is always read as fixed.
+
+Kalman: x_1 ~ N(m0, P0), x_t = F_t x_{t-1} + b_t + N(0, Q_t), y_t = H_t x_t + d_t + N(0, R_t).
+Dynamics parameters are fixed, (D, D) / (D,), or time-varying with a leading T-1 axis (the
+transition into step t+1 is index t); emission parameters are fixed or have a leading T axis.
+Missing observations are NaN entries of ``y`` (any subset of a row). ``y`` may carry leading
+batch dimensions (trials sharing the parameters).
+
+All message passing is in log space (HMM) or in square-root friendly form with Cholesky
+factors and triangular solves (Kalman); no matrix is ever inverted explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.special import logsumexp
+
+__all__ = [
+    "HMMFiltered",
+    "HMMPosterior",
+    "KalmanFiltered",
+    "KalmanSmoothed",
+    "hmm_filter",
+    "hmm_log_normalizer",
+    "hmm_pointwise_log_normalizer",
+    "hmm_smoother",
+    "hmm_sample",
+    "hmm_viterbi",
+    "kalman_filter",
+    "kalman_smoother",
+    "kalman_sample",
+    "linear_recurrence",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checking (only on concrete arrays: inside jit the shapes are still checked)
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_hmm(log_init, log_trans, log_lik):
+    log_init, log_trans, log_lik = map(jnp.asarray, (log_init, log_trans, log_lik))
+    if log_lik.ndim < 2:
+        raise ValueError(f"log_lik must have shape (..., T, K); got shape {log_lik.shape}")
+    T, K = log_lik.shape[-2:]
+    if log_init.ndim < 1 or log_init.shape[-1] != K:
+        raise ValueError(
+            f"log_init must have shape (..., K) with K={K} (from log_lik); got {log_init.shape}"
+        )
+    if log_trans.ndim < 2 or log_trans.shape[-2:] != (K, K):
+        raise ValueError(
+            f"log_trans must have shape (K, K) or (..., T-1, K, K) with K={K}; "
+            f"got {log_trans.shape}"
+        )
+    if log_trans.ndim >= 3 and log_trans.shape[-3] != T - 1:
+        raise ValueError(
+            f"time-varying log_trans must have shape (..., T-1, K, K) = (..., {T - 1}, {K}, {K}); "
+            f"got {log_trans.shape}"
+        )
+    if _is_concrete(log_init) and not bool(jnp.all(jnp.isfinite(log_init) | (log_init == -jnp.inf))):
+        raise ValueError("log_init must be finite or -inf (log of probabilities); got NaN or +inf")
+    if _is_concrete(log_init) and bool(jnp.all(log_init == -jnp.inf)):
+        raise ValueError("log_init gives probability zero to every state")
+    dtype = jnp.result_type(log_init, log_trans, log_lik, jnp.float32)
+    return log_init.astype(dtype), log_trans.astype(dtype), log_lik.astype(dtype)
+
+
+def _batch_shape_hmm(log_init, log_trans, log_lik):
+    tv = log_trans.ndim >= 3
+    shapes = [log_lik.shape[:-2], log_init.shape[:-1]]
+    if tv:
+        shapes.append(log_trans.shape[:-3])
+    return jnp.broadcast_shapes(*shapes), tv
+
+
+def _vmap_hmm(fn: Callable, log_init, log_trans, log_lik, *extra):
+    """Apply a single-sequence HMM kernel over broadcast leading batch dimensions."""
+    batch, tv = _batch_shape_hmm(log_init, log_trans, log_lik)
+    K = log_lik.shape[-1]
+    T = log_lik.shape[-2]
+    if not batch:
+        return fn(log_init, log_trans, log_lik, *extra)
+    log_init = jnp.broadcast_to(log_init, batch + (K,))
+    log_lik = jnp.broadcast_to(log_lik, batch + (T, K))
+    if tv:
+        log_trans = jnp.broadcast_to(log_trans, batch + (T - 1, K, K))
+    f = fn
+    for _ in batch:
+        in_axes = (0, 0 if tv else None, 0) + tuple(0 for _ in extra)
+        f = jax.vmap(f, in_axes=in_axes)
+    extra = tuple(jnp.broadcast_to(e, batch + e.shape[len(batch):]) for e in extra)
+    return f(log_init, log_trans, log_lik, *extra)
+
+
+def _trans_at(log_trans, t):
+    """Transition matrix into step t+1 (fixed or time-varying), for use inside scans."""
+    return log_trans if log_trans.ndim == 2 else log_trans[t]
+
+
+def _lse_matvec(log_alpha, log_A):
+    """log sum_i exp(log_alpha[i] + log_A[i, j]) for every j, stable for -inf entries."""
+    return logsumexp(log_alpha[:, None] + log_A, axis=0)
+
+
+def _lse_matmul(log_A, log_B):
+    """Log-semiring matrix product: C[..., i, j] = logsumexp_k A[..., i, k] + B[..., k, j]."""
+    return logsumexp(log_A[..., :, :, None] + log_B[..., None, :, :], axis=-2)
+
+
+def _max_matmul(log_A, log_B):
+    """Max-plus (tropical) matrix product, for Viterbi."""
+    return jnp.max(log_A[..., :, :, None] + log_B[..., None, :, :], axis=-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# HMM: forward filtering
+# ----------------------------------------------------------------------------------------------
+
+
+class HMMFiltered(NamedTuple):
+    """Result of :func:`hmm_filter`.
+
+    Attributes
+    ----------
+    log_normalizer : (...,) log p(y_{1:T}).
+    filtered_probs : (..., T, K) p(z_t | y_{1:t}).
+    pointwise : (..., T) log p(y_t | y_{1:t-1}); sums to ``log_normalizer``.
+    """
+
+    log_normalizer: jax.Array
+    filtered_probs: jax.Array
+    pointwise: jax.Array
+
+
+def _forward_seq(log_init, log_trans, log_lik, keep: bool):
+    """Sequential forward algorithm on one sequence, normalised messages in log space."""
+    a0 = log_init + log_lik[0]
+    c0 = logsumexp(a0)
+
+    def step(carry, inp):
+        log_alpha, = carry
+        t, ll = inp
+        pred = _lse_matvec(log_alpha, _trans_at(log_trans, t))
+        a = pred + ll
+        c = logsumexp(a)
+        new = a - c
+        return (new,), ((new, c) if keep else c)
+
+    T = log_lik.shape[0]
+    (last,), out = lax.scan(step, (a0 - c0,), (jnp.arange(T - 1), log_lik[1:]))
+    if keep:
+        alphas, cs = out
+        alphas = jnp.concatenate([(a0 - c0)[None], alphas])
+    else:
+        cs, alphas = out, None
+    cs = jnp.concatenate([c0[None], cs])
+    return cs, alphas
+
+
+def _forward_elements(log_init, log_trans, log_lik):
+    """Log-semiring elements whose prefix products are unnormalised forward messages.
+
+    Element t (t >= 1) is M_t[i, j] = log_trans[t-1, i, j] + log_lik[t, j]; element 0 has every
+    row equal to log_init + log_lik[0]. Row i of the prefix product 0..t then holds
+    log p(y_{1:t}, z_t = j) for any i.
+    """
+    T, K = log_lik.shape
+    first = jnp.broadcast_to(log_init + log_lik[0], (K, K))[None]
+    if log_trans.ndim == 2:
+        rest = log_trans[None] + log_lik[1:, None, :]
+    else:
+        rest = log_trans + log_lik[1:, None, :]
+    return jnp.concatenate([first, rest], axis=0)
+
+
+def _forward_par(log_init, log_trans, log_lik):
+    elems = _forward_elements(log_init, log_trans, log_lik)
+    prefix = lax.associative_scan(_lse_matmul, elems)
+    joint = prefix[:, 0, :]  # (T, K): log p(y_{1:t}, z_t)
+    log_py = logsumexp(joint, axis=-1)  # log p(y_{1:t})
+    cs = jnp.concatenate([log_py[:1], jnp.diff(log_py)])
+    return cs, joint - log_py[:, None]
+
+
+def _hmm_filter_single(log_init, log_trans, log_lik, parallel):
+    if parallel:
+        cs, alphas = _forward_par(log_init, log_trans, log_lik)
+    else:
+        cs, alphas = _forward_seq(log_init, log_trans, log_lik, keep=True)
+    return HMMFiltered(jnp.sum(cs), jnp.exp(alphas), cs)
+
+
+def hmm_filter(log_init, log_trans, log_lik, parallel: bool = False) -> HMMFiltered:
+    """Forward filtering of a hidden Markov model.
+
+    Parameters
+    ----------
+    log_init : array (..., K)
+        Log initial state probabilities.
+    log_trans : array (K, K) or (..., T-1, K, K)
+        Log transition probabilities, ``log_trans[t, i, j] = log p(z_{t+1}=j | z_t=i)``.
+    log_lik : array (..., T, K)
+        Log emission likelihoods ``log p(y_t | z_t = k)``.
+    parallel : bool
+        Use ``lax.associative_scan`` instead of ``lax.scan``.
+
+    Returns
+    -------
+    HMMFiltered
+        ``log_normalizer`` (...,), ``filtered_probs`` (..., T, K), ``pointwise`` (..., T).
+    """
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    return _vmap_hmm(
+        lambda a, b, c: _hmm_filter_single(a, b, c, parallel), log_init, log_trans, log_lik
+    )
+
+
+def hmm_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False) -> jax.Array:
+    """Log marginal likelihood log sum_z p(z_1) prod_t p(z_t | z_{t-1}) prod_t p(y_t | z_t).
+
+    Parameters
+    ----------
+    log_init : array (..., K)
+    log_trans : array (K, K) or (..., T-1, K, K)
+    log_lik : array (..., T, K)
+    parallel : bool
+        Sequential ``lax.scan`` (False) or log-semiring ``lax.associative_scan`` (True).
+
+    Returns
+    -------
+    array (...,)
+        The log normalizer per sequence.
+    """
+    return jnp.sum(hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel), axis=-1)
+
+
+def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False):
+    """Per-step terms log p(y_t | y_{1:t-1}), shape (..., T); they sum to the log normalizer.
+
+    These are the pointwise log-likelihoods used for LOO-style model comparison of sequences.
+    Arguments as in :func:`hmm_log_normalizer`.
+    """
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+
+    def single(a, b, c):
+        if parallel:
+            return _forward_par(a, b, c)[0]
+        return _forward_seq(a, b, c, keep=False)[0]
+
+    return _vmap_hmm(single, log_init, log_trans, log_lik)
+
+
+# ----------------------------------------------------------------------------------------------
+# HMM: smoothing, sampling, Viterbi
+# ----------------------------------------------------------------------------------------------
+
+
+class HMMPosterior(NamedTuple):
+    """Result of :func:`hmm_smoother`.
+
+    Attributes
+    ----------
+    log_normalizer : (...,) log p(y_{1:T}).
+    smoothed_probs : (..., T, K) p(z_t | y_{1:T}).
+    pairwise_probs : (..., T-1, K, K) p(z_t = i, z_{t+1} = j | y_{1:T}), or None.
+    """
+
+    log_normalizer: jax.Array
+    smoothed_probs: jax.Array
+    pairwise_probs: jax.Array | None
+
+
+def _backward_seq(log_trans, log_lik):
+    """Normalised log backward messages log beta_t (up to a per-step constant), (T, K)."""
+    T, K = log_lik.shape
+
+    def step(log_beta, t):
+        b = logsumexp(_trans_at(log_trans, t) + (log_lik[t + 1] + log_beta)[None, :], axis=1)
+        b = b - logsumexp(b)
+        return b, b
+
+    _, betas = lax.scan(step, jnp.zeros(K, log_lik.dtype), jnp.arange(T - 1), reverse=True)
+    return jnp.concatenate([betas, jnp.zeros((1, K), log_lik.dtype)])
+
+
+def _backward_par(log_trans, log_lik):
+    T, K = log_lik.shape
+    if log_trans.ndim == 2:
+        elems = log_trans[None] + log_lik[1:, None, :]
+    else:
+        elems = log_trans + log_lik[1:, None, :]
+    # suffix products S_t = N_t N_{t+1} ... N_{T-2}; beta_t(i) = logsumexp_j S_t[i, j]
+    # with reverse=True, associative_scan calls fn(later, earlier)
+    suffix = lax.associative_scan(lambda a, b: _lse_matmul(b, a), elems, reverse=True)
+    betas = logsumexp(suffix, axis=-1)
+    betas = betas - logsumexp(betas, axis=-1, keepdims=True)
+    return jnp.concatenate([betas, jnp.zeros((1, K), log_lik.dtype)])
+
+
+def _hmm_smoother_single(log_init, log_trans, log_lik, parallel, pairwise):
+    if parallel:
+        cs, alphas = _forward_par(log_init, log_trans, log_lik)
+        betas = _backward_par(log_trans, log_lik)
+    else:
+        cs, alphas = _forward_seq(log_init, log_trans, log_lik, keep=True)
+        betas = _backward_seq(log_trans, log_lik)
+    g = alphas + betas
+    probs = jnp.exp(g - logsumexp(g, axis=-1, keepdims=True))
+    pair = None
+    if pairwise:
+        lt = log_trans if log_trans.ndim == 3 else log_trans[None]
+        x = alphas[:-1, :, None] + lt + (log_lik[1:] + betas[1:])[:, None, :]
+        x = x - logsumexp(x, axis=(-2, -1), keepdims=True)
+        pair = jnp.exp(x)
+    return HMMPosterior(jnp.sum(cs), probs, pair)
+
+
+def hmm_smoother(
+    log_init, log_trans, log_lik, parallel: bool = False, pairwise: bool = False
+) -> HMMPosterior:
+    """Forward-backward smoothing: posterior marginals of the discrete states.
+
+    Parameters
+    ----------
+    log_init : array (..., K)
+    log_trans : array (K, K) or (..., T-1, K, K)
+    log_lik : array (..., T, K)
+    parallel : bool
+        Sequential scans (False) or associative scans (True).
+    pairwise : bool
+        Also return the two-slice marginals (..., T-1, K, K).
+
+    Returns
+    -------
+    HMMPosterior
+        ``log_normalizer`` (...,), ``smoothed_probs`` (..., T, K), ``pairwise_probs``.
+    """
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    return _vmap_hmm(
+        lambda a, b, c: _hmm_smoother_single(a, b, c, parallel, pairwise),
+        log_init,
+        log_trans,
+        log_lik,
+    )
+
+
+def _backward_kernels(alphas, log_trans):
+    """Log p(z_t = i | z_{t+1} = j, y_{1:t}) as (T-1, j, i) arrays (rows sum to one in i)."""
+    lt = log_trans if log_trans.ndim == 3 else log_trans[None]
+    x = alphas[:-1, :, None] + lt  # (T-1, i, j)
+    x = jnp.swapaxes(x, -1, -2)
+    return x - logsumexp(x, axis=-1, keepdims=True)
+
+
+def _hmm_sample_single(log_init, log_trans, log_lik, key, parallel):
+    T, K = log_lik.shape
+    if parallel:
+        _, alphas = _forward_par(log_init, log_trans, log_lik)
+    else:
+        _, alphas = _forward_seq(log_init, log_trans, log_lik, keep=True)
+    kern = _backward_kernels(alphas, log_trans)  # (T-1, K_next, K)
+    k_last, k_rest = jax.random.split(key)
+    z_last = jax.random.categorical(k_last, alphas[-1])
+    if not parallel:
+
+        def step(z_next, inp):
+            k, lk = inp
+            z = jax.random.categorical(k, lk[z_next])
+            return z, z
+
+        keys = jax.random.split(k_rest, T - 1)
+        _, zs = lax.scan(step, z_last, (keys, kern), reverse=True)
+        return jnp.concatenate([zs, z_last[None]])
+    # Parallel FFBS: draw, for every t and every value j of z_{t+1}, a value of z_t. The draws
+    # are maps {0..K-1} -> {0..K-1}; z_t is the composition of the maps after t applied to z_T,
+    # and composition is associative.
+    g = jax.random.gumbel(k_rest, kern.shape, kern.dtype)
+    maps = jnp.argmax(kern + g, axis=-1)  # (T-1, K): maps[t][j] = z_t given z_{t+1} = j
+    # composing maps[t] after maps[t+1]...: combined[j] = maps[t][maps[t+1][j]]
+    # (reverse=True passes fn(later, earlier))
+    comp = lax.associative_scan(
+        lambda a, b: jnp.take_along_axis(b, a, axis=-1), maps, reverse=True
+    )
+    zs = comp[:, z_last]
+    return jnp.concatenate([zs, z_last[None]])
+
+
+def hmm_sample(key, log_init, log_trans, log_lik, parallel: bool = False) -> jax.Array:
+    """Forward-filter backward-sample one state path from p(z_{1:T} | y_{1:T}).
+
+    Parameters
+    ----------
+    key : jax.random key
+    log_init : array (..., K)
+    log_trans : array (K, K) or (..., T-1, K, K)
+    log_lik : array (..., T, K)
+    parallel : bool
+        Sequential backward sampling (False) or an associative scan over the composition of
+        per-step sampling maps (True). The two use the random key differently.
+
+    Returns
+    -------
+    array of int (..., T)
+    """
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    batch, _ = _batch_shape_hmm(log_init, log_trans, log_lik)
+    if batch:
+        keys = jax.random.split(key, math.prod(batch))
+        keys = keys.reshape(batch + keys.shape[1:])
+    else:
+        keys = key
+    return _vmap_hmm(
+        lambda a, b, c, k: _hmm_sample_single(a, b, c, k, parallel),
+        log_init,
+        log_trans,
+        log_lik,
+        keys,
+    )
+
+
+def _hmm_viterbi_single(log_init, log_trans, log_lik, parallel):
+    T, K = log_lik.shape
+    if parallel:
+        # max-marginals from max-plus prefix and suffix products
+        elems = _forward_elements(log_init, log_trans, log_lik)
+        fwd = lax.associative_scan(_max_matmul, elems)[:, 0, :]
+        suffix = lax.associative_scan(lambda a, b: _max_matmul(b, a), elems[1:], reverse=True)
+        bwd = jnp.concatenate([jnp.max(suffix, axis=-1), jnp.zeros((1, K), log_lik.dtype)])
+        return jnp.argmax(fwd + bwd, axis=-1)
+    d0 = log_init + log_lik[0]
+
+    def fstep(delta, inp):
+        t, ll = inp
+        s = delta[:, None] + _trans_at(log_trans, t)
+        best = jnp.argmax(s, axis=0)
+        new = jnp.max(s, axis=0) + ll
+        return new - jnp.max(new), best
+
+    last, ptrs = lax.scan(fstep, d0 - jnp.max(d0), (jnp.arange(T - 1), log_lik[1:]))
+    z_last = jnp.argmax(last)
+
+    def bstep(z_next, ptr):
+        z = ptr[z_next]
+        return z, z
+
+    _, zs = lax.scan(bstep, z_last, ptrs, reverse=True)
+    return jnp.concatenate([zs, z_last[None]])
+
+
+def hmm_viterbi(log_init, log_trans, log_lik, parallel: bool = False) -> jax.Array:
+    """Most probable state path argmax_z p(z_{1:T} | y_{1:T}).
+
+    Parameters
+    ----------
+    log_init : array (..., K)
+    log_trans : array (K, K) or (..., T-1, K, K)
+    log_lik : array (..., T, K)
+    parallel : bool
+        Sequential max-product with back-pointers (False) or argmax of max-marginals from
+        max-plus associative scans (True; identical when the most probable path is unique).
+
+    Returns
+    -------
+    array of int (..., T)
+    """
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    return _vmap_hmm(
+        lambda a, b, c: _hmm_viterbi_single(a, b, c, parallel), log_init, log_trans, log_lik
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear recurrences
+# ----------------------------------------------------------------------------------------------
+
+
+def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) -> jax.Array:
+    """Evaluate x_t = A_t x_{t-1} + b_t for t = 1..T (or backwards in time).
+
+    Parameters
+    ----------
+    A : array (T, D) or (T, D, D)
+        Diagonal (2-D) or dense (3-D) transition matrices; real or complex.
+    b : array (T, D)
+        Offsets.
+    x0 : array (D,)
+        The state before the first step.
+    parallel : bool
+        ``lax.associative_scan`` of affine maps (True) or sequential ``lax.scan`` (False).
+    reverse : bool
+        Run backwards: x_t = A_t x_{t+1} + b_t for t = T..1, with x_{T+1} = x0.
+
+    Returns
+    -------
+    array (T, D)
+        x_1, ..., x_T.
+    """
+    A, b, x0 = jnp.asarray(A), jnp.asarray(b), jnp.asarray(x0)
+    if b.ndim != 2:
+        raise ValueError(f"b must have shape (T, D); got {b.shape}")
+    T, D = b.shape
+    if x0.shape != (D,):
+        raise ValueError(f"x0 must have shape (D,) = ({D},); got {x0.shape}")
+    diagonal = A.ndim == 2
+    if A.shape not in ((T, D), (T, D, D)):
+        raise ValueError(f"A must have shape (T, D) or (T, D, D) = ({T}, {D}[, {D}]); got {A.shape}")
+    dtype = jnp.result_type(A, b, x0)
+    A, b, x0 = A.astype(dtype), b.astype(dtype), x0.astype(dtype)
+
+    def apply(a, x):
+        return a * x if diagonal else a @ x
+
+    if not parallel:
+
+        def step(x, ab):
+            a, bb = ab
+            x = apply(a, x) + bb
+            return x, x
+
+        return lax.scan(step, x0, (A, b), reverse=reverse)[1]
+
+    # Fold x0 into the first offset, then compose affine maps (a, b): x -> a x + b. The
+    # combine receives (first applied, then applied) in both directions, because
+    # associative_scan calls fn(earlier, later) forwards and fn(later, earlier) in reverse.
+    first = 0 if not reverse else T - 1
+    b = b.at[first].add(apply(A[first], x0))
+
+    def combine(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        if diagonal:
+            return a2 * a1, a2 * b1 + b2
+        return a2 @ a1, jnp.einsum("...ij,...j->...i", a2, b1) + b2
+
+    return lax.associative_scan(combine, (A, b), reverse=reverse)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Kalman filtering and smoothing
+# ----------------------------------------------------------------------------------------------
+
+
+class KalmanFiltered(NamedTuple):
+    """Result of :func:`kalman_filter`.
+
+    Attributes
+    ----------
+    log_likelihood : (...,) log p(y_{1:T}).
+    filtered_means : (..., T, D) E[x_t | y_{1:t}].
+    filtered_covariances : (..., T, D, D) Cov[x_t | y_{1:t}].
+    pointwise : (..., T) log p(y_t | y_{1:t-1}).
+    """
+
+    log_likelihood: jax.Array
+    filtered_means: jax.Array
+    filtered_covariances: jax.Array
+    pointwise: jax.Array
+
+
+class KalmanSmoothed(NamedTuple):
+    """Result of :func:`kalman_smoother`.
+
+    Attributes
+    ----------
+    log_likelihood : (...,) log p(y_{1:T}).
+    filtered_means, filtered_covariances : as in :class:`KalmanFiltered`.
+    smoothed_means : (..., T, D) E[x_t | y_{1:T}].
+    smoothed_covariances : (..., T, D, D) Cov[x_t | y_{1:T}].
+    smoothed_cross_covariances : (..., T-1, D, D) Cov[x_{t+1}, x_t | y_{1:T}].
+    """
+
+    log_likelihood: jax.Array
+    filtered_means: jax.Array
+    filtered_covariances: jax.Array
+    smoothed_means: jax.Array
+    smoothed_covariances: jax.Array
+    smoothed_cross_covariances: jax.Array
+
+
+def _sym(P):
+    return 0.5 * (P + jnp.swapaxes(P, -1, -2))
+
+
+class _LGSSM(NamedTuple):
+    """Canonical, time-indexed parameters: dynamics with a T-1 axis, emissions with a T axis."""
+
+    m0: jax.Array
+    P0: jax.Array
+    F: jax.Array
+    b: jax.Array
+    Q: jax.Array
+    H: jax.Array
+    d: jax.Array
+    R: jax.Array
+
+
+def _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, dtype=None):
+    m0, P0, F, b, Q, H, d, R = map(jnp.asarray, (m0, P0, F, b, Q, H, d, R))
+    if dtype is None:
+        dtype = jnp.result_type(m0, P0, F, b, Q, H, d, R, jnp.float32)
+    if m0.ndim != 1:
+        raise ValueError(f"m0 must have shape (D,); got {m0.shape}")
+    D = m0.shape[0]
+    if P0.shape != (D, D):
+        raise ValueError(f"P0 must have shape (D, D) = ({D}, {D}); got {P0.shape}")
+
+    def expand(x, name, shape, n):
+        if x.shape == shape:
+            return jnp.broadcast_to(x, (n,) + shape)
+        if x.shape == (n,) + shape:
+            return x
+        raise ValueError(f"{name} must have shape {shape} or ({n}, *{shape}); got {x.shape}")
+
+    F = expand(F, "F", (D, D), T - 1)
+    b = expand(b, "b", (D,), T - 1)
+    Q = expand(Q, "Q", (D, D), T - 1)
+    if H.ndim not in (2, 3) or H.shape[-1] != D:
+        raise ValueError(f"H must have shape (N, D) or (T, N, D) with D={D}; got {H.shape}")
+    N = H.shape[-2]
+    H = expand(H, "H", (N, D), T)
+    d = expand(d, "d", (N,), T)
+    R = expand(R, "R", (N, N), T)
+    return _LGSSM(*(x.astype(dtype) for x in (m0, P0, F, b, Q, H, d, R)))
+
+
+def _mask_missing(y, H, d, R):
+    """Make NaN entries of y uninformative: their H rows are zeroed and they become independent
+    unit-variance residuals fixed at zero, whose log density -0.5 log(2 pi) is added back."""
+    obs = ~jnp.isnan(y)  # (T, N)
+    y0 = jnp.where(obs, y, 0.0)
+    H0 = jnp.where(obs[..., None], H, 0.0)
+    d0 = jnp.where(obs, d, 0.0)
+    both = obs[..., :, None] & obs[..., None, :]
+    eye = jnp.eye(y.shape[-1], dtype=R.dtype)
+    R0 = jnp.where(both, R, eye)
+    correction = 0.5 * _LOG_2PI * jnp.sum(~obs, axis=-1).astype(y.dtype)
+    return y0, H0, d0, R0, correction
+
+
+def _gauss_update(m, P, y, H, d, R):
+    """Condition N(m, P) on y = H x + d + N(0, R); returns mean, cov and log p(y)."""
+    S = _sym(H @ P @ H.T + R)
+    L = jnp.linalg.cholesky(S)
+    r = y - H @ m - d
+    w = solve_triangular(L, r, lower=True)
+    W = solve_triangular(L, H @ P, lower=True)  # L^{-1} H P, (N, D)
+    m_new = m + W.T @ w
+    P_new = _sym(P - W.T @ W)
+    ll = -0.5 * (w @ w) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[-1] * _LOG_2PI
+    return m_new, P_new, ll
+
+
+def _kalman_filter_seq(p: _LGSSM, y):
+    y0, H, d, R, corr = _mask_missing(y, p.H, p.d, p.R)
+    m1, P1, ll1 = _gauss_update(p.m0, p.P0, y0[0], H[0], d[0], R[0])
+
+    def step(carry, inp):
+        m, P = carry
+        F, b, Q, yt, Ht, dt, Rt = inp
+        mp = F @ m + b
+        Pp = _sym(F @ P @ F.T + Q)
+        m, P, ll = _gauss_update(mp, Pp, yt, Ht, dt, Rt)
+        return (m, P), (m, P, ll)
+
+    _, (ms, Ps, lls) = lax.scan(step, (m1, P1), (p.F, p.b, p.Q, y0[1:], H[1:], d[1:], R[1:]))
+    ms = jnp.concatenate([m1[None], ms])
+    Ps = jnp.concatenate([P1[None], Ps])
+    lls = jnp.concatenate([ll1[None], lls]) + corr
+    return ms, Ps, lls
+
+
+def _kalman_filter_par(p: _LGSSM, y):
+    """Associative-scan Kalman filter (Sarkka & Garcia-Fernandez, 2021)."""
+    y0, H, d, R, corr = _mask_missing(y, p.H, p.d, p.R)
+    D = p.m0.shape[0]
+    eye = jnp.eye(D, dtype=p.m0.dtype)
+
+    def first_elem():
+        m, P, _ = _gauss_update(p.m0, p.P0, y0[0], H[0], d[0], R[0])
+        z = jnp.zeros((D, D), m.dtype)
+        return z, m, P, jnp.zeros(D, m.dtype), z
+
+    def generic_elem(F, b, Q, yt, Ht, dt, Rt):
+        S = _sym(Ht @ Q @ Ht.T + Rt)
+        L = jnp.linalg.cholesky(S)
+        # K = Q H^T S^{-1}
+        K = cho_solve((L, True), Ht @ Q).T
+        IKH = eye - K @ Ht
+        A = IKH @ F
+        bb = IKH @ b + K @ (yt - dt)
+        C = _sym(IKH @ Q)
+        HF = Ht @ F
+        Sinv_HF = cho_solve((L, True), HF)
+        eta = Sinv_HF.T @ (yt - Ht @ b - dt)
+        J = _sym(HF.T @ Sinv_HF)
+        return A, bb, C, eta, J
+
+    A1, b1, C1, e1, J1 = first_elem()
+    As, bs, Cs, es, Js = jax.vmap(generic_elem)(p.F, p.b, p.Q, y0[1:], H[1:], d[1:], R[1:])
+    elems = (
+        jnp.concatenate([A1[None], As]),
+        jnp.concatenate([b1[None], bs]),
+        jnp.concatenate([C1[None], Cs]),
+        jnp.concatenate([e1[None], es]),
+        jnp.concatenate([J1[None], Js]),
+    )
+
+    def combine(ei, ej):
+        Ai, bi, Ci, ei_, Ji = ei
+        Aj, bj, Cj, ej_, Jj = ej
+        I = jnp.broadcast_to(eye, Ci.shape)
+        M1 = I + Ci @ Jj  # (I + C_i J_j)
+        AjM = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(M1, -1, -2), jnp.swapaxes(Aj, -1, -2)), -1, -2)
+        A = AjM @ Ai
+        b = jnp.einsum("...ij,...j->...i", AjM, bi + jnp.einsum("...ij,...j->...i", Ci, ej_)) + bj
+        C = _sym(AjM @ Ci @ jnp.swapaxes(Aj, -1, -2) + Cj)
+        M2 = I + Jj @ Ci  # (I + J_j C_i)
+        AiTM = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(M2, -1, -2), Ai), -1, -2)
+        eta = jnp.einsum("...ij,...j->...i", AiTM, ej_ - jnp.einsum("...ij,...j->...i", Jj, bi)) + ei_
+        J = _sym(AiTM @ Jj @ Ai + Ji)
+        return A, b, C, eta, J
+
+    _, ms, Ps, _, _ = lax.associative_scan(combine, elems)
+    # the per-step predictive likelihoods follow from the filtered moments
+    mp = jnp.concatenate([p.m0[None], jnp.einsum("tij,tj->ti", p.F, ms[:-1]) + p.b])
+    Pp = jnp.concatenate([p.P0[None], _sym(p.F @ Ps[:-1] @ jnp.swapaxes(p.F, -1, -2) + p.Q)])
+
+    def pred_ll(m, P, yt, Ht, dt, Rt):
+        return _gauss_update(m, P, yt, Ht, dt, Rt)[2]
+
+    lls = jax.vmap(pred_ll)(mp, Pp, y0, H, d, R) + corr
+    return ms, Ps, lls
+
+
+def _check_y(y, T_name="y"):
+    y = jnp.asarray(y)
+    if y.ndim < 2:
+        raise ValueError(f"{T_name} must have shape (..., T, N); got {y.shape}")
+    return y
+
+
+def _vmap_y(fn, y):
+    """Apply a single-sequence function of y over its leading batch dims."""
+    f = fn
+    for _ in range(y.ndim - 2):
+        f = jax.vmap(f)
+    return f(y)
+
+
+def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> KalmanFiltered:
+    """Kalman filter for x_1 ~ N(m0, P0), x_t = F x_{t-1} + b + N(0, Q), y_t = H x_t + d + N(0, R).
+
+    Parameters
+    ----------
+    y : array (..., T, N)
+        Observations; NaN entries are missing.
+    m0 : array (D,)
+    P0 : array (D, D)
+    F : array (D, D) or (T-1, D, D)
+    b : array (D,) or (T-1, D)
+    Q : array (D, D) or (T-1, D, D)
+    H : array (N, D) or (T, N, D)
+    d : array (N,) or (T, N)
+    R : array (N, N) or (T, N, N)
+    parallel : bool
+        Sequential (False) or associative-scan (True) filter.
+
+    Returns
+    -------
+    KalmanFiltered
+        ``log_likelihood`` (...,), ``filtered_means`` (..., T, D),
+        ``filtered_covariances`` (..., T, D, D), ``pointwise`` (..., T).
+    """
+    y = _check_y(y)
+    T, N = y.shape[-2:]
+    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    if p.H.shape[-2] != N:
+        raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
+    y = y.astype(p.m0.dtype)
+
+    def single(yy):
+        ms, Ps, lls = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, yy)
+        return KalmanFiltered(jnp.sum(lls), ms, Ps, lls)
+
+    return _vmap_y(single, y)
+
+
+def _smoother_gains(p: _LGSSM, ms, Ps):
+    """Backward kernels x_t | x_{t+1} ~ N(E_t x_{t+1} + g_t, L_t) for t = 1..T-1."""
+
+    def one(m, P, F, b, Q):
+        Pp = _sym(F @ P @ F.T + Q)
+        Lp = jnp.linalg.cholesky(Pp)
+        E = cho_solve((Lp, True), F @ P).T  # P F^T Pp^{-1}
+        g = m - E @ (F @ m + b)
+        L = _sym(P - E @ Pp @ E.T)
+        return E, g, L
+
+    return jax.vmap(one)(ms[:-1], Ps[:-1], p.F, p.b, p.Q)
+
+
+def _kalman_smoother_single(p: _LGSSM, y, parallel):
+    ms, Ps, lls = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, y)
+    E, g, L = _smoother_gains(p, ms, Ps)
+    if parallel:
+
+        def combine(later, earlier):
+            # with reverse=True, associative_scan calls fn(later, earlier)
+            E2, g2, L2 = later
+            E1, g1, L1 = earlier
+            E1T = jnp.swapaxes(E1, -1, -2)
+            return (
+                E1 @ E2,
+                jnp.einsum("...ij,...j->...i", E1, g2) + g1,
+                _sym(E1 @ L2 @ E1T + L1),
+            )
+
+        D = ms.shape[-1]
+        zero = jnp.zeros((1, D, D), ms.dtype)
+        elems = (
+            jnp.concatenate([E, zero]),
+            jnp.concatenate([g, ms[-1:]]),
+            jnp.concatenate([L, Ps[-1:]]),
+        )
+        _, sm, sP = lax.associative_scan(combine, elems, reverse=True)
+    else:
+
+        def step(carry, inp):
+            m_next, P_next = carry
+            Et, gt, Lt = inp
+            m = Et @ m_next + gt
+            P = _sym(Et @ P_next @ Et.T + Lt)
+            return (m, P), (m, P)
+
+        _, (sm, sP) = lax.scan(step, (ms[-1], Ps[-1]), (E, g, L), reverse=True)
+        sm = jnp.concatenate([sm, ms[-1:]])
+        sP = jnp.concatenate([sP, Ps[-1:]])
+    cross = sP[1:] @ jnp.swapaxes(E, -1, -2)  # Cov[x_{t+1}, x_t]
+    return KalmanSmoothed(jnp.sum(lls), ms, Ps, sm, sP, cross)
+
+
+def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> KalmanSmoothed:
+    """Rauch-Tung-Striebel smoother; arguments as in :func:`kalman_filter`.
+
+    Returns
+    -------
+    KalmanSmoothed
+        ``log_likelihood`` (...,), filtered moments, ``smoothed_means`` (..., T, D),
+        ``smoothed_covariances`` (..., T, D, D), ``smoothed_cross_covariances`` (..., T-1, D, D).
+    """
+    y = _check_y(y)
+    T, N = y.shape[-2:]
+    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    if p.H.shape[-2] != N:
+        raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
+    y = y.astype(p.m0.dtype)
+    return _vmap_y(lambda yy: _kalman_smoother_single(p, yy, parallel), y)
+
+
+def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> jax.Array:
+    """Draw x_{1:T} ~ p(x_{1:T} | y_{1:T}) by forward filtering, backward sampling.
+
+    The backward pass x_t = E_t x_{t+1} + g_t + chol(L_t) eps_t is a linear recurrence and runs
+    through :func:`linear_recurrence` (sequential or parallel). Arguments as in
+    :func:`kalman_filter`; ``y`` may have leading batch dims (one draw per sequence).
+
+    Returns
+    -------
+    array (..., T, D)
+    """
+    y = _check_y(y)
+    T, N = y.shape[-2:]
+    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    y = y.astype(p.m0.dtype)
+    D = p.m0.shape[0]
+    batch = y.shape[:-2]
+    keys = jax.random.split(key, max(math.prod(batch), 1))
+
+    def single(yy, k):
+        ms, Ps, _ = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, yy)
+        E, g, L = _smoother_gains(p, ms, Ps)
+        eps = jax.random.normal(k, (T, D), ms.dtype)
+        x_last = ms[-1] + _chol_psd(Ps[-1]) @ eps[-1]
+        noise = jnp.einsum("tij,tj->ti", jax.vmap(_chol_psd)(L), eps[:-1])
+        xs = linear_recurrence(E, g + noise, x_last, parallel=parallel, reverse=True)
+        return jnp.concatenate([xs, x_last[None]])
+
+    f = single
+    for _ in batch:
+        f = jax.vmap(f)
+    return f(y, keys.reshape(batch + keys.shape[1:]) if batch else keys[0])
+
+
+def _chol_psd(P):
+    """Cholesky factor of a covariance that may be singular (e.g. a noiseless conditional).
+
+    A tiny relative jitter, scaled to the matrix, keeps the factorisation defined; it changes
+    draws by far less than their spread."""
+    eps = jnp.finfo(P.dtype).eps
+    scale = jnp.maximum(jnp.max(jnp.abs(jnp.diag(P))), jnp.finfo(P.dtype).tiny)
+    return jnp.linalg.cholesky(_sym(P) + 10 * eps * scale * jnp.eye(P.shape[-1], dtype=P.dtype))
