@@ -1,0 +1,11 @@
+"""The state-space model zoo: Bayesian switching and Gaussian-process dynamical systems on NumPyro.
+
+Models are frozen dataclasses that are themselves NumPyro programs; discrete states are summed
+out exactly by the scan kernels of :mod:`zoo.scans` through the handlers of :mod:`zoo.handlers`.
+"""
+
+from zoo import distributions, handlers, scans
+from zoo.hmm import HMM
+from zoo.lds import LDS
+
+__all__ = ["HMM", "LDS", "distributions", "handlers", "scans"]

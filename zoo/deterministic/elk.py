@@ -1,0 +1,349 @@
+"""Parallel evaluation of nonlinear recurrences: DEER, quasi-DEER, ELK and quasi-ELK.
+
+We want x_1..x_T with x_t = f(x_{t-1}, u_t) (x_0 given). Stack them into x (T, D) and solve the
+nonlinear system of T*D equations G(x)_t = x_t - f(x_{t-1}, u_t) = 0 by iterating on a
+linearisation around the current iterate x^(i). With J_t = df/dx (x^(i)_{t-1}, u_t) and
+r_t = f(x^(i)_{t-1}, u_t) - J_t x^(i)_{t-1}, the linearised dynamics are
+x_t = J_t x_{t-1} + r_t, a *linear recurrence*.
+
+- ``"deer"`` (Lim et al., ICLR 2024): Newton. The next iterate is the linear recurrence with
+  dense J_t, run by :func:`zoo.scans.linear_recurrence` (parallel associative scan).
+- ``"quasi_deer"`` (Gonzalez et al., NeurIPS 2024): J_t replaced by its diagonal; the recurrence
+  is diagonal (O(T D) memory and work per iteration instead of O(T D^2) / O(T D^3)).
+- ``"elk"`` (Gonzalez et al., NeurIPS 2024): Levenberg-Marquardt. The next iterate minimises
+  sum_t ||x_t - J_t x_{t-1} - r_t||^2 + damping * sum_t ||x_t - x^(i)_t||^2, which is the
+  posterior mean of the linear-Gaussian state-space model with dynamics
+  x_t = J_t x_{t-1} + r_t + N(0, I) and pseudo-observations y_t = x^(i)_t + N(0, I / damping).
+  The *whole* posterior mean is needed (the LM step is a joint solve over all t), so this is a
+  Kalman **smoother**: :func:`zoo.scans.kalman_smoother` with ``parallel=True`` (parallel
+  filter + parallel RTS smoother). A filter alone would only give the right value at t = T.
+- ``"quasi_elk"``: the same with diagonal J_t. The problem then splits into D independent
+  scalar state-space models, solved by the same parallel smoother with 1x1 matrices, vmapped
+  over the D dimensions (O(T D) memory).
+
+``damping -> 0`` recovers (quasi-)DEER; larger damping gives shorter, safer steps (a trust
+region), which keeps the iteration bounded on unstable networks where the Newton recurrence
+overflows.
+
+Stopping rule: the iteration stops when the residual max_t ||x_t - f(x_{t-1}, u_t)||_inf is
+<= ``tol``, when it becomes non-finite (divergence) or after ``max_iters`` (<= T) linear solves.
+DEER and quasi-DEER are exact in at most T iterations in exact arithmetic (after i iterations
+the first i states are exact), which is why T is the cap: beyond it the sequential scan is
+cheaper anyway. ``converged`` reports whether the tolerance was met; unconverged states are
+replaced by NaN unless ``on_failure="flag"`` (keep the last iterate, for diagnostics) or
+raise with ``on_failure="raise"`` (only outside ``jit``).
+
+Gradients use the implicit function theorem at the solution, not the iterations: for a
+cotangent g (T, D) of the states, the adjoint lambda_t = g_t + J_{t+1}^T lambda_{t+1}
+(lambda_{T+1} = 0) is one reverse *linear recurrence* with the exact dense Jacobians, and the
+gradients are lambda_t^T df/d(theta, u_t, x_{t-1}) from one vjp of f over all steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zoo.scans import kalman_smoother, linear_recurrence
+
+__all__ = ["METHODS", "ELKResult", "evaluate", "linearized_step", "residual", "sequential"]
+
+METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
+
+
+class ELKResult(NamedTuple):
+    """Result of :func:`evaluate`.
+
+    Attributes
+    ----------
+    states : (T, D) x_1..x_T (NaN if not converged and ``on_failure="nan"``).
+    iterations : () int, number of linearised solves performed.
+    converged : () bool, whether max_t ||x_t - f(x_{t-1}, u_t)||_inf <= tol was reached.
+    residual : () float, that residual at the returned iterate (before any NaN masking).
+    """
+
+    states: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    residual: jax.Array
+
+
+def sequential(f: Callable, x0: jax.Array, inputs) -> jax.Array:
+    """Sequential evaluation with ``lax.scan``: x (T, D) from x0 (D,) and inputs (T, ...)."""
+
+    def step(x, u):
+        x = f(x, u)
+        return x, x
+
+    return lax.scan(step, x0, inputs)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# One linearised step
+# ----------------------------------------------------------------------------------------------
+
+
+def _shift(x0, x):
+    """x_{t-1} for t = 1..T: (T, D)."""
+    return jnp.concatenate([x0[None], x[:-1]], axis=0)
+
+
+def _f_all(f, xp, inputs, consts):
+    return jax.vmap(lambda x, u: f(x, u, *consts))(xp, inputs)
+
+
+def _jac_all(f, xp, inputs, consts, diagonal: bool):
+    def one(x, u):
+        J = jax.jacfwd(lambda xx: f(xx, u, *consts))(x)
+        return jnp.diagonal(J) if diagonal else J
+
+    return jax.vmap(one)(xp, inputs)
+
+
+def _step(method: str, damping, x0, x, fx, J):
+    """Next iterate from the current one x (T, D), f at it (fx) and its Jacobians J."""
+    T, D = x.shape
+    xp = _shift(x0, x)
+    diagonal = method in ("quasi_deer", "quasi_elk")
+    r = fx - (J * xp if diagonal else jnp.einsum("tij,tj->ti", J, xp))
+    if method in ("deer", "quasi_deer"):
+        return linear_recurrence(J, r, x0, parallel=True)
+    dtype = x.dtype
+    # x_1 = J_1 x_0 + r_1 = f(x_0, u_1): the prior mean of the first state.
+    if method == "elk":
+        eye = jnp.eye(D, dtype=dtype)
+        post = kalman_smoother(
+            x, fx[0], eye, J[1:], r[1:], eye, eye, jnp.zeros(D, dtype), eye / damping, parallel=True
+        )
+        return post.smoothed_means
+    # quasi_elk: D independent scalar smoothers, same parallel kernel with 1x1 matrices.
+    one = jnp.ones((1, 1), dtype)
+
+    def scalar(y, m0, F, b):
+        post = kalman_smoother(
+            y[:, None], m0[None], one, F[:, None, None], b[:, None], one, one,
+            jnp.zeros(1, dtype), one / damping, parallel=True,
+        )
+        return post.smoothed_means[:, 0]
+
+    return jax.vmap(scalar, in_axes=(1, 0, 1, 1), out_axes=1)(x, fx[0], J[1:], r[1:])
+
+
+def _check_common(f, x0, inputs, method, damping):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if not callable(f):
+        raise ValueError(f"f must be callable f(x, u) -> x_next; got {type(f).__name__}")
+    x0 = jnp.asarray(x0)
+    if x0.ndim != 1:
+        raise ValueError(f"x0 must have shape (D,); got {x0.shape}")
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        raise ValueError(f"x0 must be a real floating-point array; got dtype {x0.dtype}")
+    leaves = jax.tree_util.tree_leaves(inputs)
+    if not leaves:
+        raise ValueError("inputs must be an array or pytree of arrays with a leading T axis")
+    leaves = [jnp.asarray(a) for a in leaves]
+    if any(a.ndim < 1 for a in leaves):
+        raise ValueError("inputs must have a leading time axis T on every leaf")
+    T = leaves[0].shape[0]
+    if T < 1 or any(a.shape[0] != T for a in leaves):
+        raise ValueError(f"inputs must share a leading time axis T >= 1; got shapes {[a.shape for a in leaves]}")
+    inputs = jax.tree_util.tree_map(jnp.asarray, inputs)
+    u0 = jax.tree_util.tree_map(lambda a: a[0], inputs)
+    out = jax.eval_shape(f, x0, u0)
+    if getattr(out, "shape", None) != x0.shape:
+        raise ValueError(f"f(x0, u_1) must return shape {x0.shape} like x0; got {getattr(out, 'shape', out)}")
+    if method in ("elk", "quasi_elk") and not (isinstance(damping, (int, float)) and damping > 0):
+        raise ValueError(f"damping must be a positive float for method={method!r}; got {damping!r}")
+    return x0, inputs, u0, T
+
+
+def linearized_step(f: Callable, x0: jax.Array, inputs, states: jax.Array, method: str = "deer",
+                    damping: float = 1.0) -> jax.Array:
+    """One iteration of ``method`` from the iterate ``states``; exposed for testing and study.
+
+    Parameters
+    ----------
+    f : callable f(x (D,), u) -> (D,)
+    x0 : array (D,)
+    inputs : array (T, ...) or pytree with leading T
+    states : array (T, D)
+        The current iterate x^(i).
+    method : {"deer", "quasi_deer", "elk", "quasi_elk"}
+    damping : float
+        Levenberg-Marquardt damping (pseudo-observation precision) for ELK methods.
+
+    Returns
+    -------
+    array (T, D)
+        The next iterate x^(i+1).
+    """
+    x0, inputs, u0, T = _check_common(f, x0, inputs, method, damping)
+    states = jnp.asarray(states, x0.dtype)
+    if states.shape != (T, x0.shape[0]):
+        raise ValueError(f"states must have shape (T, D) = ({T}, {x0.shape[0]}); got {states.shape}")
+    fc, consts = jax.closure_convert(f, x0, u0)
+    xp = _shift(x0, states)
+    fx = _f_all(fc, xp, inputs, consts)
+    J = _jac_all(fc, xp, inputs, consts, method in ("quasi_deer", "quasi_elk"))
+    return _step(method, damping, x0, states, fx, J)
+
+
+def residual(f: Callable, x0: jax.Array, inputs, states: jax.Array) -> jax.Array:
+    """max_t ||x_t - f(x_{t-1}, u_t)||_inf for states (T, D); a scalar."""
+    fx = jax.vmap(f)(_shift(x0, states), inputs)
+    return jnp.max(jnp.abs(states - fx))
+
+
+# ----------------------------------------------------------------------------------------------
+# The iteration, with implicit-function-theorem gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
+    diagonal = method in ("quasi_deer", "quasi_elk")
+
+    def linearise(x):
+        xp = _shift(x0, x)
+        fx = _f_all(fc, xp, inputs, consts)
+        J = _jac_all(fc, xp, inputs, consts, diagonal)
+        err = jnp.max(jnp.abs(x - fx))
+        return fx, J, err
+
+    def cond(c):
+        i, _, _, _, err = c
+        return (i < max_iters) & (err > tol) & jnp.isfinite(err)
+
+    def body(c):
+        i, x, fx, J, _ = c
+        x = _step(method, damping, x0, x, fx, J)
+        fx, J, err = linearise(x)
+        return i + 1, x, fx, J, err
+
+    fx, J, err = linearise(init)
+    i, x, _, _, err = lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), init, fx, J, err))
+    converged = err <= tol  # False for NaN / inf
+    return x, i, converged, err
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _solve_ift(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
+    return _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts)
+
+
+def _solve_fwd(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
+    out = _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts)
+    return out, (out[0], x0, inputs, init, consts)
+
+
+def _solve_bwd(fc, method, tol, max_iters, damping, res, cts):
+    x, x0, inputs, init, consts = res
+    g = cts[0]
+    xp = _shift(x0, x)
+    J = _jac_all(fc, xp, inputs, consts, diagonal=False)  # exact Jacobians at the solution
+    # lambda_t = g_t + J_{t+1}^T lambda_{t+1}; the last A multiplies lambda_{T+1} = 0.
+    A = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])], axis=0)
+    lam = linear_recurrence(A, g, jnp.zeros_like(x0), parallel=True, reverse=True)
+    _, vjp = jax.vjp(lambda xx, uu, cc: _f_all(fc, xx, uu, cc), xp, inputs, consts)
+    d_xp, d_inputs, d_consts = vjp(lam)
+    return d_xp[0], d_inputs, jnp.zeros_like(init), d_consts
+
+
+_solve_ift.defvjp(_solve_fwd, _solve_bwd)
+
+
+def _default_tol(dtype) -> float:
+    return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-12
+
+
+def evaluate(
+    f: Callable,
+    x0: jax.Array,
+    inputs,
+    method: str = "deer",
+    tol: float | None = None,
+    max_iters: int | None = None,
+    damping: float = 1.0,
+    init: jax.Array | None = None,
+    on_failure: str = "nan",
+) -> ELKResult:
+    """Evaluate x_t = f(x_{t-1}, u_t), t = 1..T, for all t in parallel.
+
+    Parameters
+    ----------
+    f : callable f(x (D,), u) -> (D,)
+        One step of the recurrence; may close over parameters (they receive gradients).
+    x0 : array (D,)
+        Initial state (float32 or float64; sets the dtype of the computation).
+    inputs : array (T, ...) or pytree of arrays with a leading T axis
+        u_1..u_T.
+    method : {"deer", "quasi_deer", "elk", "quasi_elk"}
+        Newton with dense / diagonal Jacobians, or Levenberg-Marquardt (Kalman smoother) with
+        dense / diagonal Jacobians. See the module docstring.
+    tol : float, optional
+        Convergence threshold on max_t ||x_t - f(x_{t-1}, u_t)||_inf. Default 1e-6 in float32
+        and 1e-12 in float64.
+    max_iters : int, optional
+        Cap on the number of linearised solves, 1 <= max_iters <= T (default T).
+    damping : float
+        Levenberg-Marquardt damping (ELK methods only): precision of the pseudo-observations of
+        the previous iterate relative to unit process noise. Larger = smaller, safer steps.
+    init : array (T, D), optional
+        Initial guess (default zeros).
+    on_failure : {"nan", "flag", "raise"}
+        What to do when the tolerance is not met within ``max_iters``: set the states to NaN
+        (default), return the last iterate with ``converged=False``, or raise RuntimeError
+        (needs concrete values, i.e. a call outside ``jit``).
+
+    Returns
+    -------
+    ELKResult
+        ``states`` (T, D), ``iterations`` (), ``converged`` (), ``residual`` ().
+
+    Notes
+    -----
+    Differentiable in x0, inputs and any arrays f closes over, by the implicit function theorem
+    (one reverse linear scan with dense Jacobians at the solution), whatever ``method`` solved
+    the forward problem.
+    """
+    x0, inputs, u0, T = _check_common(f, x0, inputs, method, damping)
+    D = x0.shape[0]
+    if tol is None:
+        tol = _default_tol(x0.dtype)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive float; got {tol!r}")
+    if max_iters is None:
+        max_iters = T
+    if isinstance(max_iters, (bool, np.bool_)) or not isinstance(max_iters, (int, np.integer)) or not (
+        1 <= max_iters <= T
+    ):
+        raise ValueError(f"max_iters must be an integer in [1, T] = [1, {T}]; got {max_iters!r}")
+    if on_failure not in ("nan", "flag", "raise"):
+        raise ValueError(f"on_failure must be 'nan', 'flag' or 'raise'; got {on_failure!r}")
+    if init is None:
+        init = jnp.zeros((T, D), x0.dtype)
+    else:
+        init = jnp.asarray(init, x0.dtype)
+        if init.shape != (T, D):
+            raise ValueError(f"init must have shape (T, D) = ({T}, {D}); got {init.shape}")
+    fc, consts = jax.closure_convert(f, x0, u0)
+    x, iters, converged, err = _solve_ift(
+        fc, method, float(tol), int(max_iters), float(damping), x0, inputs, init, consts
+    )
+    if on_failure == "raise":
+        if isinstance(converged, jax.core.Tracer):
+            raise ValueError("on_failure='raise' needs concrete values: call evaluate outside jit")
+        if not bool(converged):
+            raise RuntimeError(
+                f"{method} did not converge: residual {float(err):.3g} > tol {tol:g} after "
+                f"{int(iters)} iterations"
+            )
+    elif on_failure == "nan":
+        x = jnp.where(converged, x, jnp.nan)
+    return ELKResult(x, iters, converged, err)

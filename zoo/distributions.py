@@ -1,0 +1,584 @@
+"""Sequence-level distributions that know their structure.
+
+A switching site (:class:`SwitchingSequence` and subclasses) is one NumPyro sample site whose
+value is a whole sequence (T, ...) and whose discrete states z_{1:T} are never sampled by the
+inference algorithm: its ``log_prob`` is the exact marginal log sum_z p(z, value), computed by
+the forward algorithm of :mod:`zoo.scans`. The handlers in :mod:`zoo.handlers` choose how the
+sum is computed, decode the states afterwards, collapse linear-Gaussian paths, temper and
+record pointwise log-likelihoods; the numerical work lives here and in :mod:`zoo.scans`.
+
+Shapes: ``batch_shape`` is the trial shape (B,) or (); ``event_shape`` is (T, N) or (T, D).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax import lax
+from jax.scipy.linalg import solve_triangular
+from numpyro.distributions import constraints
+
+from zoo import scans
+
+__all__ = [
+    "StatePosterior",
+    "PathPosterior",
+    "SwitchingSequence",
+    "HMMEmissions",
+    "SwitchingLinearDynamics",
+    "GaussMarkov",
+    "LinearGaussianEmission",
+    "LinearGaussianSSM",
+    "DelayedPath",
+    "pointwise_log_prob",
+    "masked_log_prob",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class StatePosterior(NamedTuple):
+    """Exact conditional posterior of the discrete states of one switching site.
+
+    Attributes
+    ----------
+    marginals : (..., T, K) p(z_t = k | everything else).
+    viterbi : (..., T) the most probable path.
+    sample : (..., T) one forward-filter backward-sample draw.
+    log_normalizer : (...,) the marginal log density of the site.
+    """
+
+    marginals: jax.Array
+    viterbi: jax.Array
+    sample: jax.Array
+    log_normalizer: jax.Array
+
+
+class PathPosterior(NamedTuple):
+    """Exact conditional posterior of a collapsed linear-Gaussian path.
+
+    Attributes
+    ----------
+    sample : (..., T, D) one exact draw of the path.
+    means : (..., T, D) smoothed means.
+    covariances : (..., T, D, D) smoothed covariances.
+    """
+
+    sample: jax.Array
+    means: jax.Array
+    covariances: jax.Array
+
+
+def _mvn_logpdf_tril(x, mean, scale_tril):
+    """log N(x | mean, L L^T) with a Cholesky factor; broadcasts over leading dims."""
+    r = x - mean
+    w = solve_triangular(scale_tril, r[..., None], lower=True)[..., 0]
+    half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
+    return -0.5 * jnp.sum(w**2, -1) - half_logdet - 0.5 * x.shape[-1] * _LOG_2PI
+
+
+def masked_log_prob(base: dist.Distribution, value):
+    """Elementwise log density with NaN entries of ``value`` contributing exactly zero.
+
+    NaN entries are replaced by a point of the support before evaluating, so that neither the
+    value nor any gradient is poisoned by the missing data (the ``jnp.where`` gradient trap).
+    """
+    missing = jnp.isnan(value)
+    safe = jnp.where(missing, _safe_value(base), value)
+    return jnp.where(missing, 0.0, base.log_prob(safe))
+
+
+def _safe_value(base):
+    if base.is_discrete:
+        return 0.0
+    if base.support is constraints.positive:
+        return 1.0
+    return 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Switching sequences: discrete states summed out
+# ----------------------------------------------------------------------------------------------
+
+
+class SwitchingSequence(dist.Distribution):
+    """Base class: a sequence whose discrete Markov states are summed out exactly.
+
+    Subclasses provide the log initial state probabilities ``log_init`` (..., K), the
+    transitions ``log_transitions(value)`` ((K, K) or (..., T-1, K, K)), the per-state
+    log-likelihoods ``state_log_likelihoods(value)`` (..., T, K), and ancestral simulation
+    ``sample_with_states(key, sample_shape)``. An optional boolean ``mask`` (..., T) marks the
+    steps that exist (trials of different length: padded steps contribute nothing).
+
+    ``parallel`` selects the scan (sequential or associative); the :class:`zoo.handlers.
+    marginalize` handler sets it for every switching site of a program.
+    """
+
+    support = constraints.real_vector
+    pytree_aux_fields = ("parallel", "num_states")
+
+    def __init__(self, log_init, num_states, batch_shape, event_shape, mask=None, parallel=False,
+                 validate_args=None):
+        self.log_init = log_init
+        self.num_states = num_states
+        self.step_mask = mask
+        self.parallel = parallel
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    # -- to be provided by subclasses
+    def log_transitions(self, value):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_log_likelihoods(self, value):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample_with_states(self, key, sample_shape=()):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- shared machinery
+    def with_parallel(self, parallel: bool) -> SwitchingSequence:
+        """A shallow copy computing its sums with the sequential or the parallel scan."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.parallel = parallel
+        return new
+
+    def _hmm_args(self, value):
+        ll = self.state_log_likelihoods(value)
+        lt = self.log_transitions(value)
+        if self.step_mask is not None:
+            m = jnp.broadcast_to(self.step_mask, ll.shape[:-1])
+            ll = jnp.where(m[..., None], ll, 0.0)
+        return self.log_init, lt, ll
+
+    def log_prob(self, value):
+        """Exact marginal log density log sum_z p(z, value), shape ``batch_shape``."""
+        return scans.hmm_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
+
+    def pointwise_log_prob(self, value):
+        """Per-step terms log p(v_t | v_{1:t-1}), shape ``batch_shape + (T,)``."""
+        return scans.hmm_pointwise_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
+
+    def state_posterior(self, value, key) -> StatePosterior:
+        """Exact posterior of the discrete states given the sequence (smoothed marginals, the
+        Viterbi path and one forward-filter backward-sample draw)."""
+        args = self._hmm_args(value)
+        sm = scans.hmm_smoother(*args, parallel=self.parallel)
+        return StatePosterior(
+            sm.smoothed_probs,
+            scans.hmm_viterbi(*args, parallel=self.parallel),
+            scans.hmm_sample(key, *args, parallel=self.parallel),
+            sm.log_normalizer,
+        )
+
+    def sample(self, key, sample_shape=()):
+        return self.sample_with_states(key, sample_shape)[1]
+
+    def sample_with_intermediates(self, key, sample_shape=()):
+        z, value = self.sample_with_states(key, sample_shape)
+        return value, [z]
+
+
+def _sample_chain(key, log_init, log_trans_fn, T):
+    """Ancestral draw of z_{1:T} when transitions are known in advance ((K,K) or (T-1,K,K))."""
+    k0, k1 = jax.random.split(key)
+    z0 = jax.random.categorical(k0, log_init)
+
+    def step(z, inp):
+        k, t = inp
+        z = jax.random.categorical(k, log_trans_fn(t)[z])
+        return z, z
+
+    _, zs = lax.scan(step, z0, (jax.random.split(k1, T - 1), jnp.arange(T - 1)))
+    return jnp.concatenate([z0[None], zs])
+
+
+class HMMEmissions(SwitchingSequence):
+    """Observed sequence of a hidden Markov model, states summed out.
+
+    Parameters
+    ----------
+    log_init : array (K,)
+        Log initial state probabilities.
+    log_trans : array (K, K) or (..., T-1, K, K)
+        Log transition probabilities.
+    emission : numpyro Distribution
+        State-conditional emission with ``batch_shape`` (..., K) (or (K,)) and event shape
+        (N,): e.g. ``Normal(means, scales).to_event(1)`` with means (K, N). Must be an
+        ``Independent`` wrapper of a factorised base so that missing entries can be dropped.
+    num_steps : int
+        T, the sequence length.
+    batch_shape : tuple
+        Trial shape, () or (B,).
+    mask : array of bool (..., T), optional
+        Steps that exist (False = padding of a shorter trial).
+    """
+
+    pytree_data_fields = ("log_init", "log_trans", "emission", "step_mask")
+
+    def __init__(self, log_init, log_trans, emission, num_steps, batch_shape=(), mask=None,
+                 parallel=False, validate_args=None):
+        K = log_init.shape[-1]
+        if not isinstance(emission, dist.Independent) or emission.batch_shape[-1:] != (K,):
+            raise ValueError(
+                "emission must be an Independent distribution with batch_shape (..., K) and event "
+                f"shape (N,); got {type(emission).__name__} with batch_shape {emission.batch_shape}"
+            )
+        self.log_trans = log_trans
+        self.emission = emission
+        N = emission.event_shape[-1]
+        super().__init__(log_init, K, tuple(batch_shape), (num_steps, N), mask, parallel,
+                         validate_args)
+
+    def log_transitions(self, value):
+        return self.log_trans
+
+    def state_log_likelihoods(self, value):
+        # value (..., T, N) -> (..., T, K, N) elementwise, NaN-safe, summed over N
+        lp = masked_log_prob(self.emission.base_dist, value[..., None, :])
+        return jnp.sum(lp, axis=-1)
+
+    def sample_with_states(self, key, sample_shape=()):
+        T, N = self.event_shape
+        shape = tuple(sample_shape) + self.batch_shape
+        n = max(math.prod(shape), 1)
+        lt = self.log_trans
+        fn = (lambda t: lt) if lt.ndim == 2 else (lambda t: lt[t])
+        kz, ky = jax.random.split(key)
+        z = jax.vmap(lambda k: _sample_chain(k, self.log_init, fn, T))(jax.random.split(kz, n))
+        y_all = self.emission.base_dist.sample(ky, (n, T))  # (n, T, K, N)
+        y = jnp.take_along_axis(y_all, z[:, :, None, None], axis=2)[:, :, 0]
+        return z.reshape(shape + (T,)), y.reshape(shape + (T, N))
+
+
+class SwitchingLinearDynamics(SwitchingSequence):
+    """Latent path of a (recurrent) switching linear dynamical system, states summed out.
+
+    x_1 | z_1 = k ~ N(init_mean[k], init_scale_tril[k] init_scale_tril[k]^T),
+    x_t | x_{t-1}, z_t = k ~ N(A_k x_{t-1} + b_k, Q_k) with Q_k = L_k L_k^T,
+    p(z_t = j | z_{t-1} = i, x_{t-1}) = softmax_j(R_j x_{t-1} + r_j + log P[i, j]) (recurrent),
+    softmax_j(R_j x_{t-1} + r_j) (recurrent-only, ``log_P=None``), or P[i, j] (``R=None``).
+
+    Parameters
+    ----------
+    log_init : array (K,)
+    A : array (K, D, D)
+    b : array (K, D) or (..., T, K, D)
+        Offsets; time-varying offsets carry inputs, b_k + V_k u_t (index t is used for step t).
+    scale_tril : array (K, D, D)
+        Cholesky factors of the dynamics noise covariances.
+    init_mean : array (K, D)
+    init_scale_tril : array (K, D, D)
+    log_P : array (K, K) or None
+        Log transition matrix (``None`` for recurrent-only transitions).
+    R : array (K, D) or None
+        Recurrence weights (``None`` for non-recurrent transitions).
+    r : array (K,) or (..., T, K) or None
+        Recurrence biases (time-varying ones carry inputs, r + W u_t).
+    num_steps : int
+    batch_shape : tuple
+    mask : array of bool (..., T), optional
+    """
+
+    pytree_data_fields = (
+        "log_init", "A", "b", "scale_tril", "init_mean", "init_scale_tril", "log_P", "R", "r", "step_mask",
+    )
+
+    def __init__(self, log_init, A, b, scale_tril, init_mean, init_scale_tril, log_P=None, R=None,
+                 r=None, num_steps=None, batch_shape=(), mask=None, parallel=False,
+                 validate_args=None):
+        K, D = A.shape[0], A.shape[-1]
+        if log_P is None and R is None:
+            raise ValueError("transitions need log_P, R, or both")
+        self.A, self.b, self.scale_tril = A, b, scale_tril
+        self.init_mean, self.init_scale_tril = init_mean, init_scale_tril
+        self.log_P, self.R = log_P, R
+        self.r = jnp.zeros(K, A.dtype) if (R is not None and r is None) else r
+        super().__init__(log_init, K, tuple(batch_shape), (num_steps, D), mask, parallel,
+                         validate_args)
+
+    def _logits_from(self, x_prev, r_t):
+        """Transition log-probabilities given the previous continuous state: (K, K), or (K,)
+        rows shared by every previous state for recurrent-only transitions."""
+        if self.R is None:
+            return self.log_P
+        logits = x_prev @ self.R.T + r_t  # over destination states
+        if self.log_P is not None:
+            logits = logits + self.log_P
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    def log_transitions(self, value):
+        if self.R is None:
+            return self.log_P
+        r = self.r if self.r.ndim == 1 else self.r[..., 1:, :]  # r for the transition into t
+        logits = (value[..., :-1, :] @ self.R.T + r)[..., None, :]  # (..., T-1, 1, K)
+        if self.log_P is not None:
+            logits = logits + self.log_P
+        K = self.num_states
+        return jnp.broadcast_to(jax.nn.log_softmax(logits, axis=-1), logits.shape[:-2] + (K, K))
+
+    def state_log_likelihoods(self, value):
+        x_prev, x = value[..., :-1, :], value[..., 1:, :]
+        mean = jnp.einsum("kij,...tj->...tki", self.A, x_prev)
+        b = self.b if self.b.ndim == 2 else self.b[..., 1:, :, :]
+        ll = _mvn_logpdf_tril(x[..., None, :], mean + b, self.scale_tril)  # (..., T-1, K)
+        ll0 = _mvn_logpdf_tril(value[..., :1, None, :], self.init_mean, self.init_scale_tril)
+        return jnp.concatenate([ll0, ll], axis=-2)
+
+    def sample_with_states(self, key, sample_shape=()):
+        T, D = self.event_shape
+        K = self.num_states
+        sample_shape, batch = tuple(sample_shape), self.batch_shape
+        nb, ns = max(math.prod(batch), 1), max(math.prod(sample_shape), 1)
+        # time-varying offsets and recurrence biases, one row per trial
+        b = jnp.broadcast_to(self.b, batch + (T, K, D)).reshape(nb, T, K, D) if self.b.ndim > 2 \
+            else jnp.broadcast_to(self.b, (nb, T, K, D))
+        r = jnp.zeros(K, self.A.dtype) if self.r is None else self.r
+        r = jnp.broadcast_to(r, batch + (T, K)).reshape(nb, T, K) if r.ndim > 1 \
+            else jnp.broadcast_to(r, (nb, T, K))
+
+        def one(k, bb, rr):
+            k0, k1, k2 = jax.random.split(k, 3)
+            z0 = jax.random.categorical(k0, self.log_init)
+            x0 = self.init_mean[z0] + self.init_scale_tril[z0] @ jax.random.normal(k1, (D,), b.dtype)
+
+            def step(carry, inp):
+                z, x = carry
+                kk, t = inp
+                ka, kb = jax.random.split(kk)
+                logits = self._logits_from(x, rr[t])
+                z = jax.random.categorical(ka, logits if logits.ndim == 1 else logits[z])
+                x = self.A[z] @ x + bb[t, z] + self.scale_tril[z] @ jax.random.normal(kb, (D,), x.dtype)
+                return (z, x), (z, x)
+
+            _, (zs, xs) = lax.scan(step, (z0, x0), (jax.random.split(k2, T - 1), jnp.arange(1, T)))
+            return jnp.concatenate([z0[None], zs]), jnp.concatenate([x0[None], xs])
+
+        keys = jax.random.split(key, ns * nb).reshape((ns, nb) + jax.random.split(key, 1).shape[1:])
+        z, x = jax.vmap(jax.vmap(one), in_axes=(0, None, None))(keys, b, r)
+        return z.reshape(sample_shape + batch + (T,)), x.reshape(sample_shape + batch + (T, D))
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear-Gaussian paths and their collapse
+# ----------------------------------------------------------------------------------------------
+
+
+class GaussMarkov(dist.Distribution):
+    """Gauss-Markov path x_1 ~ N(m0, P0), x_t = F x_{t-1} + b + N(0, Q).
+
+    Parameters
+    ----------
+    m0 : array (D,)
+    P0 : array (D, D)
+    F : array (D, D) or (T-1, D, D)
+    b : array (D,) or (T-1, D)
+    Q : array (D, D) or (T-1, D, D)
+    num_steps : int
+    batch_shape : tuple
+        Trial shape, () or (B,); trials share the parameters.
+
+    Under the :class:`zoo.handlers.collapse` handler the path is not sampled: a
+    :class:`DelayedPath` stands for it, and a :class:`LinearGaussianEmission` of it becomes the
+    Kalman marginal :class:`LinearGaussianSSM`.
+    """
+
+    support = constraints.real_vector
+    pytree_data_fields = ("m0", "P0", "F", "b", "Q")
+
+    def __init__(self, m0, P0, F, b, Q, num_steps, batch_shape=(), validate_args=None):
+        self.m0, self.P0, self.F, self.b, self.Q = m0, P0, F, b, Q
+        super().__init__(tuple(batch_shape), (num_steps, m0.shape[-1]), validate_args=validate_args)
+
+    def _tv(self):
+        T = self.event_shape[0]
+        p = scans._canonical_lgssm(T, self.m0, self.P0, self.F, self.b, self.Q,
+                                   jnp.zeros((1, self.m0.shape[0])), jnp.zeros(1), jnp.eye(1))
+        return p
+
+    def log_prob(self, value):
+        p = self._tv()
+        lp0 = _mvn_logpdf_tril(value[..., 0, :], p.m0, jnp.linalg.cholesky(p.P0))
+        mean = jnp.einsum("tij,...tj->...ti", p.F, value[..., :-1, :]) + p.b
+        lp = _mvn_logpdf_tril(value[..., 1:, :], mean, jnp.linalg.cholesky(p.Q))
+        return lp0 + jnp.sum(lp, -1)
+
+    def sample(self, key, sample_shape=()):
+        p = self._tv()
+        T, D = self.event_shape
+        shape = tuple(sample_shape) + self.batch_shape
+        n = max(math.prod(shape), 1)
+
+        def one(k):
+            k0, k1 = jax.random.split(k)
+            x0 = p.m0 + jnp.linalg.cholesky(p.P0) @ jax.random.normal(k0, (D,), p.m0.dtype)
+            eps = jax.random.normal(k1, (T - 1, D), p.m0.dtype)
+            noise = jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(p.Q), eps)
+            xs = scans.linear_recurrence(p.F, p.b + noise, x0, parallel=False)
+            return jnp.concatenate([x0[None], xs])
+
+        return jax.vmap(one)(jax.random.split(key, n)).reshape(shape + (T, D))
+
+
+class DelayedPath:
+    """Stand-in value for a Gauss-Markov path that the collapse handler integrates out.
+
+    It carries the path's prior; only a :class:`LinearGaussianEmission` may consume it.
+    """
+
+    def __init__(self, name: str, prior: GaussMarkov):
+        self.name = name
+        self.prior = prior
+        self.shape = prior.batch_shape + prior.event_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _refuse(self, *args):
+        raise TypeError(
+            f"the path {self.name!r} is integrated out by the collapse handler; it can only be "
+            "the x of a LinearGaussianEmission (run without collapse to compute with it)"
+        )
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __matmul__ = __rmatmul__ = __getitem__ = __array__ = _refuse
+
+
+class LinearGaussianEmission(dist.Distribution):
+    """y_t = H x_t + d + N(0, R) given a path x (or a :class:`DelayedPath` under collapse).
+
+    Parameters
+    ----------
+    x : array (..., T, D) or DelayedPath
+    H : array (N, D)
+    d : array (N,)
+    R : array (N, N)
+        Emission covariance; NaN entries of an observed y are missing.
+    """
+
+    support = constraints.real_vector
+    pytree_data_fields = ("x", "H", "d", "R")
+
+    def __init__(self, x, H, d, R, validate_args=None):
+        self.x, self.H, self.d, self.R = x, H, d, R
+        shape = x.shape
+        super().__init__(tuple(shape[:-2]), (shape[-2], H.shape[0]), validate_args=validate_args)
+
+    def log_prob(self, value):
+        mean = self.x @ self.H.T + self.d
+        missing = jnp.isnan(value)
+        if jnp.ndim(self.R) == 2:
+            # condition on the observed entries of each row: zero out the missing ones
+            y0, _, _, R0, corr = scans._mask_missing(value, jnp.zeros(value.shape + (1,)),
+                                                     jnp.zeros(value.shape[-1]), self.R)
+            m0 = jnp.where(missing, 0.0, mean)
+            lp = _mvn_logpdf_tril(y0, m0, jnp.linalg.cholesky(R0)) + corr
+            return jnp.sum(lp, -1)
+        raise ValueError("R must have shape (N, N)")
+
+    def pointwise_log_prob(self, value):
+        mean = self.x @ self.H.T + self.d
+        missing = jnp.isnan(value)
+        y0, _, _, R0, corr = scans._mask_missing(value, jnp.zeros(value.shape + (1,)),
+                                                 jnp.zeros(value.shape[-1]), self.R)
+        return _mvn_logpdf_tril(y0, jnp.where(missing, 0.0, mean), jnp.linalg.cholesky(R0)) + corr
+
+    def sample(self, key, sample_shape=()):
+        shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+        eps = jax.random.normal(key, shape, self.H.dtype)
+        return self.x @ self.H.T + self.d + eps @ jnp.linalg.cholesky(self.R).T
+
+
+class LinearGaussianSSM(dist.Distribution):
+    """Observed sequence of a linear-Gaussian state-space model, path integrated out.
+
+    ``log_prob`` is the Kalman-filter marginal likelihood (NaN entries missing); the path's
+    exact posterior is available through :meth:`path_posterior`.
+
+    Parameters
+    ----------
+    prior : GaussMarkov
+        The latent path's prior (parameters m0, P0, F, b, Q; trial batch shape).
+    H, d, R : arrays (N, D), (N,), (N, N)
+        Emission parameters.
+    parallel : bool
+        Sequential or associative-scan Kalman filter.
+    """
+
+    support = constraints.real_vector
+    pytree_data_fields = ("prior", "H", "d", "R")
+    pytree_aux_fields = ("parallel",)
+
+    def __init__(self, prior: GaussMarkov, H, d, R, parallel=False, validate_args=None):
+        self.prior, self.H, self.d, self.R, self.parallel = prior, H, d, R, parallel
+        T = prior.event_shape[0]
+        super().__init__(prior.batch_shape, (T, H.shape[0]), validate_args=validate_args)
+
+    def _params(self):
+        p = self.prior
+        return (p.m0, p.P0, p.F, p.b, p.Q, self.H, self.d, self.R)
+
+    def log_prob(self, value):
+        return scans.kalman_filter(value, *self._params(), parallel=self.parallel).log_likelihood
+
+    def pointwise_log_prob(self, value):
+        return scans.kalman_filter(value, *self._params(), parallel=self.parallel).pointwise
+
+    def path_posterior(self, value, key) -> PathPosterior:
+        """Exact posterior of the integrated-out path given the observations."""
+        sm = scans.kalman_smoother(value, *self._params(), parallel=self.parallel)
+        draw = scans.kalman_sample(key, value, *self._params(), parallel=self.parallel)
+        return PathPosterior(draw, sm.smoothed_means, sm.smoothed_covariances)
+
+    def sample_with_intermediates(self, key, sample_shape=()):
+        k1, k2 = jax.random.split(key)
+        x = self.prior.sample(k1, sample_shape)
+        y = LinearGaussianEmission(x, self.H, self.d, self.R).sample(k2)
+        return y, [x]
+
+    def sample(self, key, sample_shape=()):
+        return self.sample_with_intermediates(key, sample_shape)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pointwise log-likelihoods of any site
+# ----------------------------------------------------------------------------------------------
+
+
+def pointwise_log_prob(fn: dist.Distribution, value, time_axis_event_dim: int | None = None):
+    """Per-time-step log density of a sequence-level site, shape ``batch_shape + (T,)``.
+
+    Sequence distributions of this module provide it exactly (log p(v_t | v_{1:t-1}) for
+    sequences whose steps are dependent). For factorised sites (``Independent`` or masked
+    wrappers of elementwise distributions with event shape (T, ...)), the elementwise terms are
+    summed over the event dims after time. Returns None when the site has no time axis.
+    """
+    if hasattr(fn, "pointwise_log_prob"):
+        return fn.pointwise_log_prob(value)
+    if isinstance(fn, dist.MaskedDistribution):
+        inner = pointwise_log_prob(fn.base_dist, value)
+        if inner is None:
+            return None
+        mask = fn._mask
+        if mask is True or mask is None:
+            return inner
+        if mask is False:
+            return jnp.zeros_like(inner)
+        return jnp.where(jnp.broadcast_to(mask, inner.shape[: jnp.ndim(mask)])[..., None], inner, 0.0) \
+            if jnp.ndim(mask) < inner.ndim else jnp.where(mask, inner, 0.0)
+    if isinstance(fn, dist.Independent):
+        ev = len(fn.event_shape)
+        if ev == 0:
+            return None
+        lp = masked_log_prob(fn.base_dist, value) if jnp.issubdtype(jnp.result_type(value), jnp.floating) \
+            else fn.base_dist.log_prob(value)
+        # sum all event dims after the first (time) one, plus base event dims already summed
+        base_ev = len(fn.base_dist.event_shape)
+        extra = ev - base_ev - 1
+        return jnp.sum(lp, axis=tuple(range(-extra, 0))) if extra > 0 else lp
+    return None

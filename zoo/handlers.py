@@ -1,0 +1,209 @@
+"""NumPyro effect handlers that interpret the zoo's sequence-level sites.
+
+Each handler is a few lines: it swaps a site's distribution for its marginal or reads its exact
+conditional posterior; the numerical work lives in :mod:`zoo.distributions` and
+:mod:`zoo.scans`. They compose with NumPyro's own handlers (seed, trace, substitute, condition,
+mask, scale) and work under MCMC, SVI and Predictive.
+
+- :class:`marginalize` -- discrete states of switching sites summed out by the forward algorithm,
+  sequentially or with a parallel scan.
+- :class:`decode` -- exact posterior of the discrete states (FFBS draw, smoothed marginals,
+  Viterbi path) and of collapsed linear-Gaussian paths, given the other sites' values.
+- :class:`collapse` -- a Gauss-Markov path with linear-Gaussian emissions integrated out by the
+  Kalman filter, so that inference runs on the parameters only.
+- :class:`temper` -- likelihood (observed sites) scaled by beta, for tempered SMC.
+- :class:`pointwise` -- per-time-step log-likelihoods of observed sites, for LOO.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+from numpyro.distributions import Distribution
+from numpyro.primitives import Messenger
+
+from zoo.distributions import (
+    DelayedPath,
+    GaussMarkov,
+    LinearGaussianEmission,
+    LinearGaussianSSM,
+    SwitchingSequence,
+    pointwise_log_prob,
+)
+
+__all__ = ["marginalize", "decode", "collapse", "temper", "pointwise"]
+
+
+def _is_sample(msg) -> bool:
+    return msg["type"] == "sample"
+
+
+class marginalize(Messenger):
+    """Sum out the discrete states of every switching site by the forward algorithm.
+
+    A switching site's log density becomes log sum_z p(z, value), with gradients; this is what
+    NUTS, HMC, SVI and BlackJAX see. The zoo's models apply it themselves; wrap a program in it
+    to choose the scan.
+
+    Parameters
+    ----------
+    fn : callable, optional
+        The program.
+    parallel : bool
+        Sequential ``lax.scan`` (False, fastest on CPU) or log-semiring ``associative_scan``.
+    """
+
+    def __init__(self, fn=None, parallel: bool = False):
+        self.parallel = parallel
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if _is_sample(msg) and isinstance(msg["fn"], SwitchingSequence):
+            msg["fn"] = msg["fn"].with_parallel(self.parallel)
+
+
+def _site_key(key, name: str):
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+class decode(Messenger):
+    """Exact conditional posterior of what a model sums or integrates out.
+
+    Given values for the continuous sites (one posterior draw, e.g. by ``substitute``), every
+    switching site's discrete states get their exact posterior (:class:`~zoo.distributions.
+    StatePosterior`: smoothed marginals, Viterbi path, one FFBS draw) and every collapsed
+    linear-Gaussian path gets an exact draw and smoothed moments
+    (:class:`~zoo.distributions.PathPosterior`). Results are collected in ``self.posteriors``
+    by site name and attached to the site as ``msg["infer"]["posterior"]``; vmap the decoding
+    function over draws for a posterior over states.
+
+    Parameters
+    ----------
+    fn : callable, optional
+    rng_key : jax.random key
+        Randomness for the FFBS and path draws (folded with each site's name).
+    """
+
+    def __init__(self, fn=None, rng_key=None):
+        self.rng_key = jax.random.key(0) if rng_key is None else rng_key
+        self.posteriors: dict = {}
+        super().__init__(fn)
+
+    def __enter__(self):
+        super().__enter__()
+        return self
+
+    def postprocess_message(self, msg):
+        if not _is_sample(msg) or msg["value"] is None:
+            return
+        fn, name = msg["fn"], msg["name"]
+        key = _site_key(self.rng_key, name)
+        if isinstance(fn, SwitchingSequence):
+            post = fn.state_posterior(msg["value"], key)
+        elif isinstance(fn, LinearGaussianSSM):
+            post = fn.path_posterior(msg["value"], key)
+        else:
+            return
+        self.posteriors[name] = post
+        msg["infer"]["posterior"] = post
+
+
+class _CollapsedPrior(Distribution):
+    """Placeholder for an integrated-out path: contributes zero; its prior lives in the
+    marginal of the emission that consumes it."""
+
+    def __init__(self, prior: GaussMarkov):
+        self.prior = prior
+        super().__init__(prior.batch_shape, prior.event_shape)
+
+    def log_prob(self, value):
+        return jnp.zeros(self.batch_shape)
+
+    def sample(self, key, sample_shape=()):  # pragma: no cover - never sampled
+        raise RuntimeError("a collapsed path is not sampled; decode it instead")
+
+
+class collapse(Messenger):
+    """Integrate a Gauss-Markov latent path with linear-Gaussian emissions out (Kalman filter).
+
+    A latent site with a :class:`~zoo.distributions.GaussMarkov` distribution is not sampled: a
+    :class:`~zoo.distributions.DelayedPath` stands for its value and the site is marked
+    ``infer["collapsed"]``. The observed site whose
+    :class:`~zoo.distributions.LinearGaussianEmission` consumes it gets the Kalman marginal
+    :class:`~zoo.distributions.LinearGaussianSSM` instead, so HMC runs on parameters only.
+    After inference, :class:`decode` draws the path exactly for each posterior draw.
+
+    Parameters
+    ----------
+    fn : callable, optional
+    parallel : bool
+        Sequential or associative-scan Kalman filter.
+    """
+
+    def __init__(self, fn=None, parallel: bool = False):
+        self.parallel = parallel
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if not _is_sample(msg):
+            return
+        fn = msg["fn"]
+        if isinstance(fn, GaussMarkov) and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = DelayedPath(msg["name"], fn)
+            msg["fn"] = _CollapsedPrior(fn)
+            msg["is_observed"] = True  # nothing to sample: inference never sees the path
+            msg["infer"]["collapsed"] = True
+        elif isinstance(fn, LinearGaussianEmission) and isinstance(fn.x, DelayedPath):
+            msg["fn"] = LinearGaussianSSM(fn.x.prior, fn.H, fn.d, fn.R, parallel=self.parallel)
+
+
+class temper(Messenger):
+    """Scale the log density of observed sites by ``beta`` (the likelihood of tempered SMC).
+
+    Sites marked collapsed carry no density of their own and are left alone; the Kalman marginal
+    of a collapsed model is an observed site and is tempered as the likelihood.
+
+    Parameters
+    ----------
+    fn : callable, optional
+    beta : float or scalar array
+        Inverse temperature in [0, 1].
+    """
+
+    def __init__(self, fn=None, beta=1.0):
+        self.beta = beta
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if _is_sample(msg) and msg["is_observed"] and not msg["infer"].get("collapsed"):
+            msg["scale"] = self.beta if msg["scale"] is None else self.beta * msg["scale"]
+
+
+class pointwise(Messenger):
+    """Record the per-time-step log-likelihood of every observed sequence site.
+
+    ``self.log_likelihood[name]`` gets an array ``batch_shape + (T,)`` whose sum over time is
+    the site's log density (exact one-step-ahead predictive terms for sites whose steps are
+    dependent, e.g. HMM and Kalman marginals). Masks applied by ``numpyro.handlers.mask`` are
+    respected; scales are not (pointwise values are unscaled log-likelihoods).
+    """
+
+    def __init__(self, fn=None):
+        self.log_likelihood: dict = {}
+        super().__init__(fn)
+
+    def __enter__(self):
+        super().__enter__()
+        return self
+
+    def postprocess_message(self, msg):
+        if not _is_sample(msg) or not msg["is_observed"] or msg["infer"].get("collapsed"):
+            return
+        lp = pointwise_log_prob(msg["fn"], msg["value"])
+        if lp is None:
+            return
+        if msg.get("mask") is not None and jnp.ndim(msg["mask"]) <= lp.ndim - 1:
+            lp = jnp.where(jnp.asarray(msg["mask"])[..., None], lp, 0.0)
+        self.log_likelihood[msg["name"]] = lp
