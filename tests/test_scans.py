@@ -1,7 +1,7 @@
 """Scan kernels against independent truth: brute-force enumeration over all K^T paths and the
 dense joint Gaussian of a linear-Gaussian state-space model."""
 
-import itertools
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,32 +11,12 @@ from scipy import stats
 
 from zoo import scans
 
+from .truth import brute_force, dense_joint, random_hmm, random_lgssm
+
 jax.config.update("jax_enable_x64", True)
 
 
 # ------------------------------------------------------------------ HMM brute force
-
-
-def random_hmm(rng, T, K, tv, batch=()):
-    log_init = np.log(rng.dirichlet(np.ones(K), size=batch))
-    shape = batch + ((T - 1,) if tv else ()) + (K,)
-    log_trans = np.log(rng.dirichlet(np.ones(K), size=shape))
-    log_lik = rng.normal(size=batch + (T, K)) * 2.0
-    return log_init, log_trans, log_lik
-
-
-def brute_force(log_init, log_trans, log_lik):
-    """Joint log p(z, y) of every path; returns paths (K^T, T) and log weights (K^T,)."""
-    T, K = log_lik.shape
-    paths = np.array(list(itertools.product(range(K), repeat=T)))
-    lw = np.empty(len(paths))
-    for n, z in enumerate(paths):
-        s = log_init[z[0]] + log_lik[0, z[0]]
-        for t in range(1, T):
-            lt = log_trans if log_trans.ndim == 2 else log_trans[t - 1]
-            s += lt[z[t - 1], z[t]] + log_lik[t, z[t]]
-        lw[n] = s
-    return paths, lw
 
 
 CASES = [(1, 3, False), (5, 2, False), (6, 3, True), (7, 3, False), (7, 2, True)]
@@ -109,7 +89,7 @@ def test_gradients_match_finite_differences(tv):
     rng = np.random.default_rng(7)
     li, lt, ll = random_hmm(rng, 6, 3, tv)
     for parallel in (False, True):
-        f = lambda a, b, c: scans.hmm_log_normalizer(a, b, c, parallel)  # noqa: E731
+        f = functools.partial(scans.hmm_log_normalizer, parallel=parallel)
         g = jax.grad(f, argnums=(0, 1, 2))(li, lt, ll)
         for arg, grad in zip(range(3), g, strict=True):
             x = [li, lt, ll][arg]
@@ -138,18 +118,16 @@ def test_float32_long_sequence_no_nan():
         li = jax.nn.log_softmax(jax.random.normal(k1, (K,)))
         lt = jax.nn.log_softmax(3 * jax.random.normal(k2, (K, K)), axis=-1)
         ll = 20 * jax.random.normal(k3, (T, K))
+        values = {}
         for parallel in (False, True):
-            val, grads = jax.jit(
-                jax.value_and_grad(lambda a, b, c: scans.hmm_log_normalizer(a, b, c, parallel), argnums=(0, 1, 2))
-            )(li, lt, ll)
+            f = functools.partial(scans.hmm_log_normalizer, parallel=parallel)
+            val, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(li, lt, ll)
+            values[parallel] = val
             assert val.dtype == jnp.float32
             assert np.isfinite(val)
             assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
-            # the two agree to float32 relative precision
-            if parallel:
-                np.testing.assert_allclose(val, seq_val, rtol=1e-4)
-            else:
-                seq_val = val
+        # the two agree to float32 relative precision
+        np.testing.assert_allclose(values[True], values[False], rtol=1e-4)
         probs = scans.hmm_smoother(li, lt, ll).smoothed_probs
         assert bool(jnp.all(jnp.isfinite(probs)))
         np.testing.assert_allclose(jnp.sum(probs, -1), 1.0, atol=1e-4)
@@ -205,61 +183,6 @@ def test_linear_recurrence_matches_loop(dense, reverse):
 
 
 # ------------------------------------------------------------------ Kalman against dense Gaussians
-
-
-def random_lgssm(rng, T, D, N, tv):
-    def rot(n):
-        q, _ = np.linalg.qr(rng.normal(size=(n, n)))
-        return q
-
-    def spd(n, scale):
-        a = rng.normal(size=(n, n))
-        return scale * (a @ a.T / n + 0.5 * np.eye(n))
-
-    m0 = rng.normal(size=D)
-    P0 = spd(D, 1.0)
-    if tv:
-        F = np.stack([0.9 * rot(D) for _ in range(T - 1)])
-        b = rng.normal(size=(T - 1, D)) * 0.3
-        Q = np.stack([spd(D, 0.2) for _ in range(T - 1)])
-        H = rng.normal(size=(T, N, D))
-        d = rng.normal(size=(T, N))
-        R = np.stack([spd(N, 0.3) for _ in range(T)])
-    else:
-        F, b, Q = 0.9 * rot(D), rng.normal(size=D) * 0.3, spd(D, 0.2)
-        H, d, R = rng.normal(size=(N, D)), rng.normal(size=N), spd(N, 0.3)
-    return m0, P0, F, b, Q, H, d, R
-
-
-def dense_joint(T, m0, P0, F, b, Q, H, d, R):
-    """Mean and covariance of (x_1..x_T, y_1..y_T) built by propagating x_t = G_t w + c_t."""
-    D, N = m0.shape[0], (H.shape[-2])
-    get = lambda M, t, fixed_nd: M if M.ndim == fixed_nd else M[t]  # noqa: E731
-    nw = T * D
-    G = np.zeros((T, D, nw))
-    c = np.zeros((T, D))
-    L0 = np.linalg.cholesky(P0)
-    G[0][:, :D] = L0
-    c[0] = m0
-    for t in range(1, T):
-        Ft, bt, Qt = get(F, t - 1, 2), get(b, t - 1, 1), get(Q, t - 1, 2)
-        G[t] = Ft @ G[t - 1]
-        G[t][:, t * D : (t + 1) * D] += np.linalg.cholesky(Qt)
-        c[t] = Ft @ c[t - 1] + bt
-    Gx = G.reshape(T * D, nw)
-    cov_x = Gx @ Gx.T
-    mean_x = c.reshape(-1)
-    Hb = np.zeros((T * N, T * D))
-    Rb = np.zeros((T * N, T * N))
-    db = np.zeros(T * N)
-    for t in range(T):
-        Hb[t * N : (t + 1) * N, t * D : (t + 1) * D] = get(H, t, 2)
-        Rb[t * N : (t + 1) * N, t * N : (t + 1) * N] = get(R, t, 2)
-        db[t * N : (t + 1) * N] = get(d, t, 1)
-    mean_y = Hb @ mean_x + db
-    cov_y = Hb @ cov_x @ Hb.T + Rb
-    cov_xy = cov_x @ Hb.T
-    return mean_x, cov_x, mean_y, cov_y, cov_xy
 
 
 @pytest.mark.parametrize("tv", [False, True])
@@ -333,7 +256,9 @@ def test_kalman_batch_and_gradients():
     assert out.log_likelihood.shape == (3,)
     np.testing.assert_allclose(out.log_likelihood[1], scans.kalman_filter(y[1], m0, P0, F, b, Q, H, d, R).log_likelihood)
     for parallel in (False, True):
-        f = lambda F_: scans.kalman_filter(y[0], m0, P0, F_, b, Q, H, d, R, parallel=parallel).log_likelihood  # noqa: E731
+        def f(F_, parallel=parallel):
+            return scans.kalman_filter(y[0], m0, P0, F_, b, Q, H, d, R, parallel=parallel).log_likelihood
+
         g = jax.grad(f)(F)
         direction = rng.normal(size=F.shape)
         eps = 1e-6
@@ -353,16 +278,15 @@ def test_kalman_long_float32():
                   np.zeros(N, np.float32), 0.1 * np.eye(N, dtype=np.float32))
         y = rng.normal(size=(T, N)).astype(np.float32)
         y[::7] = np.nan
+        lls = {}
         for parallel in (False, True):
-            res = jax.jit(lambda yy: scans.kalman_smoother(yy, *params, parallel=parallel))(y)  # noqa: B023
+            res = jax.jit(functools.partial(scans.kalman_smoother, parallel=parallel))(y, *params)
+            lls[parallel] = res.log_likelihood
             assert res.log_likelihood.dtype == jnp.float32
             assert np.isfinite(res.log_likelihood)
             assert bool(jnp.all(jnp.isfinite(res.smoothed_means)))
             assert bool(jnp.all(jnp.isfinite(res.smoothed_covariances)))
-            if parallel:
-                np.testing.assert_allclose(res.log_likelihood, seq_ll, rtol=1e-4)
-            else:
-                seq_ll = res.log_likelihood
+        np.testing.assert_allclose(lls[True], lls[False], rtol=1e-4)
     finally:
         jax.config.update("jax_enable_x64", True)
 
