@@ -7,5 +7,7 @@ out exactly by the scan kernels of :mod:`zoo.scans` through the handlers of :mod
 from zoo import distributions, handlers, scans
 from zoo.hmm import HMM
 from zoo.lds import LDS
+from zoo.rslds import RSLDS
+from zoo.slds import SLDS
 
-__all__ = ["HMM", "LDS", "distributions", "handlers", "scans"]
+__all__ = ["HMM", "LDS", "RSLDS", "SLDS", "distributions", "handlers", "scans"]

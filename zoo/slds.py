@@ -1,0 +1,286 @@
+"""Switching linear dynamical system (SLDS) as a NumPyro program, states summed out exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from zoo._base import (
+    ModelMixin,
+    check_choice,
+    check_mask,
+    check_positive_int,
+    is_concrete,
+    sequence_shape,
+)
+from zoo.distributions import SwitchingLinearDynamics, _safe_value
+from zoo.handlers import marginalize
+
+_LINKS = {"softplus": jax.nn.softplus, "exp": jnp.exp}
+
+
+@dataclass(frozen=True)
+class SLDS(ModelMixin):
+    """Bayesian switching linear dynamical system.
+
+    z_1 ~ Cat(pi), z_t | z_{t-1} ~ Cat(P[z_{t-1}]);
+    x_1 ~ N(0, init_scale^2 I), x_t = A_{z_t} x_{t-1} + b_{z_t} + V_{z_t} u_t + N(0, diag q_{z_t}^2);
+    Gaussian emissions y_t = C x_t + d + F u_t + N(0, diag r^2), or Poisson emissions
+    y_t ~ Poisson(bin_size * link(C x_t + d + F u_t)).
+
+    The path x is a latent site sampled by NUTS; z is summed out of its density by the forward
+    algorithm (:class:`zoo.handlers.marginalize`) and decoded afterwards
+    (:func:`inference.decode`).
+
+    Priors (for latents of order one; the prior predictive is stable dynamics with high
+    probability, see the tests):
+
+    - ``init_probs`` ~ Dirichlet(1); ``trans_probs[i]`` ~ Dirichlet(1 + kappa e_i), kappa =
+      ``stickiness`` for sticky transitions, 0 otherwise
+    - ``dynamics`` A_k ~ Normal(0.9 I, 0.15 / sqrt(D)) elementwise; ``dynamics_bias`` b_k ~
+      Normal(0, 0.3); ``dynamics_noise`` q_k ~ HalfNormal(0.2)
+    - ``emission_matrix`` C: entries Normal(0, 1), except that the top D x D block is lower
+      triangular with a positive diagonal (HalfNormal(2)) -- see Identifiability;
+      ``emission_bias`` d ~ Normal(0, 2); Gaussian ``emission_noise`` r ~ HalfNormal(1)
+    - inputs: ``input_dynamics`` V_k, ``input_emissions`` F ~ Normal(0, 1)
+
+    Identifiability: x is identified only up to an affine map and z up to a permutation. The
+    lower-triangular positive-diagonal top block of C removes rotations, reflections and scaling
+    (as in factor analysis), so chains agree on C, A_k's eigenvalues and the path up to a
+    translation (pinned weakly by the priors on x_1 and d); labels are aligned across chains
+    and draws by Hungarian matching (:mod:`inference.labels`). Quantities invariant to both --
+    eigenvalues of A_k, denoised observations C x_t + d, state occupancy -- are the ones to
+    diagnose (:meth:`invariants`).
+
+    Parameters
+    ----------
+    num_states : int
+        K >= 1.
+    latent_dim : int
+        D >= 1, with D <= obs_dim.
+    obs_dim : int
+        N >= 1.
+    transitions : {"standard", "sticky"}
+    emissions : {"gaussian", "poisson"}
+    input_dim : int
+        M >= 0 exogenous inputs u (passed as ``inputs`` (..., T, M)).
+    link : {"softplus", "exp"}
+        Poisson rate link.
+    bin_size : float
+        Poisson bin width (counts per bin = bin_size * rate).
+    stickiness : float
+        Sticky Dirichlet extra mass kappa.
+    init_scale : float
+        Prior standard deviation of x_1.
+    parallel : bool
+        Sum out the states with the parallel scan.
+    """
+
+    num_states: int
+    latent_dim: int
+    obs_dim: int
+    transitions: str = "standard"
+    emissions: str = "gaussian"
+    input_dim: int = 0
+    link: str = "softplus"
+    bin_size: float = 1.0
+    stickiness: float = 10.0
+    init_scale: float = 2.0
+    parallel: bool = False
+
+    continuous_time = False
+    sequence_sites = ("x", "y")
+    _transition_choices = ("standard", "sticky")
+
+    def __post_init__(self):
+        check_positive_int(self.num_states, "num_states")
+        check_positive_int(self.latent_dim, "latent_dim")
+        check_positive_int(self.obs_dim, "obs_dim")
+        check_positive_int(self.input_dim, "input_dim", minimum=0)
+        if self.latent_dim > self.obs_dim:
+            raise ValueError(
+                f"latent_dim must be <= obs_dim; got latent_dim={self.latent_dim}, obs_dim={self.obs_dim}"
+            )
+        check_choice(self.transitions, "transitions", set(self._transition_choices))
+        check_choice(self.emissions, "emissions", {"gaussian", "poisson"})
+        check_choice(self.link, "link", set(_LINKS))
+        for name in ("bin_size", "init_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
+        if not self.stickiness >= 0:
+            raise ValueError(f"stickiness must be >= 0; got {self.stickiness}")
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def dims(self) -> dict:
+        """Named dims of every site (ArviZ)."""
+        return {
+            "init_probs": ["state"],
+            "trans_probs": ["state", "state_to"],
+            "recurrence_weights": ["state_to", "latent"],
+            "recurrence_bias": ["state_to"],
+            "input_transitions": ["state_to", "input"],
+            "dynamics": ["state", "latent", "latent_in"],
+            "dynamics_bias": ["state", "latent"],
+            "dynamics_noise": ["state", "latent"],
+            "input_dynamics": ["state", "latent", "input"],
+            "emission_lower": ["latent_pair"],
+            "emission_diag": ["latent"],
+            "emission_rest": ["neuron_rest", "latent"],
+            "emission_matrix": ["neuron", "latent"],
+            "emission_bias": ["neuron"],
+            "emission_noise": ["neuron"],
+            "input_emissions": ["neuron", "input"],
+            "x": ["time", "latent"],
+            "y": ["time", "neuron"],
+        }
+
+    def dim_sizes(self) -> dict:
+        D, N = self.latent_dim, self.obs_dim
+        return {
+            "state": self.num_states,
+            "state_to": self.num_states,
+            "latent": D,
+            "latent_in": D,
+            "latent_pair": D * (D - 1) // 2,
+            "neuron": N,
+            "neuron_rest": N - D,
+            "input": self.input_dim,
+        }
+
+    def step(self, params, x, z):
+        """Deterministic discrete-time dynamics: the next mean A_z x + b_z, x (..., D)."""
+        A, b = params["dynamics"], params["dynamics_bias"]
+        return jnp.einsum("...ij,...j->...i", A[z], x) + b[z]
+
+    def regimes(self, params, x):
+        """Probabilities of the discrete states at x, (..., K): the stationary distribution of
+        the transition matrix (the SLDS's states do not depend on x)."""
+        P = jnp.asarray(params["trans_probs"])
+        K = P.shape[-1]
+        # stationary distribution: solve pi (P - I) = 0 with sum(pi) = 1 (least squares)
+        M = jnp.concatenate([(P - jnp.eye(K)).T, jnp.ones((1, K))], axis=0)
+        rhs = jnp.concatenate([jnp.zeros(K), jnp.ones(1)])
+        pi = jnp.linalg.lstsq(M, rhs)[0]
+        return jnp.broadcast_to(pi, jnp.shape(x)[:-1] + (K,))
+
+    def invariants(self, params) -> dict:
+        """Quantities identified despite the affine and permutation symmetries (NumPy).
+
+        Returns ``eig_modulus`` and ``eig_angle`` (..., K, D): moduli and absolute arguments of
+        the eigenvalues of each A_k, each state's eigenvalues sorted by modulus.
+        """
+        A = np.asarray(params["dynamics"])
+        ev = np.linalg.eigvals(A)
+        order = np.argsort(-np.abs(ev), axis=-1)
+        ev = np.take_along_axis(ev, order, axis=-1)
+        return {"eig_modulus": np.abs(ev), "eig_angle": np.abs(np.angle(ev))}
+
+    # ------------------------------------------------------------------ the program
+
+    def _transition_params(self, K, inputs):
+        """log_P, R, r for SwitchingLinearDynamics (overridden by the recurrent model)."""
+        kappa = self.stickiness if self.transitions == "sticky" else 0.0
+        P = numpyro.sample(
+            "trans_probs", dist.Dirichlet(jnp.ones((K, K)) + kappa * jnp.eye(K)).to_event(1)
+        )
+        return jnp.log(P), None, None
+
+    def _emission_matrix(self):
+        D, N = self.latent_dim, self.obs_dim
+        rows, cols = np.tril_indices(D, -1)
+        lower = numpyro.sample("emission_lower", dist.Normal(0.0, 1.0).expand([len(rows)]).to_event(1))
+        diag = numpyro.sample("emission_diag", dist.HalfNormal(2.0).expand([D]).to_event(1))
+        top = jnp.zeros((D, D)).at[rows, cols].set(lower) + jnp.diag(diag)
+        if N > D:
+            rest = numpyro.sample("emission_rest", dist.Normal(0.0, 1.0).expand([N - D, D]).to_event(2))
+            top = jnp.concatenate([top, rest], axis=0)
+        return numpyro.deterministic("emission_matrix", top)
+
+    def __call__(self, y=None, num_steps=None, num_trials=None, mask=None, inputs=None):
+        """The NumPyro program.
+
+        Parameters
+        ----------
+        y : array (T, N) or (B, T, N), optional
+            Observations, NaN = missing; None for the prior predictive.
+        num_steps, num_trials : int, optional
+            Sizes for the prior predictive.
+        mask : bool array (T,) or (B, T), optional
+            Steps that exist (trials of different lengths, padded at the end).
+        inputs : array (T, M) or (B, T, M), optional
+            Exogenous inputs u (required when ``input_dim > 0``).
+        """
+        K, D, N, M = self.num_states, self.latent_dim, self.obs_dim, self.input_dim
+        counts = self.emissions == "poisson"
+        y, T, trials = sequence_shape(y, num_steps, num_trials, N, counts)
+        mask = check_mask(mask, trials, T)
+        inputs = self._check_inputs(inputs, trials, T)
+
+        pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
+        log_P, R, r = self._transition_params(K, inputs)
+        A = numpyro.sample(
+            "dynamics", dist.Normal(0.9 * jnp.eye(D), 0.15 / np.sqrt(D)).expand([K, D, D]).to_event(3)
+        )
+        b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
+        q = numpyro.sample("dynamics_noise", dist.HalfNormal(0.2).expand([K, D]).to_event(2))
+        if M:
+            V = numpyro.sample("input_dynamics", dist.Normal(0.0, 1.0).expand([K, D, M]).to_event(3))
+            b = b + jnp.einsum("kdm,...tm->...tkd", V, inputs)
+        init_L = jnp.broadcast_to(self.init_scale * jnp.eye(D), (K, D, D))
+        path = SwitchingLinearDynamics(
+            jnp.log(pi), A, b, jax.vmap(jnp.diag)(q), jnp.zeros((K, D)), init_L,
+            log_P=log_P, R=R, r=r, num_steps=T, batch_shape=trials, mask=mask,
+        )
+        with marginalize(parallel=self.parallel):
+            x = numpyro.sample("x", path)
+
+        C = self._emission_matrix()
+        d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
+        pre = x @ C.T + d
+        if M:
+            Fu = numpyro.sample("input_emissions", dist.Normal(0.0, 1.0).expand([N, M]).to_event(2))
+            pre = pre + inputs @ Fu.T
+        if counts:
+            base = dist.Poisson(self.bin_size * _LINKS[self.link](pre))
+        else:
+            rn = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
+            base = dist.Normal(pre, rn)
+        observe_sequence("y", base, y, mask)
+        return x
+
+    def _check_inputs(self, inputs, trials, T):
+        M = self.input_dim
+        if M == 0:
+            if inputs is not None:
+                raise ValueError("inputs were given but the model has input_dim=0")
+            return None
+        if inputs is None:
+            raise ValueError(f"the model has input_dim={M}: pass inputs of shape {tuple(trials) + (T, M)}")
+        u = jnp.asarray(inputs, dtype=float)
+        if u.shape[-2:] != (T, M) or u.ndim - 2 > len(trials):
+            raise ValueError(f"inputs must have shape {tuple(trials) + (T, M)} or {(T, M)}; got {u.shape}")
+        if is_concrete(inputs) and not np.isfinite(np.asarray(u)).all():
+            raise ValueError("inputs must be finite (NaN cannot mean missing for an input)")
+        return u
+
+
+def observe_sequence(name: str, base: dist.Distribution, y, step_mask=None):
+    """Observe a factorised (..., T, N) emission with NaN entries missing (and padded steps).
+
+    NaN entries are replaced by a value of the support and masked out, so neither the density
+    nor its gradients see them; the site's event shape stays (T, N).
+    """
+    if y is None:
+        return numpyro.sample(name, base.to_event(2))
+    obs = ~jnp.isnan(y)
+    if step_mask is not None:
+        obs = obs & step_mask[..., None]
+    filled = jnp.where(obs, y, _safe_value(base))
+    return numpyro.sample(name, base.mask(obs).to_event(2), obs=filled)
