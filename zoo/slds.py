@@ -170,6 +170,16 @@ class SLDS(ModelMixin):
         pi = jnp.linalg.lstsq(M, rhs)[0]
         return jnp.broadcast_to(pi, jnp.shape(x)[:-1] + (K,))
 
+    def initial_params(self, y, key, inputs=None, mask=None, **options) -> dict:
+        """A fast point estimate of every latent site to start MCMC from.
+
+        PCA, then EM of an autoregressive HMM, then MAP refinement; see
+        :func:`zoo.initialize.slds_initial_params` (``options`` go there).
+        """
+        from zoo.initialize import slds_initial_params
+
+        return slds_initial_params(self, y, key, inputs=inputs, mask=mask, **options)
+
     def invariants(self, params) -> dict:
         """Quantities identified despite the affine and permutation symmetries (NumPy).
 
