@@ -208,6 +208,84 @@ def _forward_par(log_init, log_trans, log_lik):
     return cs, joint - log_py[:, None]
 
 
+# Fast path for the log normalizer. When every transition probability is within a factor
+# _SCALED_FLOOR of the largest one in its column (log_trans[i, j] >= max_i log_trans[i, j] - 27.6,
+# for every j and t), the forward recursion can run on scaled probabilities without losing
+# accuracy: the predictive sums S_j = sum_i p_i Pt[i, j] (p normalised, Pt the column-scaled
+# transition matrix) are then >= _SCALED_FLOOR, and likewise the ratio of p(future | z = i) between
+# states is bounded by 1 / _SCALED_FLOOR, so every term that underflows in float32 is negligible
+# (relative error < K * 1e-26) in the value and in the gradient. Transition matrices with
+# zeros or extreme entries (e.g. log-probabilities of -200) take the exact log-space recursion.
+_SCALED_FLOOR = 1e-12
+
+
+def _column_scaled(log_trans):
+    """Pt = exp(log_trans - m) with m the column maxima (over the source state), and m."""
+    m = jnp.max(log_trans, axis=-2, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    return jnp.exp(log_trans - m), m[..., 0, :]
+
+
+def _forward_seq_scaled(log_init, Pt, m, log_lik):
+    """Per-step log p(y_t | y_{1:t-1}) by a scaled-probability forward scan (fast path).
+
+    ``Pt``, ``m`` are the column-scaled transition probabilities and column log-scales of
+    :func:`_column_scaled`. One step is a K x K matrix-vector product (written as a broadcast sum,
+    cheaper than a dot call for small K on CPU), K exponentials and one logarithm.
+    """
+    a0 = log_init + log_lik[0]
+    c0 = logsumexp(a0)
+
+    def step(p, inp):
+        Pt_t, m_t, ll_t = inp
+        g = ll_t + m_t
+        gmax = lax.stop_gradient(jnp.max(g))
+        gmax = jnp.where(jnp.isfinite(gmax), gmax, 0.0)
+        u = jnp.sum(p[:, None] * Pt_t, axis=0) * jnp.exp(g - gmax)
+        s = jnp.sum(u)
+        return u / s, jnp.log(s) + gmax
+
+    p0 = jnp.exp(a0 - c0)
+    if Pt.ndim == 2:
+        _, cs = lax.scan(lambda p, ll_t: step(p, (Pt, m, ll_t)), p0, log_lik[1:])
+    else:
+        _, cs = lax.scan(step, p0, (Pt, m, log_lik[1:]))
+    return jnp.concatenate([c0[None], cs])
+
+
+def _forward_par_scaled(log_init, log_trans, log_lik):
+    """Per-step log p(y_t | y_{1:t-1}) by an associative scan on normalised messages (fast path).
+
+    An element is a pair (W, v) standing for the matrix exp(v_i) W[i, j], with W[i, :] the
+    distribution of the segment's last state given its first state and data (rows sum to one) and
+    v_i the log-likelihood of the segment's data given the state before it. Composition needs
+    K exponentials and K logarithms instead of the K^3 exponentials of a log-semiring product.
+    """
+    K = log_lik.shape[-1]
+    a0 = log_init + log_lik[0]
+    v0 = logsumexp(a0)
+    W0 = jnp.broadcast_to(jnp.exp(a0 - v0), (K, K))
+    lt = log_trans if log_trans.ndim == 3 else log_trans[None]
+    x = lt + log_lik[1:, None, :]  # (T-1, K, K)
+    v = logsumexp(x, axis=-1)  # (T-1, K)
+    W = jnp.exp(x - v[..., None])
+    Ws = jnp.concatenate([W0[None], W])
+    vs = jnp.concatenate([jnp.broadcast_to(v0, (1, K)), v])
+
+    def combine(first, second):
+        W1, v1 = first
+        W2, v2 = second
+        vmax = lax.stop_gradient(jnp.max(v2, axis=-1, keepdims=True))
+        e = jnp.exp(v2 - vmax)  # (..., K) over the shared middle state
+        M = (W1 * e[..., None, :]) @ W2
+        r = jnp.sum(M, axis=-1, keepdims=True)
+        return M / r, v1 + vmax + jnp.log(r[..., 0])
+
+    _, v_pref = lax.associative_scan(combine, (Ws, vs))
+    log_py = v_pref[:, 0]  # log p(y_{1:t}); every row agrees (element 0 has identical rows)
+    return jnp.concatenate([log_py[:1], jnp.diff(log_py)])
+
+
 def _hmm_filter_single(log_init, log_trans, log_lik, parallel):
     if parallel:
         cs, alphas = _forward_par(log_init, log_trans, log_lik)
@@ -267,13 +345,30 @@ def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = 
     Arguments as in :func:`hmm_log_normalizer`.
     """
     log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    # The fast scaled-probability recursion is exact to rounding when no transition probability is
+    # extreme relative to its column (see _SCALED_FLOOR); otherwise the log-space recursion runs.
+    # The choice is made once, for the whole batch, from the transition matrices only.
+    m = jnp.max(log_trans, axis=-2, keepdims=True)
+    fast_ok = jnp.min(log_trans - m) >= math.log(_SCALED_FLOOR)  # False for -inf or NaN entries
 
-    def single(a, b, c):
+    def exact(a, b, c):
         if parallel:
             return _forward_par(a, b, c)[0]
         return _forward_seq(a, b, c, keep=False)[0]
 
-    return _vmap_hmm(single, log_init, log_trans, log_lik)
+    def fast(a, b, c):
+        if parallel:
+            return _forward_par_scaled(a, b, c)
+        return _forward_seq_scaled(a, *_column_scaled(b), c)
+
+    return lax.cond(
+        fast_ok,
+        lambda a, b, c: _vmap_hmm(fast, a, b, c),
+        lambda a, b, c: _vmap_hmm(exact, a, b, c),
+        log_init,
+        log_trans,
+        log_lik,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
