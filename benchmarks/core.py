@@ -267,7 +267,8 @@ def bench_hmm(rng, repeats, T=10_000, K=10):
         "dynamax_par": (jax.jit(lambda a, b, c: parallel_hmm_filter(a, b, c).marginal_loglik),
                         (init_p, trans_p, log_lik)),
     }
-    res = time_interleaved(fns, repeats)
+    fast = float(jnp.min(log_trans - jnp.max(log_trans, axis=0))) >= math.log(1e-12)
+    res = time_interleaved(fns, repeats, inner=5)
     values = {name: float(f(*args)) for name, (f, args) in fns.items()}
     ref = values["ours_seq"]
     for name, v in values.items():
@@ -276,7 +277,8 @@ def bench_hmm(rng, repeats, T=10_000, K=10):
         "setting": {"T": T, "K": K, "dtype": "float32",
                     "what": "jit(log p(y_1:T)); ours: hmm_log_normalizer (log space, returns the "
                             "scalar); dynamax: hmm_filter(...).marginal_loglik (probability space, "
-                            "the unused filtered/predicted probs are dead code under jit)"},
+                            "the unused filtered/predicted probs are dead code under jit)",
+                    "ours_takes_scaled_fast_path": fast},
         "timings": res,
         "values": values,
         "ratios": {
@@ -420,10 +422,10 @@ def main(argv=None):
     }
     rng = np.random.default_rng(0)
     print("1. SLDS value_and_grad ...", flush=True)
-    report["slds"] = bench_slds(rng, repeats=30 // rep)
+    report["slds"] = bench_slds(rng, repeats=40 // rep)
     print(json.dumps(report["slds"]["ratios"]), flush=True)
     print("2. HMM log normalizer ...", flush=True)
-    report["hmm"] = bench_hmm(rng, repeats=30 // rep)
+    report["hmm"] = bench_hmm(rng, repeats=40 // rep)
     print(json.dumps(report["hmm"]["ratios"]), flush=True)
     print("3. Kalman filter ...", flush=True)
     report["kalman"] = bench_kalman(rng, repeats=20 // rep)
@@ -437,7 +439,32 @@ def main(argv=None):
         (RESULTS / "core.md").write_text(md)
 
 
-NOTES: list[str] = []
+NOTES: list[str] = [
+    "SLDS (1): the zoo's time is dominated by the per-state Gaussian log-likelihoods of "
+    "zoo.distributions.SwitchingLinearDynamics.state_log_likelihoods, not by the forward scan: "
+    "_mvn_logpdf_tril broadcasts the (K, D, D) Cholesky factors against the (T-1, K, D) residuals "
+    "and calls solve_triangular on (T-1) x K tiny systems; the forward pass is cheap but the reverse "
+    "pass (cotangent of the broadcast triangular solve) costs tens of ms on CPU. Solving with the time "
+    "axis moved into the right-hand-side columns (one (D, D) solve per state, "
+    "solve_triangular(L, moveaxis(r, -3, -1))) gives identical values and brings the gradient of that "
+    "term from ~20-60 ms to ~0.06 ms in a standalone check. zoo/distributions.py is outside this "
+    "benchmark's remit; the fix is left to its owner.",
+    "SLDS (1): funsor/ours >= 10 can only hold when ours is close to the hand-written scan: funsor's "
+    "own cost relative to the hand-written scan is the ceiling for that ratio.",
+    "HMM (2): hmm_log_normalizer / hmm_pointwise_log_normalizer run a scaled-probability recursion "
+    "(sequential: one K x K matrix-vector product, K exponentials and one log per step; parallel: "
+    "normalised (W, v) messages, K exponentials and K logs per combine) whenever every transition "
+    "log-probability is within 27.6 (a factor 1e12) of its column maximum; that bound makes the "
+    "float32 underflow of small terms provably negligible. Otherwise (zeros, or extreme entries such as "
+    "-200) the exact log-space recursion runs, decided once per call by lax.cond on the transition "
+    "matrices. Under a user-level vmap with batched transitions the cond becomes a select and both "
+    "paths run. The inputs here (log_softmax of 2 * N(0, 1) rows) take the fast path.",
+    "HMM (2): dynamax's sequential filter works in probability space and clamps probabilities below "
+    "1e-15 to 1e-15 in its normalisation; the values agree to float32 precision on these inputs.",
+    "Kalman (3): both filters run the standard covariance form; ours returns the log-likelihood, "
+    "filtered means and covariances and per-step terms, dynamax the log-likelihood and filtered means "
+    "and covariances. Only the log-likelihood is used, so the rest is dead code under jit for both.",
+]
 
 if __name__ == "__main__":
     main()
