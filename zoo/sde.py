@@ -120,6 +120,10 @@ class DelayedWeights:
         self.prior = prior
         self.shape = prior.event_shape
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
     def _refuse(self, *args):
         raise TypeError(
             f"the drift weights {self.name!r} are integrated out by collapse_drift; only an "
@@ -660,3 +664,43 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def initial_path(y, latent_dim: int, counts: bool = True, smooth: float = 3.0, scale: float = 3.0):
+    """A starting latent path from the data: PCA of smoothed (sqrt-transformed) observations.
+
+    Parameters
+    ----------
+    y : array (T, N) or (B, T, N)
+        Observations (NaN = missing: replaced by the neuron's mean).
+    latent_dim : int
+    counts : bool
+        Square-root transform counts first (variance stabilising).
+    smooth : float
+        Gaussian smoothing width in steps (0: none).
+    scale : float
+        The path is scaled so that each latent dimension has this standard deviation.
+
+    Returns
+    -------
+    numpy array (..., T, D)
+    """
+    y = np.asarray(y, float)
+    squeeze = y.ndim == 2
+    y = y[None] if squeeze else y
+    mu = np.nanmean(y, axis=(0, 1))
+    y = np.where(np.isnan(y), mu, y)
+    z = np.sqrt(y) if counts else y
+    if smooth > 0:
+        half = int(3 * smooth)
+        k = np.exp(-0.5 * (np.arange(-half, half + 1) / smooth) ** 2)
+        k /= k.sum()
+        pad = np.pad(z, ((0, 0), (half, half), (0, 0)), mode="edge")
+        z = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, pad)
+    flat = z.reshape(-1, z.shape[-1])
+    flat = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    x = flat @ vt[:latent_dim].T
+    x = scale * x / (x.std(0) + 1e-12)
+    x = x.reshape(z.shape[:-1] + (latent_dim,))
+    return x[0] if squeeze else x
