@@ -265,10 +265,16 @@ def _forward_par_scaled(log_init, log_trans, log_lik):
     a0 = log_init + log_lik[0]
     v0 = logsumexp(a0)
     W0 = jnp.broadcast_to(jnp.exp(a0 - v0), (K, K))
-    lt = log_trans if log_trans.ndim == 3 else log_trans[None]
-    x = lt + log_lik[1:, None, :]  # (T-1, K, K)
-    v = logsumexp(x, axis=-1)  # (T-1, K)
-    W = jnp.exp(x - v[..., None])
+    # element t: Pt[i, j] exp(g_t[j]) with g = log_lik + m, scaled by exp(-max_j g_t[j]); its row
+    # sums are >= Pt[i, argmax g_t] >= _SCALED_FLOOR, so the underflow of small terms is harmless
+    Pt, m = _column_scaled(log_trans)
+    g = log_lik[1:] + m
+    gmax = lax.stop_gradient(jnp.max(g, axis=-1, keepdims=True))
+    gmax = jnp.where(jnp.isfinite(gmax), gmax, 0.0)
+    U = Pt * jnp.exp(g - gmax)[:, None, :]  # (T-1, K, K)
+    r = jnp.sum(U, axis=-1)
+    W = U / r[..., None]
+    v = jnp.log(r) + gmax
     Ws = jnp.concatenate([W0[None], W])
     vs = jnp.concatenate([jnp.broadcast_to(v0, (1, K)), v])
 
