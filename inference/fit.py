@@ -1,0 +1,213 @@
+"""``inference.fit``: one entry point for NumPyro, BlackJAX, SVI and SMC on any zoo model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+import xarray as xr
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from inference._program import check_y, inspect_program
+from inference.convert import package_versions, to_datatree
+from inference.starts import initial_positions
+
+__all__ = ["fit", "METHODS", "shard_trials"]
+
+METHODS = ("nuts", "hmc", "svi", "blackjax_nuts", "chees", "mclmc", "smc")
+CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
+_COMMON_OPTIONS = {"shard_trials", "log_likelihood", "init_svi_steps", "init_svi_learning_rate", "init_guide"}
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _allowed_options(method: str) -> set:
+    from inference.blackjax_backend import BLACKJAX_OPTIONS
+    from inference.numpyro_backend import NUMPYRO_OPTIONS
+    from inference.smc import SMC_OPTIONS
+
+    table = {**NUMPYRO_OPTIONS, **BLACKJAX_OPTIONS, "smc": SMC_OPTIONS,
+             "svi": {"guide", "num_steps", "learning_rate", "num_particles", "tol"}}
+    return table[method] | _COMMON_OPTIONS
+
+
+def shard_trials(y, model_kwargs: Mapping, devices=None) -> tuple:
+    """Place y (B, T, N) and trial-indexed model arrays on a device mesh, split along trials.
+
+    Parameters
+    ----------
+    y : array (B, T, N)
+    model_kwargs : mapping
+        Arrays whose leading axis has length B are sharded the same way; others replicated.
+    devices : sequence of jax devices, optional
+        Defaults to all local devices.
+
+    Returns
+    -------
+    y_sharded, model_kwargs_sharded
+    """
+    devices = list(devices or jax.local_devices())
+    n = len(devices)
+    if np.ndim(y) != 3:
+        raise ValueError(f"shard_trials needs batched y of shape (B, T, N); got shape {np.shape(y)}")
+    B = np.shape(y)[0]
+    if B % n:
+        raise ValueError(f"shard_trials: the number of trials B={B} must be divisible by the number of "
+                         f"devices ({n})")
+    mesh = jax.sharding.Mesh(np.array(devices), ("trial",))
+
+    def put(a):
+        a = np.asarray(a)
+        spec = P("trial") if a.ndim >= 1 and a.shape[0] == B else P()
+        return jax.device_put(a, NamedSharding(mesh, spec))
+
+    return put(y), {k: put(v) for k, v in model_kwargs.items()}
+
+
+def _resolve_chain_method(chain_method: str, num_chains: int) -> str:
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}; got {chain_method!r}")
+    if chain_method != "auto":
+        return chain_method
+    if num_chains == 1:
+        return "sequential"
+    return "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+
+
+def fit(
+    model: Callable,
+    y,
+    method: str = "nuts",
+    *,
+    seed: int = 0,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    init="auto",
+    chain_method: str = "auto",
+    progress_bar: bool = True,
+    model_kwargs: Mapping | None = None,
+    **options,
+) -> xr.DataTree:
+    """Posterior of any zoo model (or NumPyro program) as an ArviZ 1.x DataTree.
+
+    Parameters
+    ----------
+    model : callable
+        NumPyro program called as ``model(y, **model_kwargs)`` (a zoo model, possibly wrapped in
+        NumPyro handlers such as ``condition``).
+    y : array (T, N) or (B, T, N)
+        Observations; NaN marks missing entries.
+    method : {"nuts", "hmc", "svi", "blackjax_nuts", "chees", "mclmc", "smc"}
+        NumPyro NUTS / HMC; SVI with a structured guide; BlackJAX NUTS with window adaptation;
+        ChEES-HMC (many chains, vectorized); Metropolis-adjusted microcanonical Langevin with its
+        tuner; adaptive tempered SMC (log evidence in ``attrs["log_evidence"]``).
+    seed : int
+        Random seed.
+    num_chains : int
+        Chains (SVI and SMC return one "chain" of independent draws / particles).
+    num_warmup : int
+        Warmup / adaptation steps (MCMC), ignored by SVI and SMC.
+    num_samples : int
+        Draws per chain (SVI: draws from the guide; SMC: particles).
+    init : {"auto", "prior", "median", "svi", "pca"} or dict
+        How chains start (see :func:`inference.starts.initial_positions`); recorded in
+        ``attrs["initialization"]``.
+    chain_method : {"auto", "parallel", "vectorized", "sequential"}
+        ``"parallel"`` spreads chains over local devices; ``"auto"`` picks it when there are at
+        least as many devices as chains, else ``"vectorized"``.
+    progress_bar : bool
+        Show progress bars (False silences them).
+    model_kwargs : mapping, optional
+        Extra keyword arguments for the model (``inputs``, ``mask``).
+    **options
+        Method options: NUTS ``target_accept_prob``, ``max_tree_depth``, ``dense_mass``;
+        HMC ``num_steps`` / ``trajectory_length``; SVI ``guide`` ("structured", "auto_normal",
+        "auto_mvn", "auto_delta" or an AutoGuide), ``num_steps``, ``learning_rate``, ``tol``;
+        ChEES ``learning_rate``; MCLMC ``target_acceptance``; SMC ``target_ess``,
+        ``num_mcmc_steps``; all: ``shard_trials`` (split y's trial axis over devices),
+        ``log_likelihood`` (False skips the pointwise log-likelihood group).
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` (C, S, ...), ``sample_stats``, ``observed_data``, ``log_likelihood``
+        (C, S, [trial,] time), ``constant_data``; attributes ``method``, ``options``, ``seed``,
+        ``initialization``, ``versions``, ``sampling_time``.
+
+    Raises
+    ------
+    ValueError
+        Unknown method or option, bad sizes, or data the model cannot take.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    num_chains = _check_int(num_chains, "num_chains", 1)
+    num_samples = _check_int(num_samples, "num_samples", 1)
+    num_warmup = _check_int(num_warmup, "num_warmup", 0 if method in ("svi", "smc") else 1)
+    seed = _check_int(seed, "seed", 0)
+    unknown = set(options) - _allowed_options(method)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; allowed: "
+                         f"{sorted(_allowed_options(method))}")
+    y = check_y(y)
+    kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
+    info = inspect_program(model, y, kwargs)
+    if not info.latent:
+        raise ValueError("the model has no latent sample site to infer")
+    chain_method = _resolve_chain_method(chain_method, num_chains)
+    log_lik = bool(options.pop("log_likelihood", True))
+    y_run, kw_run = (shard_trials(y, kwargs) if options.pop("shard_trials", False) else (y, kwargs))
+    key_init, key_run = jax.random.split(jax.random.key(seed))
+    extra_attrs: dict = {}
+    t0 = time.perf_counter()
+    if method == "svi":
+        from inference.svi_method import fit_svi
+
+        samples, stats, init_text, extra_attrs = fit_svi(model, y_run, kw_run, key_run, num_samples,
+                                                         progress_bar, options, info)
+        library = "numpyro"
+    elif method == "smc":
+        from inference.smc import run_smc
+
+        samples, stats, init_text, extra_attrs = run_smc(model, y_run, kw_run, key_run, num_samples,
+                                                         progress_bar, options)
+        library = "blackjax"
+    else:
+        z0, init_text = initial_positions(model, y_run, kw_run, init, key_init, num_chains, info.latent,
+                                          {**options, "progress_bar": progress_bar})
+        t0 = time.perf_counter()
+        run_opts = {k: v for k, v in options.items() if k not in _COMMON_OPTIONS}
+        if method in ("nuts", "hmc"):
+            from inference.numpyro_backend import run_numpyro
+
+            samples, stats = run_numpyro(model, y_run, kw_run, method, key_run, num_chains=num_chains,
+                                         num_warmup=num_warmup, num_samples=num_samples,
+                                         chain_method=chain_method, init_positions=z0,
+                                         progress_bar=progress_bar, options=run_opts)
+            library = "numpyro"
+        else:
+            from inference.blackjax_backend import run_blackjax
+
+            samples, stats = run_blackjax(model, y_run, kw_run, method, key_run, num_chains=num_chains,
+                                          num_warmup=num_warmup, num_samples=num_samples,
+                                          chain_method=chain_method, init_positions=z0,
+                                          progress_bar=progress_bar, options=run_opts)
+            library = "blackjax"
+    elapsed = time.perf_counter() - t0
+    attrs = {
+        "method": method, "options": {k: v for k, v in options.items()}, "seed": seed,
+        "num_chains": int(next(iter(samples.values())).shape[0]), "num_warmup": num_warmup,
+        "num_samples": num_samples, "chain_method": chain_method if method not in ("svi", "smc") else "none",
+        "initialization": init_text, "versions": package_versions(), "sampling_time": elapsed,
+        **extra_attrs,
+    }
+    return to_datatree(model, samples, y, sample_stats=stats, model_kwargs=kwargs,
+                       log_likelihood=log_lik, attrs=attrs, library=library, info=info)

@@ -1,0 +1,144 @@
+"""Where chains start: prior draws, the prior median, given values, an SVI fit, or the model's own
+``initial_params`` (PCA plus a fast point estimate, for the switching models).
+
+Every strategy returns unconstrained positions with a leading chain axis, as NumPyro's
+``MCMC.run(init_params=...)`` and the BlackJAX kernels take them, plus a sentence saying how the
+chains were started (recorded in the result's ``initialization`` attribute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import init_to_median, init_to_sample
+from numpyro.infer.util import initialize_model, unconstrain_fn
+
+__all__ = ["initial_positions", "INIT_CHOICES"]
+
+INIT_CHOICES = ("auto", "prior", "median", "svi", "pca")
+JITTER = 0.01
+
+
+def _batched(model, y, kwargs, key, num_chains, strategy) -> dict:
+    keys = jax.random.split(key, num_chains)
+    info, *_ = initialize_model(keys, model, init_strategy=strategy, model_args=(y,),
+                                model_kwargs=kwargs)
+    return dict(info.z)
+
+
+def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Mapping,
+                 per_chain: bool = False) -> dict:
+    """Unconstrained positions (C, ...) from constrained site values; other sites at the median."""
+    unknown = sorted(set(values) - set(latent))
+    if unknown:
+        raise ValueError(f"init has values for sites that are not latent sample sites of the model: "
+                         f"{unknown}; latent sites are {sorted(latent)}")
+    k1, k2 = jax.random.split(key)
+    z = _batched(model, y, kwargs, k1, num_chains, init_to_median)
+    vals = {}
+    for name, v in values.items():
+        v = jnp.asarray(v, dtype=z[name].dtype)
+        want = (num_chains,) + tuple(latent[name]) if per_chain else tuple(latent[name])
+        if v.shape != want:
+            raise ValueError(f"init value for site {name!r} has shape {v.shape}; expected {want}")
+        vals[name] = v if per_chain else jnp.broadcast_to(v, (num_chains,) + v.shape)
+    # unconstrain_fn needs every latent site: pass the median values for the rest
+    full = dict(vals)
+    unc = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(
+        {**_constrain_median(model, y, kwargs, z), **full})
+    for name in vals:
+        noise = JITTER * jax.random.normal(jax.random.fold_in(k2, hash(name) & 0xFFFF), unc[name].shape)
+        z[name] = unc[name] + noise
+    return z
+
+
+def _constrain_median(model, y, kwargs, z) -> dict:
+    from numpyro.infer.util import constrain_fn
+
+    return jax.vmap(lambda p: constrain_fn(model, (y,), kwargs, p))(z)
+
+
+def _svi_start(model, y, kwargs, key, num_chains, options: Mapping) -> tuple[dict, str]:
+    from inference.svi import run_svi
+
+    steps = int(options.get("init_svi_steps", 2000))
+    res = run_svi(model, y, kwargs, key, num_steps=steps, guide=options.get("init_guide", "auto_normal"),
+                  learning_rate=float(options.get("init_svi_learning_rate", 0.02)),
+                  progress_bar=bool(options.get("progress_bar", True)), tol=None)
+    draws = res.guide.sample_posterior(jax.random.fold_in(key, 1), res.params, sample_shape=(num_chains,))
+    latent = _latent_names(model, y, kwargs)
+    draws = {k: v for k, v in draws.items() if k in latent}
+    z = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(draws)
+    text = (f"each of {num_chains} chain(s) started from its own draw of an SVI fit "
+            f"({res.guide_name}, {res.num_steps} steps, final loss {res.final_loss:.4g})")
+    return dict(z), text
+
+
+def _latent_names(model, y, kwargs) -> set:
+    from inference._program import inspect_program
+
+    return set(inspect_program(model, y, kwargs).latent)
+
+
+def initial_positions(model: Callable, y, model_kwargs: Mapping, init, key, num_chains: int,
+                      latent: Mapping, options: Mapping | None = None) -> tuple[dict, str]:
+    """Unconstrained starting points for ``num_chains`` chains.
+
+    Parameters
+    ----------
+    model : callable
+        The NumPyro program ``model(y, **model_kwargs)``.
+    y : array (T, N) or (B, T, N)
+    model_kwargs : mapping
+    init : {"auto", "prior", "median", "svi", "pca"} or mapping
+        ``"prior"``: a prior draw per chain; ``"median"``: the prior median (NumPyro's
+        ``init_to_median``; every chain from its own Monte Carlo estimate); a mapping of site
+        values (constrained, used for all chains, jittered by N(0, 0.01^2) in unconstrained space;
+        other sites at the median); ``"svi"``: one draw per chain from a fast SVI fit;
+        ``"pca"``: the model's ``initial_params(y, key, **model_kwargs)`` (PCA of y plus a point
+        estimate), jittered; ``"auto"``: ``"pca"`` if the model has ``initial_params``, else
+        ``"median"``.
+    key : jax.random key
+    num_chains : int
+    latent : mapping name -> shape
+        The latent sample sites.
+    options : mapping, optional
+        ``init_svi_steps``, ``init_svi_learning_rate``, ``init_guide``, ``progress_bar``.
+
+    Returns
+    -------
+    positions : dict name -> array (num_chains, ...)
+        Unconstrained values.
+    description : str
+    """
+    options = dict(options or {})
+    if isinstance(init, Mapping):
+        z = _from_values(model, y, model_kwargs, key, num_chains, init, latent)
+        return z, (f"all {num_chains} chain(s) started from given values of {sorted(init)} jittered "
+                   f"by N(0, {JITTER}^2) in unconstrained space; other sites at the prior median")
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES} or a dict of site values; got {init!r}")
+    has_own = callable(getattr(model, "initial_params", None))
+    if init == "auto":
+        init = "pca" if has_own else "median"
+    if init == "pca":
+        if not has_own:
+            raise ValueError("init='pca' needs a model with an initial_params(y, key, **model_kwargs) "
+                             "method; use init='svi', 'median' or 'prior'")
+        values = model.initial_params(np.asarray(y), key, **model_kwargs)
+        values = {k: v for k, v in dict(values).items() if k in latent}
+        z = _from_values(model, y, model_kwargs, jax.random.fold_in(key, 7), num_chains, values, latent)
+        return z, (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast "
+                   f"point estimate) for {sorted(values)}, jittered by N(0, {JITTER}^2) in "
+                   "unconstrained space")
+    if init == "prior":
+        return _batched(model, y, model_kwargs, key, num_chains, init_to_sample), \
+            f"each of {num_chains} chain(s) started from its own prior draw"
+    if init == "median":
+        return _batched(model, y, model_kwargs, key, num_chains, init_to_median), \
+            (f"each of {num_chains} chain(s) started at the prior median (init_to_median, 15 prior "
+             "draws per chain)")
+    return _svi_start(model, y, model_kwargs, key, num_chains, options)
