@@ -42,7 +42,8 @@ class SLDS(ModelMixin):
 
     - ``init_probs`` ~ Dirichlet(1); ``trans_probs[i]`` ~ Dirichlet(1 + kappa e_i), kappa =
       ``stickiness`` for sticky transitions, 0 otherwise
-    - ``dynamics`` A_k ~ Normal(0.9 I, 0.15 / sqrt(D)) elementwise; ``dynamics_bias`` b_k ~
+    - ``dynamics`` A_k ~ Normal(0.85 I, 0.085 / sqrt(D)) elementwise (spectral radius < 1 with
+      prior probability about 0.98 per state for D = 2); ``dynamics_bias`` b_k ~
       Normal(0, 0.3); ``dynamics_noise`` q_k ~ HalfNormal(0.2)
     - ``emission_matrix`` C: entries Normal(0, 1), except that the top D x D block is lower
       triangular with a positive diagonal (HalfNormal(2)) -- see Identifiability;
@@ -236,7 +237,7 @@ class SLDS(ModelMixin):
         pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
         log_P, R, r = self._transition_params(K, inputs)
         A = numpyro.sample(
-            "dynamics", dist.Normal(0.9 * jnp.eye(D), 0.15 / np.sqrt(D)).expand([K, D, D]).to_event(3)
+            "dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D]).to_event(3)
         )
         b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
         q = numpyro.sample("dynamics_noise", dist.HalfNormal(0.2).expand([K, D]).to_event(2))
