@@ -1,0 +1,848 @@
+"""The ``zoo`` command line: simulate data, fit a model, analyse attractors, diagnose, demo.
+
+::
+
+    zoo simulate SYSTEM --out data.nc [--num-steps T --num-trials B --seed S ...]
+    zoo fit MODEL data.nc --method nuts --out posterior.nc [model and sampler options]
+    zoo attractors posterior.nc --out figure.png [--num-draws --grid-size --out-nc]
+    zoo diagnose posterior.nc
+    zoo demo [--out-dir DIR --quick --quiet]
+
+Data files
+    NetCDF (xarray) with a variable ``y`` with dims ``(time, neuron)`` or ``(trial, time,
+    neuron)``, optionally ``inputs`` with dims ``(time, input)`` / ``(trial, time, input)``, and
+    attributes such as ``dt``. Plain NumPy files are accepted too: ``.npy`` holds y alone,
+    ``.npz`` holds ``y`` and optionally ``inputs``; their axis order must be ``(time, neuron)``
+    or ``(trial, time, neuron)`` (inputs ``(time, input)`` or ``(trial, time, input)``).
+
+Posterior files
+    The ``xarray.DataTree`` of :func:`inference.fit` written with ``to_netcdf``; its root
+    attributes ``zoo_model`` (class name) and ``zoo_model_kwargs`` (constructor arguments as JSON)
+    let ``zoo attractors`` and ``zoo diagnose`` rebuild the model.
+
+Usage errors (unknown subcommand, model, system or option; missing or unreadable file; data of the
+wrong shape; bad option values) print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "load_data", "load_posterior", "make_model", "map_start",
+           "SYSTEMS", "MODELS"]
+
+SYSTEMS = ("nascar", "two_spirals", "line_attractor", "two_point_attractors", "van_der_pol",
+           "double_well")
+MODELS = ("hmm", "lds", "slds", "rslds", "gpslds", "gpsde")
+_CLASSES = {"hmm": "HMM", "lds": "LDS", "slds": "SLDS", "rslds": "RSLDS", "gpslds": "GPSLDS",
+            "gpsde": "GPSDE"}
+_MODULES = {"HMM": "zoo.hmm", "LDS": "zoo.lds", "SLDS": "zoo.slds", "RSLDS": "zoo.rslds",
+            "GPSLDS": "zoo.gpslds", "GPSDE": "zoo.gpsde"}
+_DYNAMICS_MODELS = ("SLDS", "RSLDS", "GPSLDS", "GPSDE")
+
+
+class UsageError(ValueError):
+    """A problem with the command line or the files it names (exit status 2)."""
+
+
+def _say(args, *text) -> None:
+    if not getattr(args, "quiet", False):
+        print(*text, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data files
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_array(name: str, arr: np.ndarray, path: str) -> np.ndarray:
+    if arr.ndim not in (2, 3):
+        raise UsageError(f"{path}: {name} must have dims (time, neuron) or (trial, time, neuron); "
+                         f"got an array of shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise UsageError(f"{path}: {name} must be numeric; got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=float)
+
+
+def load_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Read observations (and inputs) from a NetCDF, ``.npy`` or ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.nc``: an xarray Dataset with ``y`` (dims ``(time, neuron)`` or ``(trial, time,
+        neuron)``, any order: they are transposed by name) and optionally ``inputs`` (dims
+        ``(time, input)`` / ``(trial, time, input)``). ``.npy``: y with axes in that order.
+        ``.npz``: key ``y`` and optionally ``inputs``, axes in that order.
+
+    Returns
+    -------
+    y : array (T, N) or (B, T, N)
+    inputs : array (T, I) or (B, T, I), or None
+    attrs : dict
+        File attributes (``dt``, ``system``, ...); empty for NumPy files.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    UsageError
+        Unreadable file, unknown suffix, missing ``y``, or arrays of the wrong shape.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    suffix = p.suffix.lower()
+    attrs: dict = {}
+    inputs = None
+    if suffix in (".nc", ".netcdf", ".h5", ".nc4"):
+        import xarray as xr
+
+        try:
+            ds = xr.load_dataset(p)
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+            raise UsageError(f"{path}: not a readable NetCDF file ({type(err).__name__}: {err})") from None
+        if "y" not in ds:
+            raise UsageError(f"{path}: no variable 'y' (found {sorted(ds.data_vars)})")
+        dims = set(ds["y"].dims)
+        if dims not in ({"time", "neuron"}, {"trial", "time", "neuron"}):
+            raise UsageError(f"{path}: y must have dims (time, neuron) or (trial, time, neuron); got "
+                             f"{ds['y'].dims}")
+        order = [d for d in ("trial", "time", "neuron") if d in dims]
+        y = ds["y"].transpose(*order).values
+        if "inputs" in ds:
+            idims = set(ds["inputs"].dims)
+            iorder = [d for d in ("trial", "time", "input") if d in idims]
+            if set(iorder) != idims:
+                raise UsageError(f"{path}: inputs must have dims (time, input) or (trial, time, input); "
+                                 f"got {ds['inputs'].dims}")
+            inputs = ds["inputs"].transpose(*iorder).values
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in ds.attrs.items()}
+    elif suffix in (".npy", ".npz"):
+        try:
+            loaded = np.load(p, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001
+            raise UsageError(f"{path}: not a readable NumPy file ({type(err).__name__}: {err})") from None
+        if suffix == ".npy":
+            y = loaded
+        else:
+            if "y" not in loaded.files:
+                raise UsageError(f"{path}: the .npz file has no array 'y' (found {loaded.files})")
+            y = loaded["y"]
+            inputs = loaded["inputs"] if "inputs" in loaded.files else None
+    else:
+        raise UsageError(f"{path}: unknown file type {suffix!r}; use .nc (NetCDF), .npy or .npz")
+    y = _check_array("y", np.asarray(y), str(path))
+    if inputs is not None:
+        inputs = _check_array("inputs", np.asarray(inputs), str(path))
+        if inputs.ndim != y.ndim or inputs.shape[:-1] != y.shape[:-1]:
+            raise UsageError(f"{path}: inputs of shape {inputs.shape} do not match y of shape {y.shape} "
+                             "(same trial and time axes expected)")
+    return y, inputs, attrs
+
+
+def _data_to_dataset(data: Mapping, attrs: Mapping):
+    """An xarray Dataset with named dims from a dict of y, x, z, inputs."""
+    import xarray as xr
+
+    y = np.asarray(data["y"])
+    lead = ("trial", "time") if y.ndim == 3 else ("time",)
+    vars_ = {"y": (lead + ("neuron",), y)}
+    for name, last in (("x", "latent"), ("inputs", "input")):
+        v = data.get(name)
+        if v is not None and np.shape(v)[:-1] == y.shape[:-1]:
+            vars_[name] = (lead + (last,), np.asarray(v))
+    if data.get("z") is not None and np.shape(data["z"]) == y.shape[:-1]:
+        vars_["z"] = (lead, np.asarray(data["z"]).astype(np.int32))
+    coords = {"time": np.arange(y.shape[-2]) * float(attrs.get("dt", 1.0))}
+    ds = xr.Dataset(vars_, coords=coords, attrs=dict(attrs))
+    ds["y"].attrs["description"] = "observations (counts for Poisson systems)"
+    if "x" in ds:
+        ds["x"].attrs["description"] = "true latent state"
+    return ds
+
+
+def simulate_system(system: str, seed: int = 0, num_steps: int | None = None, num_trials: int = 1,
+                    num_neurons: int | None = None, emissions: str | None = None, bin_size: int = 1):
+    """Simulate a built-in system and return it as an ``xarray.Dataset`` with named dims.
+
+    Parameters
+    ----------
+    system : {"nascar", "two_spirals", "line_attractor", "two_point_attractors", "van_der_pol",
+              "double_well"}
+    seed : int
+    num_steps : int, optional
+        Time steps per trial *after* binning (default: the system's own duration).
+    num_trials : int
+    num_neurons : int, optional
+        Observed dimension (NASCAR: ``obs_dim``, default 10).
+    emissions : {"gaussian", "poisson"}, optional
+        Default: Gaussian for NASCAR, Poisson for the others.
+    bin_size : int
+        For the continuous-time systems: sum counts over ``bin_size`` simulation steps
+        (``dt`` grows accordingly); x and inputs are subsampled at the bin starts.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``y`` (trial, time, neuron) or (time, neuron), ``x`` (..., latent), ``z`` (NASCAR),
+        ``inputs`` (driven systems), attrs ``system``, ``seed``, ``dt``, ``emissions``,
+        ``num_trials``, ``bin_size``.
+    """
+    import jax
+
+    if system not in SYSTEMS:
+        raise UsageError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    for name, value, low in (("num_trials", num_trials, 1), ("bin_size", bin_size, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}; got {value!r}")
+    if num_steps is not None and num_steps < 2:
+        raise UsageError(f"--num-steps must be an integer >= 2; got {num_steps}")
+    if num_neurons is not None and num_neurons < 2:
+        raise UsageError(f"--num-neurons must be an integer >= 2; got {num_neurons}")
+    if emissions is not None and emissions not in ("gaussian", "poisson"):
+        raise UsageError(f"--emissions must be 'gaussian' or 'poisson'; got {emissions!r}")
+    attrs = {"system": system, "seed": seed, "num_trials": num_trials, "bin_size": bin_size}
+    if system == "nascar":
+        from zoo.datasets import nascar
+
+        if bin_size != 1:
+            raise UsageError("--bin-size applies to the continuous-time systems, not to nascar")
+        em = emissions or "gaussian"
+        d = nascar(seed=seed, num_steps=num_steps or 1000, num_trials=num_trials, emissions=em,
+                   obs_dim=num_neurons or 10)
+        attrs.update(dt=1.0, emissions=em, description="NASCAR track (rSLDS, 4 regimes, 2-D latent)")
+        return _data_to_dataset(d, attrs)
+    from zoo import systems
+    from zoo.sde import bin_observations
+
+    fn = getattr(systems, system)
+    em = emissions or "poisson"
+    kw = {"num_trials": num_trials, "emissions": em}
+    if num_neurons is not None:
+        kw["num_neurons"] = num_neurons
+    import inspect
+
+    sig = inspect.signature(fn).parameters
+    dt = float(sig["dt"].default)
+    if num_steps is not None:
+        kw["duration"] = num_steps * bin_size * dt + 0.5 * dt
+    d = fn(jax.random.key(seed), **kw)
+    y = np.asarray(d["y"])
+    counts = em == "poisson"
+    yb = bin_observations(y, bin_size, counts=counts) if bin_size > 1 else y
+    T = yb.shape[-2]
+    if num_steps is not None:
+        T = min(T, num_steps)
+        yb = yb[..., :T, :]
+    out = {"y": yb, "x": np.asarray(d["x"])[..., ::bin_size, :][..., :T, :]}
+    if d.get("inputs") is not None:
+        out["inputs"] = np.asarray(d["inputs"])[..., ::bin_size, :][..., :T, :]
+    if num_trials == 1:
+        out = {k: v[0] for k, v in out.items()}
+    doc = (fn.__doc__ or "").strip().splitlines()[0]
+    attrs.update(dt=float(d["dt"]) * bin_size, emissions=em, description=doc)
+    return _data_to_dataset(out, attrs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_class(name: str):
+    import importlib
+
+    return getattr(importlib.import_module(_MODULES[name]), name)
+
+
+def make_model(name: str, kwargs: Mapping):
+    """Build a zoo model from its class name and constructor arguments (a ``ValueError`` for bad
+    arguments names the argument)."""
+    if name not in _MODULES:
+        raise UsageError(f"unknown model class {name!r}; known: {sorted(_MODULES)}")
+    cls = _model_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise UsageError(f"bad arguments for {name}: {err}") from None
+
+
+def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapping) -> dict:
+    """Constructor arguments for MODEL from the command-line options and the data."""
+    N = int(y.shape[-1])
+    emissions = args.emissions
+    if emissions == "auto":
+        emissions = attrs.get("emissions")
+        if emissions not in ("gaussian", "poisson"):
+            seen = y[~np.isnan(y)]
+            emissions = "poisson" if seen.size and np.all(seen >= 0) and np.all(seen == np.round(seen)) \
+                else "gaussian"
+    I = 0 if inputs is None else int(inputs.shape[-1])
+    K = args.num_states
+    D = args.latent_dim
+    if model == "hmm":
+        kw = {"num_states": K or 3, "obs_dim": N, "emissions": emissions,
+              "transitions": args.transitions or "standard"}
+        if I:
+            raise UsageError("the hmm model takes no inputs; remove 'inputs' from the data file")
+    elif model == "lds":
+        if emissions != "gaussian":
+            raise UsageError("the lds model has Gaussian emissions only (use --emissions gaussian)")
+        if I:
+            raise UsageError("the lds model takes no inputs; remove 'inputs' from the data file")
+        kw = {"latent_dim": D or 2, "obs_dim": N}
+    elif model in ("slds", "rslds"):
+        default_tr = "standard" if model == "slds" else "recurrent_only"
+        kw = {"num_states": K or 4, "latent_dim": D or 2, "obs_dim": N, "emissions": emissions,
+              "transitions": args.transitions or default_tr, "input_dim": I}
+    else:
+        dt = args.dt if args.dt is not None else float(attrs.get("dt", 0.01))
+        if args.transitions:
+            raise UsageError(f"--transitions does not apply to {model}")
+        kw = {"latent_dim": D or 2, "obs_dim": N, "emissions": emissions, "input_dim": I, "dt": dt}
+        if model == "gpslds":
+            kw = {"num_regimes": K or 2, **kw}
+        else:
+            if K:
+                raise UsageError("--num-states does not apply to gpsde")
+            kw.update(kernel=args.kernel, approx=args.approx)
+    for opt in ("kernel", "approx"):
+        if model != "gpsde" and getattr(args, opt) != getattr(_DEFAULTS, opt):
+            raise UsageError(f"--{opt} applies to gpsde only")
+    return kw
+
+
+class _DEFAULTS:
+    kernel = "rbf"
+    approx = "inducing"
+
+
+def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learning_rate: float = 0.02,
+              progress_bar: bool = False) -> dict:
+    """A MAP point estimate of a GP-SLDS / GP-SDE started from a smoothed PCA path (chain starts).
+
+    The diffusion is held at its prior median during the MAP stage (the joint MAP over a path and
+    its diffusion is degenerate); the returned values include it, so NUTS starts from the MAP of
+    everything else with the diffusion at that value (the recipe of ``benchmarks/gp_models.py``).
+
+    Parameters
+    ----------
+    model : zoo.gpslds.GPSLDS or zoo.gpsde.GPSDE
+    y : array (T, N) or (B, T, N)
+    inputs : array (..., T, I), optional
+    num_steps : int
+        Adam steps.
+    seed : int
+    learning_rate : float
+    progress_bar : bool
+
+    Returns
+    -------
+    dict
+        Constrained values of the latent sites, for ``inference.fit(..., init=values)``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from numpyro import handlers as nh
+    from numpyro.infer import SVI, Trace_ELBO, init_to_value
+    from numpyro.infer.autoguide import AutoDelta
+
+    from zoo.sde import initial_path
+
+    y = jnp.asarray(y)
+    kw = {} if inputs is None else {"inputs": jnp.asarray(inputs, y.dtype)}
+    counts = getattr(model, "emissions", "gaussian") == "poisson"
+    x0 = np.asarray(initial_path(np.asarray(y), model.latent_dim, counts=counts, smooth=2.0, scale=3.0))
+    s = int(getattr(model, "substeps", 1))
+    if s > 1:
+        T = x0.shape[-2]
+        t_f = np.arange((T - 1) * s + 1) / s
+        flat = x0.reshape((-1,) + x0.shape[-2:])
+        x0 = np.stack([np.stack([np.interp(t_f, np.arange(T), xx[:, d]) for d in range(xx.shape[-1])], -1)
+                       for xx in flat]).reshape(x0.shape[:-2] + (len(t_f), -1))
+    fixed = {"diffusion": jnp.full(model.latent_dim, model.diffusion_scale, y.dtype)}
+    blocked = nh.condition(model, data=fixed)
+    guide = AutoDelta(blocked, init_loc_fn=init_to_value(values={"x": jnp.asarray(x0, y.dtype)}))
+    svi = SVI(blocked, guide, optax.adam(learning_rate), Trace_ELBO())
+    res = svi.run(jax.random.key(seed), num_steps, y, progress_bar=progress_bar, **kw)
+    return {k: np.asarray(v) for k, v in dict(guide.median(res.params), **fixed).items()}
+
+
+def _parse_options(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--option expects KEY=VALUE; got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _fit_model(model, y, inputs, args, *, method: str, num_chains: int, num_warmup: int, num_samples: int,
+               init: str, options: Mapping, seed: int, map_steps: int):
+    """inference.fit with a MAP start for the GP models (``init="auto"``)."""
+    import inference
+
+    kwargs = {} if inputs is None else {"inputs": inputs}
+    init_value = init
+    name = type(model).__name__
+    text = None
+    if init in ("auto", "map") and name in ("GPSLDS", "GPSDE") and method not in ("svi", "smc"):
+        _say(args, f"MAP point estimate ({map_steps} Adam steps) to start the chains ...")
+        t0 = time.perf_counter()
+        init_value = map_start(model, y, inputs, num_steps=map_steps, seed=seed,
+                               progress_bar=not args.quiet)
+        text = f"MAP point estimate ({map_steps} Adam steps from a smoothed PCA path, diffusion at " \
+               f"its prior median) in {time.perf_counter() - t0:.1f} s"
+    elif init == "map":
+        raise UsageError("--init map applies to gpslds and gpsde with an MCMC method")
+    post = inference.fit(model, y, method, seed=seed, num_chains=num_chains, num_warmup=num_warmup,
+                         num_samples=num_samples, init=init_value, progress_bar=not args.quiet,
+                         model_kwargs=kwargs, **options)
+    if text:
+        post.attrs["initialization"] = f"{text}; {post.attrs.get('initialization', '')}"
+    return post
+
+
+def _store_model(post, model) -> None:
+    from dataclasses import fields
+
+    kw = {f.name: getattr(model, f.name) for f in fields(model) if f.init}
+    post.attrs["zoo_model"] = type(model).__name__
+    post.attrs["zoo_model_kwargs"] = json.dumps(kw, sort_keys=True)
+
+
+def load_posterior(path: str | os.PathLike):
+    """Read a posterior written by ``zoo fit`` and rebuild its model.
+
+    Returns
+    -------
+    post : xarray.DataTree
+    model : zoo model or None
+        None when the file does not name a zoo model.
+    """
+    import xarray as xr
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such posterior file: {path}")
+    try:
+        post = xr.open_datatree(p)
+        post.load()
+    except Exception as err:  # noqa: BLE001
+        raise UsageError(f"{path}: not a readable NetCDF posterior ({type(err).__name__}: {err})") from None
+    if "posterior" not in post.children:
+        raise UsageError(f"{path}: no 'posterior' group (is this a file written by 'zoo fit'?)")
+    name = post.attrs.get("zoo_model")
+    if name is None:
+        return post, None
+    try:
+        kw = json.loads(post.attrs.get("zoo_model_kwargs", "{}"))
+    except json.JSONDecodeError:
+        raise UsageError(f"{path}: the attribute zoo_model_kwargs is not valid JSON") from None
+    return post, make_model(str(name), kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports and figures
+# ----------------------------------------------------------------------------------------------
+
+
+def attractor_summary(result) -> str:
+    """A few lines summarising an :func:`inference.attractors` result."""
+    p_line = float(result["p_line_attractor"])
+    lines = [f"P(line attractor) = {p_line:.3f}   ({int(result.attrs.get('num_draws', 0))} posterior draws)"]
+    for n, p in zip(result["num_stable_value"].values, result["p_num_stable"].values, strict=True):
+        lines.append(f"P(number of stable fixed points = {int(n)}) = {float(p):.3f}")
+    score = result["line_attractor_score"].values
+    if np.isfinite(score).any():
+        best = np.nanmax(np.where(np.isfinite(score), score, -np.inf), axis=1)
+        best = best[np.isfinite(best)]
+        if best.size:
+            lo, hi = np.percentile(best, [5, 95])
+            lines.append("line-attractor score log2(tau1/tau2) at fixed points: "
+                         f"median {np.median(best):.2f} (90% interval {lo:.2f} .. {hi:.2f})")
+    return "\n".join(lines)
+
+
+def attractor_figure(result, path: str | os.PathLike, title: str | None = None,
+                     true_fixed_points=None) -> None:
+    """Two panels over the posterior-mean flow field: P(|f(x)| < eps) and P(stable fixed point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from inference.attractors import plot_attractors
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+    plot_attractors(result, which="p_slow", ax=axes[0], true_fixed_points=true_fixed_points)
+    plot_attractors(result, which="p_stable_in_cell", ax=axes[1], true_fixed_points=true_fixed_points)
+    axes[0].set_title(f"slow points; P(line attractor) = {float(result['p_line_attractor']):.2f}")
+    axes[1].set_title("P(stable fixed point in cell)")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _run_attractors(model, post, num_draws: int, grid_size: int, seed: int):
+    import inference
+
+    if type(model).__name__ not in _DYNAMICS_MODELS:
+        raise UsageError(f"attractor analysis needs a model with latent dynamics "
+                         f"({', '.join(m.lower() for m in _DYNAMICS_MODELS)}); this posterior is "
+                         f"from {type(model).__name__}")
+    return inference.attractors(model, post, num_draws=num_draws, grid_size=grid_size, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_simulate(args) -> int:
+    ds = simulate_system(args.system, seed=args.seed, num_steps=args.num_steps, num_trials=args.num_trials,
+                         num_neurons=args.num_neurons, emissions=args.emissions, bin_size=args.bin_size)
+    out = Path(args.out)
+    if out.suffix.lower() != ".nc":
+        raise UsageError(f"--out must name a .nc file; got {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(out)
+    _say(args, f"wrote {out}: " + ", ".join(f"{k} {dict(v.sizes)}" for k, v in ds.data_vars.items()))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    y, inputs, attrs = load_data(args.data)
+    out = Path(args.out)
+    if out.suffix.lower() != ".nc":
+        raise UsageError(f"--out must name a .nc file; got {args.out}")
+    if args.jax_x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    kw = _model_kwargs_from_args(args.model, args, y, inputs, attrs)
+    model = make_model(_CLASSES[args.model], kw)
+    _say(args, f"model: {type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in kw.items())})")
+    _say(args, f"data: y {y.shape}" + (f", inputs {inputs.shape}" if inputs is not None else ""))
+    options = _parse_options(args.option)
+    t0 = time.perf_counter()
+    post = _fit_model(model, y, inputs, args, method=args.method, num_chains=args.num_chains,
+                      num_warmup=args.num_warmup, num_samples=args.num_samples, init=args.init,
+                      options=options, seed=args.seed, map_steps=args.map_steps)
+    _store_model(post, model)
+    post.attrs["zoo_data"] = str(args.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    post.to_netcdf(out)
+    _say(args, f"fitted in {time.perf_counter() - t0:.1f} s; wrote {out}")
+    _say(args, f"next: zoo diagnose {out}" + (f"; zoo attractors {out} --out figure.png"
+                                              if type(model).__name__ in _DYNAMICS_MODELS else ""))
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    import inference
+
+    post, _ = load_posterior(args.posterior)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = inference.diagnose(post, emit=False)
+    sizes = post["posterior"].sizes
+    print(f"{args.posterior}: method {post.attrs.get('method', '?')}, "
+          f"{sizes.get('chain', '?')} chain(s) x {sizes.get('draw', '?')} draws")
+    print(dg)
+    return 1 if (args.strict and dg.verdict == "fail") else 0
+
+
+def cmd_attractors(args) -> int:
+    post, model = load_posterior(args.posterior)
+    if model is None:
+        raise UsageError(f"{args.posterior}: no zoo_model attribute; was it written by 'zoo fit'?")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--out must name a .png, .pdf or .svg figure; got {args.out}")
+    if args.jax_x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    if getattr(model, "latent_dim", 2) != 2:
+        raise UsageError(f"the attractor figure needs a 2-D latent space; this model has latent_dim="
+                         f"{model.latent_dim}")
+    res = _run_attractors(model, post, args.num_draws, args.grid_size, args.seed)
+    print(attractor_summary(res))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    attractor_figure(res, out, title=f"{type(model).__name__}: {args.posterior}")
+    _say(args, f"wrote {out}")
+    if args.out_nc:
+        res.to_netcdf(args.out_nc)
+        _say(args, f"wrote {args.out_nc}")
+    return 0
+
+
+DEMO_SIZES = {
+    # trials, duration (s), bin, MAP steps, warmup, samples, chains, attractor draws, grid
+    "full": dict(num_trials=4, duration=2.0, bin_size=4, map_steps=800, num_warmup=120, num_samples=120,
+                 num_chains=2, num_draws=60, grid_size=20),
+    "quick": dict(num_trials=2, duration=1.0, bin_size=4, map_steps=100, num_warmup=15, num_samples=15,
+                  num_chains=2, num_draws=6, grid_size=8),
+}
+
+
+def cmd_demo(args) -> int:
+    """Line-attractor analysis of a synthetic hypothalamus-like recording with a GP-SLDS."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import inference
+
+    t_start = time.perf_counter()
+    sz = DEMO_SIZES["quick" if args.quick else "full"]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _say(args, "zoo demo: is there a line attractor in this population recording, and how sure are we?")
+    _say(args, f"1/4 simulating {sz['num_trials']} trials x {sz['duration']} s of a line attractor driven by "
+               "input pulses (zoo.systems.line_attractor, 30 Poisson neurons) ...")
+    steps = int(round(sz["duration"] / 0.01)) // sz["bin_size"]
+    data = simulate_system("line_attractor", seed=args.seed, num_steps=steps, num_trials=sz["num_trials"],
+                           bin_size=sz["bin_size"])
+    data.to_netcdf(out_dir / "data.nc")
+    y, inputs = data["y"].values, data["inputs"].values
+    model = make_model("GPSLDS", {"num_regimes": 2, "latent_dim": 2, "obs_dim": int(y.shape[-1]),
+                                  "emissions": "poisson", "input_dim": 1, "dt": float(data.attrs["dt"]),
+                                  "init_scale": 3.0})
+    _say(args, f"2/4 fitting a GP-SLDS (2 regimes, 2-D latent, Poisson) to y {y.shape} with NUTS "
+               f"({sz['num_chains']} chains x {sz['num_warmup']} warmup + {sz['num_samples']} draws) ...")
+    t0 = time.perf_counter()
+    post = _fit_model(model, y, inputs, args, method="nuts", num_chains=sz["num_chains"],
+                      num_warmup=sz["num_warmup"], num_samples=sz["num_samples"], init="auto",
+                      options={"max_tree_depth": 6}, seed=args.seed, map_steps=sz["map_steps"])
+    t_fit = time.perf_counter() - t0
+    _store_model(post, model)
+    post.attrs["zoo_data"] = str(out_dir / "data.nc")
+    post.to_netcdf(out_dir / "posterior.nc")
+    print(f"fit: {t_fit:.0f} s ({post.attrs['initialization']})")
+    print("3/4 diagnostics (inference.diagnose):")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = inference.diagnose(post, emit=False)
+    print(f"verdict: {dg.verdict}")
+    for w in dg.warnings:
+        print(f"  - {w}")
+    if not args.quiet:
+        print(dg.table.to_string(float_format=lambda v: f"{v:.3g}"))
+    if args.quick:
+        print("  (--quick: tiny sizes, so the diagnostics are expected to complain)")
+    print("4/4 attractor posterior (inference.attractors):")
+    res = _run_attractors(model, post, sz["num_draws"], sz["grid_size"], args.seed)
+    print(attractor_summary(res))
+    print("truth: a line attractor (eigenvalues 0 and -4 1/s), no isolated stable fixed point")
+    res.to_netcdf(out_dir / "attractors.nc")
+    attractor_figure(res, out_dir / "attractors.png",
+                     title="GP-SLDS on zoo.systems.line_attractor: flow field and attractor posterior")
+    _latents_figure(post, data, out_dir / "latents.png")
+    with open(out_dir / "summary.json", "w") as fh:
+        json.dump({"p_line_attractor": float(res["p_line_attractor"]),
+                   "p_num_stable": dict(zip(res["num_stable_value"].values.tolist(),
+                                            res["p_num_stable"].values.tolist(), strict=True)),
+                   "verdict": dg.verdict, "warnings": dg.warnings, "fit_seconds": t_fit,
+                   "total_seconds": time.perf_counter() - t_start, "quick": bool(args.quick),
+                   "sizes": sz}, fh, indent=2)
+    print(f"wrote {out_dir}/: data.nc, posterior.nc, attractors.nc, attractors.png, latents.png, "
+          "summary.json")
+    print(f"done in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def _latents_figure(post, data, path) -> None:
+    """Posterior-mean latent path of the first trial next to the true one (up to an affine map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = post["posterior"]["x"].values  # (chain, draw, [trial,] time, latent)
+    xm = x.reshape((-1,) + x.shape[2:]).mean(0)
+    xt = data["x"].values
+    if xm.ndim == 3:
+        xm, xt = xm[0], xt[0]
+    T = min(len(xm), len(xt))
+    xm, xt = xm[:T], xt[:T]
+    A = np.c_[xm, np.ones(T)]
+    coef, *_ = np.linalg.lstsq(A, xt, rcond=None)
+    xa = A @ coef
+    t = np.arange(T) * float(data.attrs.get("dt", 1.0))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
+    for d in range(2):
+        axes[d].plot(t, xt[:, d], "k", lw=1.5, label="true")
+        axes[d].plot(t, xa[:, d], "tab:blue", lw=1.2, label="posterior mean (affinely aligned)")
+        axes[d].set_xlabel("time (s)")
+        axes[d].set_ylabel(f"latent {d}")
+    axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``zoo`` argument parser."""
+    from inference.fit import METHODS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or chatter")
+    p = _Parser(prog="zoo", description="Bayesian state-space models of latent dynamics: simulate, fit, "
+                "diagnose and find attractors. Usage errors exit with status 2.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("simulate", parents=[common], help="simulate a built-in system into a NetCDF file",
+                       description="Simulate a built-in system; writes y (trial, time, neuron) or (time, "
+                       "neuron), x, z and inputs where they exist, with attrs naming the system.")
+    s.add_argument("system", choices=SYSTEMS, metavar="SYSTEM", help=f"one of {', '.join(SYSTEMS)}")
+    s.add_argument("--out", required=True, help="output .nc file")
+    s.add_argument("--num-steps", type=_positive_int, default=None,
+                   help="time steps per trial (after binning); default: the system's own length")
+    s.add_argument("--num-trials", type=_positive_int, default=1)
+    s.add_argument("--num-neurons", type=_positive_int, default=None)
+    s.add_argument("--emissions", choices=("gaussian", "poisson"), default=None,
+                   help="default: gaussian for nascar, poisson otherwise")
+    s.add_argument("--bin-size", type=_positive_int, default=1,
+                   help="continuous-time systems: sum counts over this many simulation steps")
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.set_defaults(func=cmd_simulate)
+
+    f = sub.add_parser("fit", parents=[common], help="fit a model to a data file",
+                       description="Fit MODEL to y (and inputs) read from a .nc, .npy or .npz file; .npy/"
+                       ".npz arrays must be ordered (time, neuron) or (trial, time, neuron). Writes the "
+                       "posterior DataTree (ArviZ groups) to a NetCDF file.")
+    f.add_argument("model", choices=MODELS, metavar="MODEL", help=f"one of {', '.join(MODELS)}")
+    f.add_argument("data", help="data file (.nc, .npy, .npz)")
+    f.add_argument("--out", required=True, help="output posterior .nc file")
+    f.add_argument("--method", choices=METHODS, default="nuts")
+    f.add_argument("--num-chains", type=_positive_int, default=2)
+    f.add_argument("--num-warmup", type=_nonneg_int, default=300)
+    f.add_argument("--num-samples", type=_positive_int, default=300)
+    f.add_argument("--seed", type=_nonneg_int, default=0)
+    f.add_argument("--init", choices=("auto", "map", "prior", "median", "svi", "pca"), default="auto",
+                   help="chain starts; auto = the model's PCA start (switching models) or a MAP "
+                        "estimate (GP models)")
+    f.add_argument("--map-steps", type=_positive_int, default=1000, help="Adam steps of the MAP start")
+    f.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option for inference.fit, e.g. -o max_tree_depth=6 -o num_steps=2000")
+    g = f.add_argument_group("model options")
+    g.add_argument("--num-states", type=_positive_int, default=None,
+                   help="discrete states (hmm 3, slds/rslds 4) or GP-SLDS regimes (2)")
+    g.add_argument("--latent-dim", type=_positive_int, default=None, help="latent dimension (2)")
+    g.add_argument("--emissions", choices=("auto", "gaussian", "poisson"), default="auto",
+                   help="auto: the data file's attribute, else poisson for non-negative integer data")
+    g.add_argument("--transitions", choices=("standard", "sticky", "recurrent", "recurrent_only"),
+                   default=None, help="hmm/slds: standard|sticky; rslds: recurrent|recurrent_only")
+    g.add_argument("--dt", type=_positive_float, default=None,
+                   help="gpslds/gpsde bin width (default: the data file's dt, else 0.01)")
+    g.add_argument("--kernel", choices=("rbf", "matern52"), default="rbf", help="gpsde kernel")
+    g.add_argument("--approx", choices=("inducing", "hsgp"), default="inducing", help="gpsde approximation")
+    g.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=True,
+                   help="double precision (default on)")
+    f.set_defaults(func=cmd_fit)
+
+    a = sub.add_parser("attractors", parents=[common], help="posterior probability of attractors + figure",
+                       description="Fixed points, line attractors and slow-point maps for each posterior "
+                       "draw; prints P(line attractor) and P(number of stable fixed points = n) and draws "
+                       "the maps over the posterior-mean flow field.")
+    a.add_argument("posterior", help="posterior .nc file written by 'zoo fit'")
+    a.add_argument("--out", required=True, help="figure (.png, .pdf, .svg)")
+    a.add_argument("--out-nc", default=None, help="also write the attractor Dataset to this .nc file")
+    a.add_argument("--num-draws", type=_positive_int, default=100, help="posterior draws analysed")
+    a.add_argument("--grid-size", type=_positive_int, default=20, help="cells per latent dimension")
+    a.add_argument("--seed", type=_nonneg_int, default=0)
+    a.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=True)
+    a.set_defaults(func=cmd_attractors)
+
+    d = sub.add_parser("diagnose", parents=[common], help="R-hat, ESS, divergences, E-BFMI with a verdict",
+                       description="Label-aligned convergence diagnostics of a posterior file.")
+    d.add_argument("posterior", help="posterior .nc file")
+    d.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is 'fail'")
+    d.set_defaults(func=cmd_diagnose)
+
+    m = sub.add_parser("demo", parents=[common], help="the main job: a line-attractor analysis end to end",
+                       description="Simulate a line attractor driven by input pulses, fit a GP-SLDS with "
+                       "NUTS, print diagnostics and the attractor posterior, write the posterior (NetCDF) "
+                       "and figures.")
+    m.add_argument("--out-dir", default="zoo-demo-output",
+                   help="output directory (default ./zoo-demo-output)")
+    m.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; results not meaningful)")
+    m.add_argument("--seed", type=_nonneg_int, default=0)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        warnings.filterwarnings("ignore")
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        msg = " ".join(str(err).split())
+        print(f"zoo {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
