@@ -1,7 +1,8 @@
 """Adaptive tempered SMC (BlackJAX) with the likelihood tempered through :class:`zoo.handlers.temper`.
 
-The prior is the program's density at beta = 0 (observed sites scaled away), the log-likelihood
-is the density at beta = 1 minus that at beta = 0, both in NumPyro's unconstrained space. Particles
+The log-likelihood is the program's density at beta = 1 minus that at beta = 0 (observed sites
+scaled away), evaluated at constrained values; the prior is the joint density in NumPyro's
+unconstrained space (with the Jacobian) minus that log-likelihood. Particles
 start as exact prior draws; each tempering step moves them with HMC whose diagonal mass matrix is
 the particles' variance and whose step size follows the previous step's acceptance rate. The sum
 of the log-likelihood increments is the log evidence, the log normalizer of the program's joint
@@ -20,7 +21,7 @@ import numpy as np
 from blackjax.smc import resampling
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import Predictive
-from numpyro.infer.util import unconstrain_fn
+from numpyro.infer.util import constrain_fn, log_density, unconstrain_fn
 from tqdm.auto import tqdm
 
 from inference._program import inspect_program
@@ -57,7 +58,8 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
         ``lp`` (log joint, unconstrained).
     description : str
     attrs : dict
-        ``log_evidence``, ``smc_iterations``, ``tempering_schedule``, ``smc_acceptance``.
+        ``log_evidence``, ``smc_iterations``, ``smc_ess`` (effective sample size of the final
+        weights), ``tempering_schedule``, ``smc_acceptance``.
 
     Raises
     ------
@@ -78,27 +80,32 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
     _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], z))
     x0 = jax.vmap(lambda t: ravel_pytree(t)[0])(z)
     joint, postprocess = log_density_fns(model, y, kwargs)
-    prior_ld, _ = log_density_fns(temper(model, beta=0.0), y, kwargs)
-
-    def logprior(x):
-        return prior_ld(unravel(x), y, kwargs)
+    tempered = temper(model, beta=0.0)
 
     def loglik(x):
-        return joint(unravel(x), y, kwargs) - prior_ld(unravel(x), y, kwargs)
+        # in constrained space: NumPyro adds the unconstraining Jacobian as an observed factor site,
+        # which temper would scale too; the likelihood itself does not depend on the parametrisation
+        params = constrain_fn(model, (y,), kwargs, unravel(x))
+        return log_density(model, (y,), kwargs, params)[0] - log_density(tempered, (y,), kwargs, params)[0]
+
+    def logprior(x):
+        return joint(unravel(x), y, kwargs) - loglik(x)
 
     kernel = blackjax.adaptive_tempered.build_kernel(
         logprior, loglik, blackjax.hmc.build_kernel(), blackjax.hmc.init, resampling.systematic, target_ess)
 
     @jax.jit
     def smc_step(k, state, step_size):
-        var = jnp.var(state.particles, axis=0) + 1e-10
+        w = state.weights[:, None]
+        mean = jnp.sum(w * state.particles, axis=0)
+        var = jnp.sum(w * (state.particles - mean) ** 2, axis=0) + 1e-10
         params = {"step_size": step_size[None], "inverse_mass_matrix": var[None],
                   "num_integration_steps": jnp.array([n_leap])}
         state, inf = kernel(k, state, n_mcmc, params)
         return state, inf.log_likelihood_increment, jnp.mean(inf.update_info.acceptance_rate)
 
     state = blackjax.adaptive_tempered.init(x0)
-    log_z, schedule, accs, step_size = 0.0, [0.0], [], jnp.asarray(0.5)
+    log_z, schedule, accs, step_size = 0.0, [0.0], [], jnp.asarray(0.3)
     with tqdm(total=1.0, desc="adaptive tempered SMC", disable=not progress_bar, leave=False,
               bar_format="{desc}: beta={n:.3f} {elapsed}") as bar:
         while float(state.tempering_param) < 1.0:
@@ -119,7 +126,8 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
     samples = jax.jit(jax.vmap(lambda x: postprocess(unravel(x), y, kwargs)))(xs)
     lp = jax.jit(jax.vmap(lambda x: joint(unravel(x), y, kwargs)))(xs)
     samples = {k: np.asarray(v)[None] for k, v in samples.items()}
-    attrs = {"log_evidence": log_z, "smc_iterations": len(schedule) - 1,
+    w = np.asarray(state.weights)
+    attrs = {"log_evidence": log_z, "smc_iterations": len(schedule) - 1, "smc_ess": float(1.0 / np.sum(w**2)),
              "tempering_schedule": [round(b, 6) for b in schedule], "smc_acceptance": accs}
     text = f"{num_particles} particles drawn exactly from the prior, tempered to the posterior in " \
            f"{len(schedule) - 1} adaptive steps"
