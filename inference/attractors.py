@@ -16,8 +16,10 @@ For each posterior draw of the dynamics:
    line-attractor score is log2(tau_1 / tau_2) for the two slowest modes (Nair et al. 2023). A
    draw has a line attractor when some fixed or slow point has score >= ``line_score`` with all
    modes but the slowest stable (the slowest may be marginally unstable).
-   Slow points: the best in-box Newton iterate of each seed with |v| < eps (a line attractor's
-   exact fixed point may lie far outside the data; its slow points lie on the line).
+   Slow points: the best in-box Newton iterate of each seed with |v| < eps, and the local minima
+   of |v| on the grid over the box (boundary included) with |v| < slow_frac * median |v| (a line
+   attractor's exact fixed point may lie far outside the data; its slow points lie on the line
+   inside the box, where the Jacobian shows one slow and other fast modes).
 3. aggregation over draws: P(number of stable fixed points = n), P(line attractor), grid maps
    of P(stable fixed point in cell) and of P(|f(x)| < eps). For models whose drift weights are
    integrated out (GP-SLDS, GP-SDE), each draw uses one exact draw of the weights for the fixed
@@ -175,7 +177,8 @@ def _line_score(re):
 def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float | None = None,
                bounds=None, grid_size: int = 25, seeds=None, num_seed_grid: int = 6,
                newton_steps: int = 60, tol: float = 1e-6, rate_tol: float | None = None,
-               line_score: float = 3.0, dedup_tol: float = 0.02, num_mc: int = 64,
+               line_score: float = 3.0, slow_frac: float = 0.2, dedup_tol: float = 0.02,
+               num_mc: int = 64,
                seed: int = 0) -> xr.Dataset:
     """Fixed points, their stability and the posterior probability of attractors.
 
@@ -212,6 +215,8 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         |rate| below this counts as zero (marginal); default 1e-3 * median speed / box size.
     line_score : float
         Minimum log2(tau_1 / tau_2) of a line attractor.
+    slow_frac : float
+        Grid slow points: local minima of |v| over the box with |v| < slow_frac * median |v|.
     dedup_tol : float
         Fixed points closer than ``dedup_tol`` times the box diagonal are merged.
     num_mc : int
@@ -268,6 +273,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     else:
         mesh = np.zeros((1, D))
     dtype = jnp.result_type(float)
+    gshape_ = tuple(len(c) for c in centres) if make_maps else (1,)
     mesh_j = jnp.asarray(mesh.reshape(-1, D), dtype)
     # ---- seeds shared by all draws
     sg = [np.linspace(lo[d], hi[d], num_seed_grid + 2)[1:-1] for d in range(D)] if D <= 3 else \
@@ -362,6 +368,23 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         score_s, others_s = jax.vmap(_line_score)(re_s)
         line_fixed = jnp.any(keep & (score >= line_score) & others)
         line_slow = jnp.any(slow & (score_s >= line_score) & others_s)
+        if make_maps:
+            # slow points of the grid: local minima of |v| over the box (its boundary included)
+            # that are slow relative to the typical speed (Sussillo & Barak 2013)
+            speed = jnp.linalg.norm(v(mesh_j), axis=-1).reshape(gshape_)
+            is_min = jnp.ones(gshape_, bool)
+            for ax in range(D):
+                pad = [(0, 0)] * D
+                pad[ax] = (1, 1)
+                sp = jnp.pad(speed, pad, constant_values=jnp.inf)
+                lo_n = jax.lax.slice_in_dim(sp, 0, gshape_[ax], axis=ax)
+                hi_n = jax.lax.slice_in_dim(sp, 2, gshape_[ax] + 2, axis=ax)
+                is_min = is_min & (speed <= lo_n) & (speed <= hi_n)
+            gslow = (is_min & (speed < slow_frac * jnp.median(speed))).reshape(-1)
+            Jg = jax.vmap(jax.jacfwd(v))(mesh_j)
+            re_g, _ = jax.vmap(lambda J: _rates(model, J))(Jg)
+            score_g, others_g = jax.vmap(_line_score)(re_g)
+            line_slow = line_slow | jnp.any(gslow & (score_g >= line_score) & others_g)
         n_unconv = jnp.sum(~conv & ~slow)
         n_out = jnp.sum(conv & ~inside)
         # maps

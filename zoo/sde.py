@@ -496,7 +496,7 @@ def _check_inputs(inputs, input_dim: int, trials, T):
     if u.shape != tuple(trials) + (T, input_dim):
         raise ValueError(f"inputs must have shape {tuple(trials) + (T, input_dim)} (trials, time, "
                          f"input); got {u.shape}")
-    if not isinstance(u, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(u))):
+    if not isinstance(inputs, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(inputs))):
         raise ValueError("inputs must be finite (NaN cannot mean missing for inputs)")
     return u
 
