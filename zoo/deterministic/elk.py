@@ -65,7 +65,8 @@ class ELKResult(NamedTuple):
     states : (T, D) x_1..x_T (NaN if not converged and ``on_failure="nan"``).
     iterations : () int, number of linearised solves performed.
     converged : () bool, whether max_t ||x_t - f(x_{t-1}, u_t)||_inf <= tol was reached.
-    residual : () float, that residual at the returned iterate (before any NaN masking).
+    residual : () float, that residual at the returned iterate (before any NaN masking;
+        +inf if the iterate is not finite).
     """
 
     states: jax.Array
@@ -206,43 +207,68 @@ def residual(f: Callable, x0: jax.Array, inputs, states: jax.Array) -> jax.Array
 # ----------------------------------------------------------------------------------------------
 
 
-def _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
+def _merit(x, fx):
+    """Residual norms of an iterate: (max |x - f|, sum (x - f)^2), both +inf if non-finite.
+
+    The explicit finiteness check matters: XLA's max reduction may skip NaN."""
+    d = x - fx
+    finite = jnp.all(jnp.isfinite(d))
+    inf = jnp.asarray(jnp.inf, x.dtype)
+    return jnp.where(finite, jnp.max(jnp.abs(d)), inf), jnp.where(finite, jnp.sum(d * d), inf)
+
+
+def _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
     diagonal = method in ("quasi_deer", "quasi_elk")
+    lm = method in ("elk", "quasi_elk")
+    dtype = x0.dtype
 
     def linearise(x):
         xp = _shift(x0, x)
         fx = _f_all(fc, xp, inputs, consts)
         J = _jac_all(fc, xp, inputs, consts, diagonal)
-        err = jnp.max(jnp.abs(x - fx))
-        return fx, J, err
+        return (fx, J) + _merit(x, fx)
 
     def cond(c):
-        i, _, _, _, err = c
+        i, _, _, _, err, _, _ = c
         return (i < max_iters) & (err > tol) & jnp.isfinite(err)
 
     def body(c):
-        i, x, fx, J, _ = c
-        x = _step(method, damping, x0, x, fx, J)
-        fx, J, err = linearise(x)
-        return i + 1, x, fx, J, err
+        i, x, fx, J, err, merit, lam = c
+        x_new = _step(method, lam, x0, x, fx, J)
+        new = (x_new,) + linearise(x_new)
+        if lm and adaptive:
+            # Levenberg-Marquardt trust region: accept if the merit sum ||x - f||^2 decreased
+            # (then relax the damping), otherwise keep the iterate and damp harder.
+            accept = new[4] < merit
+            x, fx, J, err, merit = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(accept, a, b), new, (x, fx, J, err, merit)
+            )
+            lam = jnp.where(accept, jnp.maximum(lam * _LM_DOWN, _LM_MIN), lam * _LM_UP)
+        else:
+            x, fx, J, err, merit = new
+        return i + 1, x, fx, J, err, merit, lam
 
-    fx, J, err = linearise(init)
-    i, x, _, _, err = lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), init, fx, J, err))
+    fx, J, err, merit = linearise(init)
+    c0 = (jnp.asarray(0, jnp.int32), init, fx, J, err, merit, jnp.asarray(damping, dtype))
+    i, x, _, _, err, _, _ = lax.while_loop(cond, body, c0)
     converged = err <= tol  # False for NaN / inf
     return x, i, converged, err
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _solve_ift(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
-    return _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts)
+_LM_DOWN, _LM_UP, _LM_MIN = 0.3, 4.0, 1e-6
 
 
-def _solve_fwd(fc, method, tol, max_iters, damping, x0, inputs, init, consts):
-    out = _solve(fc, method, tol, max_iters, damping, x0, inputs, init, consts)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _solve_ift(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
+    return _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts)
+
+
+def _solve_fwd(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
+    out = _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts)
     return out, (out[0], x0, inputs, init, consts)
 
 
-def _solve_bwd(fc, method, tol, max_iters, damping, res, cts):
+def _solve_bwd(fc, method, tol, max_iters, damping, adaptive, res, cts):
     x, x0, inputs, init, consts = res
     g = cts[0]
     xp = _shift(x0, x)
@@ -270,6 +296,7 @@ def evaluate(
     tol: float | None = None,
     max_iters: int | None = None,
     damping: float = 1.0,
+    adaptive: bool = True,
     init: jax.Array | None = None,
     on_failure: str = "nan",
 ) -> ELKResult:
@@ -294,6 +321,13 @@ def evaluate(
     damping : float
         Levenberg-Marquardt damping (ELK methods only): precision of the pseudo-observations of
         the previous iterate relative to unit process noise. Larger = smaller, safer steps.
+        With ``adaptive`` it is the initial value.
+    adaptive : bool
+        ELK methods: classic Levenberg-Marquardt trust-region control of the damping (a step is
+        accepted only if it lowers sum_t ||x_t - f(x_{t-1}, u_t)||^2, and the damping is then
+        multiplied by 0.3 (floor 1e-6); a rejected step keeps the iterate and multiplies the
+        damping by 4). False keeps ``damping`` fixed, as in the ELK paper. Rejected steps count
+        as iterations.
     init : array (T, D), optional
         Initial guess (default zeros).
     on_failure : {"nan", "flag", "raise"}
@@ -334,7 +368,7 @@ def evaluate(
             raise ValueError(f"init must have shape (T, D) = ({T}, {D}); got {init.shape}")
     fc, consts = jax.closure_convert(f, x0, u0)
     x, iters, converged, err = _solve_ift(
-        fc, method, float(tol), int(max_iters), float(damping), x0, inputs, init, consts
+        fc, method, float(tol), int(max_iters), float(damping), bool(adaptive), x0, inputs, init, consts
     )
     if on_failure == "raise":
         if isinstance(converged, jax.core.Tracer):
