@@ -154,7 +154,8 @@ def _check_common(f, x0, inputs, method, damping):
         raise ValueError("inputs must have a leading time axis T on every leaf")
     T = leaves[0].shape[0]
     if T < 1 or any(a.shape[0] != T for a in leaves):
-        raise ValueError(f"inputs must share a leading time axis T >= 1; got shapes {[a.shape for a in leaves]}")
+        shapes = [a.shape for a in leaves]
+        raise ValueError(f"inputs must share a leading time axis T >= 1; got shapes {shapes}")
     inputs = jax.tree_util.tree_map(jnp.asarray, inputs)
     u0 = jax.tree_util.tree_map(lambda a: a[0], inputs)
     out = jax.eval_shape(f, x0, u0)

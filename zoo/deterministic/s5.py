@@ -184,7 +184,9 @@ class S5Layer:
         if self.P < 1 or self.blocks < 1 or self.P % self.blocks:
             raise ValueError(f"P must be a positive multiple of blocks; got P={self.P}, blocks={self.blocks}")
         if self.conj_sym and (self.P // self.blocks) % 2:
-            raise ValueError(f"P / blocks must be even with conj_sym=True; got P={self.P}, blocks={self.blocks}")
+            raise ValueError(
+                f"P / blocks must be even with conj_sym=True; got P={self.P}, blocks={self.blocks}"
+            )
         if self.discretization not in ("zoh", "bilinear"):
             raise ValueError(f"discretization must be 'zoh' or 'bilinear'; got {self.discretization!r}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -221,7 +223,8 @@ class S5Layer:
         n_dir = 2 if self.bidirectional else 1
         B_real = np.asarray(jax.random.normal(kb, (P, H)), dtype=np.float64)
         B = V.conj().T @ (B_real / math.sqrt(H))  # (P', H)
-        C_real = np.asarray(jax.random.truncated_normal(kc, -2.0, 2.0, (n_dir, H, P)), dtype=np.float64) / math.sqrt(P)
+        C_real = np.asarray(jax.random.truncated_normal(kc, -2.0, 2.0, (n_dir, H, P)), dtype=np.float64)
+        C_real = C_real / math.sqrt(P)
         C = C_real @ V  # (n_dir, H, P')
         split = lambda z: jnp.asarray(np.stack([z.real, z.imag], -1), dtype)  # noqa: E731
         log_step = jax.random.uniform(
@@ -384,7 +387,9 @@ class S5Model:
 
     def __post_init__(self):
         if self.input_dim < 1 or self.output_dim < 1:
-            raise ValueError(f"input_dim and output_dim must be positive; got {self.input_dim}, {self.output_dim}")
+            raise ValueError(
+                f"input_dim and output_dim must be positive; got {self.input_dim}, {self.output_dim}"
+            )
         if self.n_layers < 1:
             raise ValueError(f"n_layers must be a positive integer; got {self.n_layers}")
         if self.activation not in ("gelu", "glu", "half_glu"):
@@ -485,9 +490,8 @@ class S5Model:
         uf = u.reshape((n,) + u.shape[-2:])
         dtf = None if dt is None else dt.reshape((n, u.shape[-2]))
         keys = None if key is None else jax.random.split(key, n)
-        out = jax.vmap(self._single, in_axes=(None, 0, None if dt is None else 0, None if key is None else 0))(
-            params, uf, dtf, keys
-        )
+        in_axes = (None, 0, None if dt is None else 0, None if key is None else 0)
+        out = jax.vmap(self._single, in_axes=in_axes)(params, uf, dtf, keys)
         return out.reshape(batch + out.shape[1:])
 
     def initial_state(self, dtype=jnp.float32) -> list[jax.Array]:
@@ -662,7 +666,8 @@ def make_irregular_task(key: jax.Array, n: int, L: int, mean_dt: float = 0.3,
         a = jnp.exp(-dt / tau)
 
         def one(a_row, b_row):
-            return linear_recurrence(a_row[:, None], b_row[:, None], jnp.zeros(1, dtype), parallel=False)[:, 0]
+            x0 = jnp.zeros(1, dtype)
+            return linear_recurrence(a_row[:, None], b_row[:, None], x0, parallel=False)[:, 0]
 
         return jax.vmap(one)(a, (1 - a) * u)
 
