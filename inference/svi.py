@@ -75,7 +75,8 @@ def make_guide(model: Callable, guide, y, model_kwargs) -> tuple[Any, str]:
 
 def run_svi(model: Callable, y, model_kwargs: Mapping | None, key, *, num_steps: int = 5000,
             guide="structured", learning_rate: float = 0.01, num_particles: int = 1,
-            tol: float | None = 1e-4, chunk: int = 100, progress_bar: bool = True) -> SVIResult:
+            tol: float | None = 1e-4, chunk: int = 100, progress_bar: bool = True,
+            anneal: bool = True) -> SVIResult:
     """Fit a guide by maximising the ELBO with Adam, stopping early once the loss settles.
 
     Parameters
@@ -98,6 +99,9 @@ def run_svi(model: Callable, y, model_kwargs: Mapping | None, key, *, num_steps:
     chunk : int
         Steps per compiled chunk (and per progress-bar update).
     progress_bar : bool
+    anneal : bool
+        Cosine-decay the learning rate to 1 % of its value over ``num_steps`` (reduces the
+        stochastic jitter of the final parameters).
 
     Returns
     -------
@@ -114,7 +118,8 @@ def run_svi(model: Callable, y, model_kwargs: Mapping | None, key, *, num_steps:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
     kwargs = dict(model_kwargs or {})
     g, name = make_guide(model, guide, y, kwargs)
-    optim = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate)))
+    lr = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01) if anneal else learning_rate
+    optim = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(10.0), optax.adam(lr)))
     svi = SVI(model, g, optim, Trace_ELBO(num_particles=num_particles))
     t0 = time.perf_counter()
     state = svi.init(key, y, **kwargs)

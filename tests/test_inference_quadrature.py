@@ -94,9 +94,9 @@ def fits(problem):
             if method in MCMC:
                 kw["num_chains"] = MCMC[method]
             if method == "smc":
-                kw.update(num_samples=1000)
+                kw.update(num_samples=600)
             if method == "svi":
-                kw.update(num_samples=2000, num_steps=3000, learning_rate=0.02)
+                kw.update(num_samples=2000, num_steps=6000, learning_rate=0.01, num_particles=16)
             cache[method] = inference.fit(cond, y, method, **kw)
         return cache[method]
 
