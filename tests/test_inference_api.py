@@ -1,0 +1,184 @@
+"""fit's argument checking, DataTree conversion (dims, trials, masks, fallbacks), chain starts,
+label alignment and loud diagnostics."""
+
+import warnings
+
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro import handlers
+
+import inference
+from inference.align import align_labels
+from inference.starts import initial_positions
+from zoo import HMM, LDS
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="module")
+def lds():
+    model = LDS(latent_dim=1, obs_dim=1)
+    y = np.asarray(model.simulate(jax.random.key(0), num_steps=12)["y"])
+    return model, y
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "gibbs"}, "method"),
+        ({"num_chains": 0}, "num_chains"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"chain_method": "threads"}, "chain_method"),
+        ({"init": "kmeans"}, "init"),
+        ({"init": {"not_a_site": 1.0}}, "not_a_site"),
+        ({"max_tree_depth": 5, "method": "smc"}, "unknown option"),
+        ({"step_sise": 0.1}, "unknown option"),
+    ],
+)
+def test_bad_options_raise_clear_errors(lds, kwargs, match):
+    model, y = lds
+    with pytest.raises(ValueError, match=match):
+        inference.fit(model, y, **{"progress_bar": False, "num_warmup": 5, "num_samples": 5, **kwargs})
+
+
+def test_data_model_mismatch_raises(lds):
+    model, y = lds
+    with pytest.raises(ValueError, match="y"):
+        inference.fit(model, np.zeros((12, 3)), progress_bar=False)  # obs_dim=1 model, 3 neurons
+    with pytest.raises(ValueError, match="y"):
+        inference.fit(model, np.zeros(12), progress_bar=False)
+    with pytest.raises(ValueError, match="init value for site 'dynamics'"):
+        inference.fit(model, y, init={"dynamics": np.zeros(3)}, progress_bar=False)
+
+
+def test_chain_starts(lds):
+    model, y = lds
+    latent = {"dynamics": (1, 1), "dynamics_bias": (1,), "dynamics_noise": (1,), "emission_matrix": (1, 1),
+              "emission_bias": (1,), "emission_noise": (1,)}
+    key = jax.random.key(0)
+    z, text = initial_positions(model, y, {}, "prior", key, 3, latent)
+    assert z["dynamics"].shape == (3, 1, 1) and "prior draw" in text
+    assert len(np.unique(np.asarray(z["dynamics"]))) == 3
+    z, text = initial_positions(model, y, {}, {"dynamics_noise": np.array([0.3])}, key, 3, latent)
+    # given values are unconstrained (log for a positive site) and jittered slightly per chain
+    np.testing.assert_allclose(np.asarray(z["dynamics_noise"]), np.log(0.3), atol=0.05)
+    assert np.ptp(np.asarray(z["dynamics_noise"])) > 0 and "jittered" in text
+    z, text = initial_positions(model, y, {}, "auto", key, 2, latent)  # LDS has no initial_params
+    assert "median" in text
+    with pytest.raises(ValueError, match="initial_params"):
+        initial_positions(model, y, {}, "pca", key, 2, latent)
+
+
+def fake_hmm_posterior(rng, C=4, S=1000, swap=(1, 3)):
+    """Draws of a 2-state HMM's parameters, with the labels of some chains swapped."""
+    means = np.stack([rng.normal(-1, 0.05, (C, S)), rng.normal(1, 0.05, (C, S))], -1)[..., None]
+    stay = np.stack([rng.normal(0.9, 0.01, (C, S)), rng.normal(0.7, 0.01, (C, S))], -1)
+    P = np.stack([np.stack([stay[..., 0], 1 - stay[..., 0]], -1), np.stack([1 - stay[..., 1], stay[..., 1]], -1)], -2)
+    scales = np.stack([np.full((C, S), 0.5), np.full((C, S), 2.0)], -1)[..., None] * np.exp(rng.normal(0, 0.02, (C, S, 2, 1)))
+    init = np.broadcast_to([0.3, 0.7], (C, S, 2)).copy()
+    out = {"means": means, "trans_probs": P, "scales": scales, "init_probs": init}
+    for c in swap:
+        out = {k: v.copy() for k, v in out.items()}
+        for k in ("means", "scales", "init_probs"):
+            out[k][c] = out[k][c][:, ::-1]
+        out["trans_probs"][c] = out["trans_probs"][c][:, ::-1, ::-1]
+    return out
+
+
+def test_label_alignment_before_rhat():
+    rng = np.random.default_rng(0)
+    model = HMM(num_states=2, obs_dim=1)
+    y = np.asarray(model.simulate(jax.random.key(0), num_steps=10)["y"])
+    post = inference.to_datatree(model, fake_hmm_posterior(rng), y, log_likelihood=False)
+    import arviz_stats as azs
+
+    assert float(azs.rhat(post.posterior.to_dataset())["means"].max()) > 1.5  # label switching
+    aligned, perms = align_labels(post.posterior.to_dataset())
+    assert (perms[[1, 3]] == [1, 0]).all() and (perms[[0, 2]] == [0, 1]).all()
+    np.testing.assert_allclose(aligned["trans_probs"].isel(chain=1).mean("draw"),
+                               aligned["trans_probs"].isel(chain=0).mean("draw"), atol=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = inference.diagnose(post)
+    assert d.table["rhat_max"].max() < 1.01
+
+
+def test_diagnose_is_loud_about_nan_and_divergences(lds):
+    model, y = lds
+    rng = np.random.default_rng(1)
+    C, S = 4, 100
+    draws = {"dynamics": rng.normal(0.8, 0.1, (C, S, 1, 1)), "dynamics_bias": rng.normal(0, 0.1, (C, S, 1)),
+             "dynamics_noise": np.abs(rng.normal(0.5, 0.1, (C, S, 1))), "emission_matrix": rng.normal(1, 0.1, (C, S, 1, 1)),
+             "emission_bias": rng.normal(0, 0.1, (C, S, 1)), "emission_noise": np.abs(rng.normal(0.5, 0.1, (C, S, 1)))}
+    stats = {"diverging": np.zeros((C, S), bool), "energy": rng.normal(size=(C, S))}
+    good = inference.to_datatree(model, draws, y, sample_stats=stats, log_likelihood=False)
+    d = inference.diagnose(good, emit=False)
+    assert d.verdict in ("ok", "warning") and d.divergences == 0
+    bad = {k: v.copy() for k, v in draws.items()}
+    bad["dynamics"][2, 10] = np.nan
+    div = {**stats, "diverging": rng.random((C, S)) < 0.05}
+    post = inference.to_datatree(model, bad, y, sample_stats=div, log_likelihood=False)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        d = inference.diagnose(post)
+    assert d.verdict == "fail"
+    assert any("NaN" in w for w in d.warnings) and any("divergent" in w for w in d.warnings)
+    shifted = {k: v.copy() for k, v in draws.items()}
+    shifted["dynamics"][0] += 1.0  # one chain elsewhere
+    d = inference.diagnose(inference.to_datatree(model, shifted, y, log_likelihood=False), emit=False)
+    assert d.verdict == "fail" and any("R-hat" in w for w in d.warnings)
+
+
+def test_datatree_dims_trials_mask_and_loglik():
+    model = HMM(num_states=2, obs_dim=3)
+    sim = model.simulate(jax.random.key(0), num_steps=8, num_trials=2)
+    y = np.asarray(sim["y"])
+    mask = np.ones((2, 8), bool)
+    mask[1, 6:] = False
+    draws = {k: np.broadcast_to(np.asarray(v), (2, 3) + np.shape(v)) for k, v in sim["params"].items()}
+    post = inference.to_datatree(model, draws, y, model_kwargs={"mask": mask})
+    assert post.posterior["means"].dims == ("chain", "draw", "state", "neuron")
+    assert post.posterior["trans_probs"].dims == ("chain", "draw", "state", "state_to")
+    assert post.observed_data["y"].dims == ("trial", "time", "neuron")
+    assert post.log_likelihood["y"].dims == ("chain", "draw", "trial", "time")
+    assert post.constant_data["mask"].dims == ("trial", "time")
+    ll = post.log_likelihood["y"].values
+    assert np.all(ll[..., 1, 6:] == 0) and np.isfinite(ll).all()
+    # the pointwise terms sum to the model's log-likelihood of the data
+    from numpyro.infer.util import log_density
+
+    params = {k: np.asarray(v) for k, v in sim["params"].items()}
+    _, tr = log_density(model, (y,), {"mask": mask}, params)
+    np.testing.assert_allclose(ll[0, 0].sum(), tr["y"]["fn"].log_prob(tr["y"]["value"]).sum(), rtol=1e-10)
+
+
+def test_plain_program_gets_fallback_dims_with_a_warning():
+    def program(y):
+        w = numpyro.sample("w", dist.Normal(0, 1).expand([2]).to_event(1))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        numpyro.sample("y", dist.Normal(w.sum() * 0.0, s).expand(y.shape).to_event(2), obs=y)
+
+    y = np.random.default_rng(0).normal(size=(6, 2))
+    draws = {"w": np.zeros((1, 3, 2)), "s": np.ones((1, 3))}
+    with pytest.warns(UserWarning, match="w \\(2,\\)"):
+        post = inference.to_datatree(program, draws, y, log_likelihood=False)
+    assert post.posterior["w"].dims == ("chain", "draw", "w_dim_0")
+    assert post.posterior["s"].dims == ("chain", "draw")
+
+
+def test_conditioned_model_keeps_names_and_records_fixed_values(lds):
+    model, y = lds
+    cond = handlers.condition(model, data={"emission_matrix": np.ones((1, 1))})
+    draws = {"dynamics": np.full((1, 2, 1, 1), 0.5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dims warning: the protocol is found through the handler
+        post = inference.to_datatree(cond, draws, y, log_likelihood=False)
+    assert post.constant_data["emission_matrix"].dims == ("neuron", "latent")
+
+
+def test_lazy_exports():
+    assert callable(inference.fit) and callable(inference.diagnose) and callable(inference.to_datatree)
+    with pytest.raises(AttributeError):
+        inference.no_such_thing  # noqa: B018
