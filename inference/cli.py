@@ -516,6 +516,15 @@ def _run_attractors(model, post, num_draws: int, grid_size: int, seed: int):
 # ----------------------------------------------------------------------------------------------
 
 
+def _set_x64(flag: bool | None, default: bool) -> None:
+    """Double precision on request, by default for the GP models (their collapsed Gaussians are
+    better conditioned in float64); the switching models run in float32 by default."""
+    import jax
+
+    if flag if flag is not None else default:
+        jax.config.update("jax_enable_x64", True)
+
+
 def cmd_simulate(args) -> int:
     ds = simulate_system(args.system, seed=args.seed, num_steps=args.num_steps, num_trials=args.num_trials,
                          num_neurons=args.num_neurons, emissions=args.emissions, bin_size=args.bin_size)
@@ -533,10 +542,7 @@ def cmd_fit(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".nc":
         raise UsageError(f"--out must name a .nc file; got {args.out}")
-    if args.jax_x64:
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    _set_x64(args.jax_x64, args.model in ("gpslds", "gpsde"))
     kw = _model_kwargs_from_args(args.model, args, y, inputs, attrs)
     model = make_model(_CLASSES[args.model], kw)
     _say(args, f"model: {type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in kw.items())})")
@@ -577,10 +583,7 @@ def cmd_attractors(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out must name a .png, .pdf or .svg figure; got {args.out}")
-    if args.jax_x64:
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    _set_x64(args.jax_x64, type(model).__name__ in ("GPSLDS", "GPSDE"))
     if getattr(model, "latent_dim", 2) != 2:
         raise UsageError(f"the attractor figure needs a 2-D latent space; this model has latent_dim="
                          f"{model.latent_dim}")
@@ -646,6 +649,9 @@ def cmd_demo(args) -> int:
         print(f"  - {w}")
     if not args.quiet:
         print(dg.table.to_string(float_format=lambda v: f"{v:.3g}"))
+    ident = identified_diagnostics(post)
+    if ident:
+        print(ident)
     if args.quick:
         print("  (--quick: tiny sizes, so the diagnostics are expected to complain)")
     print("4/4 attractor posterior (inference.attractors):")
@@ -667,6 +673,31 @@ def cmd_demo(args) -> int:
           "summary.json")
     print(f"done in {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def identified_diagnostics(post) -> str:
+    """R-hat and ESS of the total log-likelihood per draw, a quantity every chain agrees on at
+    convergence whatever the affine gauge of its latent coordinates (the latent path, emission
+    matrix and drift weights of a GP-SLDS are identified only up to an affine map of x)."""
+    import arviz_stats as azs
+    import xarray as xr
+
+    if "log_likelihood" not in post.children:
+        return ""
+    ll = post["log_likelihood"].to_dataset()
+    if not ll.data_vars:
+        return ""
+    v = np.asarray(next(iter(ll.data_vars.values())).values, float)
+    C, S = v.shape[:2]
+    if C < 2 or S < 4:
+        return ""
+    tot = v.reshape(C, S, -1).sum(-1)
+    ds = xr.Dataset({"log_lik": (("chain", "draw"), tot)})
+    r = float(azs.rhat(ds)["log_lik"])
+    e = float(azs.ess(ds, method="bulk")["log_lik"])
+    means = ", ".join(f"{m:.1f}" for m in tot.mean(1))
+    return (f"identified check: total log-likelihood per chain (mean) {means}; R-hat {r:.3f}, bulk ESS "
+            f"{e:.0f}")
 
 
 def _latents_figure(post, data, path) -> None:
@@ -795,8 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpslds/gpsde bin width (default: the data file's dt, else 0.01)")
     g.add_argument("--kernel", choices=("rbf", "matern52"), default="rbf", help="gpsde kernel")
     g.add_argument("--approx", choices=("inducing", "hsgp"), default="inducing", help="gpsde approximation")
-    g.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=True,
-                   help="double precision (default on)")
+    g.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=None,
+                   help="double precision (default: on for gpslds/gpsde, off otherwise)")
     f.set_defaults(func=cmd_fit)
 
     a = sub.add_parser("attractors", parents=[common], help="posterior probability of attractors + figure",
@@ -809,7 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--num-draws", type=_positive_int, default=100, help="posterior draws analysed")
     a.add_argument("--grid-size", type=_positive_int, default=20, help="cells per latent dimension")
     a.add_argument("--seed", type=_nonneg_int, default=0)
-    a.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=True)
+    a.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=None,
+                   help="double precision (default: on for gpslds/gpsde, off otherwise)")
     a.set_defaults(func=cmd_attractors)
 
     d = sub.add_parser("diagnose", parents=[common], help="R-hat, ESS, divergences, E-BFMI with a verdict",
