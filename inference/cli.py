@@ -602,8 +602,8 @@ DEMO_SIZES = {
     # trials, duration (s), bin, MAP steps, warmup, samples, chains, attractor draws, grid
     "full": dict(num_trials=4, duration=2.0, bin_size=4, map_steps=800, num_warmup=120, num_samples=120,
                  num_chains=2, num_draws=60, grid_size=20),
-    "quick": dict(num_trials=2, duration=1.0, bin_size=4, map_steps=100, num_warmup=15, num_samples=15,
-                  num_chains=2, num_draws=6, grid_size=8),
+    "quick": dict(num_trials=2, duration=0.6, bin_size=4, map_steps=50, num_warmup=8, num_samples=8,
+                  num_chains=2, num_draws=3, grid_size=6),
 }
 
 
@@ -634,7 +634,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     post = _fit_model(model, y, inputs, args, method="nuts", num_chains=sz["num_chains"],
                       num_warmup=sz["num_warmup"], num_samples=sz["num_samples"], init="auto",
-                      options={"max_tree_depth": 6}, seed=args.seed, map_steps=sz["map_steps"])
+                      options={"max_tree_depth": 6, **({"log_likelihood": False} if args.quick else {})},
+                      seed=args.seed, map_steps=sz["map_steps"])
     t_fit = time.perf_counter() - t0
     _store_model(post, model)
     post.attrs["zoo_data"] = str(out_dir / "data.nc")

@@ -125,38 +125,31 @@ def nascar_file(tmp_path_factory):
     return out
 
 
-def test_fit_lds_from_netcdf_and_diagnose(nascar_file, tmp_path, capsys):
-    out = tmp_path / "post.nc"
-    code, stdout, _ = run(capsys, "fit", "lds", nascar_file, "--out", out, "--num-chains", 2, "--num-warmup", 30,
-                          "--num-samples", 20, "--quiet")
+def test_fit_hmm_from_netcdf_and_npz_then_diagnose(nascar_file, tmp_path, capsys):
+    out = tmp_path / "hmm.nc"
+    code, stdout, _ = run(capsys, "fit", "hmm", nascar_file, "--out", out, "--num-states", 2, "--num-chains", 2,
+                          "--num-warmup", 20, "--num-samples", 10, "-o", "max_tree_depth=4", "--quiet")
     assert code == 0 and stdout == ""
     post = xr.open_datatree(out)
-    assert post.attrs["zoo_model"] == "LDS" and post.attrs["method"] == "nuts"
-    assert json.loads(post.attrs["zoo_model_kwargs"])["obs_dim"] == 10
-    ds = post["posterior"].to_dataset()
-    assert ds.sizes["chain"] == 2 and ds.sizes["draw"] == 20
-    assert post["observed_data"]["y"].shape == (40, 10)
-    code, stdout, _ = run(capsys, "diagnose", out)
-    assert code == 0
-    assert "verdict:" in stdout and "rhat_max" in stdout
-    # the LDS has no attractor protocol: a usage error, not a traceback
-    code, _, err = run(capsys, "attractors", out, "--out", tmp_path / "f.png")
-    assert code == 2 and "latent dynamics" in err
-
-
-def test_fit_hmm_from_npz_with_options(nascar_file, tmp_path, capsys):
-    y = xr.open_dataset(nascar_file)["y"].values
-    npz = tmp_path / "y.npz"
-    np.savez(npz, y=y)
-    out = tmp_path / "hmm.nc"
-    code, _, _ = run(capsys, "fit", "hmm", npz, "--out", out, "--num-states", 2, "--num-chains", 1,
-                     "--num-warmup", 20, "--num-samples", 10, "-o", "max_tree_depth=4", "--quiet")
-    assert code == 0
-    post = xr.open_datatree(out)
+    assert post.attrs["zoo_model"] == "HMM" and post.attrs["method"] == "nuts"
     kw = json.loads(post.attrs["zoo_model_kwargs"])
     assert kw["num_states"] == 2 and kw["obs_dim"] == 10 and kw["emissions"] == "gaussian"
-    assert post["posterior"].sizes["draw"] == 10
+    ds = post["posterior"].to_dataset()
+    assert ds.sizes["chain"] == 2 and ds.sizes["draw"] == 10
+    assert post["observed_data"]["y"].shape == (40, 10)
     assert "max_tree_depth" in post.attrs["options"]
+    code, stdout, _ = run(capsys, "diagnose", out)
+    assert code == 0
+    assert "verdict:" in stdout and "rhat_max" in stdout and "means" in stdout
+    # the HMM has no latent dynamics to analyse: a usage error, not a traceback
+    code, _, err = run(capsys, "attractors", out, "--out", tmp_path / "f.png")
+    assert code == 2 and "latent dynamics" in err
+    # the same data as a plain .npz array (documented axis order) gives the same observed data
+    npz = tmp_path / "y.npz"
+    np.savez(npz, y=xr.open_dataset(nascar_file)["y"].values)
+    y, inputs, attrs = load_data(npz)
+    np.testing.assert_array_equal(y, post["observed_data"]["y"].values)
+    assert inputs is None and attrs == {}
 
 
 def test_load_data_accepts_npy_and_orders_named_dims(tmp_path):
