@@ -164,7 +164,8 @@ def fit(
         raise ValueError("the model has no latent sample site to infer")
     chain_method = _resolve_chain_method(chain_method, num_chains)
     log_lik = bool(options.pop("log_likelihood", True))
-    y_run, kw_run = (shard_trials(y, kwargs) if options.pop("shard_trials", False) else (y, kwargs))
+    sharded = bool(options.pop("shard_trials", False))
+    y_run, kw_run = shard_trials(y, kwargs) if sharded else (y, kwargs)
     key_init, key_run = jax.random.split(jax.random.key(seed))
     extra_attrs: dict = {}
     t0 = time.perf_counter()
@@ -207,6 +208,7 @@ def fit(
         "num_chains": int(next(iter(samples.values())).shape[0]), "num_warmup": num_warmup,
         "num_samples": num_samples, "chain_method": chain_method if method not in ("svi", "smc") else "none",
         "initialization": init_text, "versions": package_versions(), "sampling_time": elapsed,
+        "shard_trials": int(sharded), "log_likelihood_computed": int(log_lik),
         **extra_attrs,
     }
     return to_datatree(model, samples, y, sample_stats=stats, model_kwargs=kwargs,
