@@ -20,6 +20,8 @@ centres (J, D).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
@@ -56,6 +58,7 @@ def num_partition_features(latent_dim: int, features: str = "linear") -> int:
     return 1 + D + (D * (D + 1) // 2 if features == "quadratic" else 0)
 
 
+@partial(jax.jit, static_argnames="features")
 def partition_features(x, features: str = "linear"):
     """phi(x): [1, x] or [1, x, x_i x_j (i <= j)], shape (..., F)."""
     if features not in _FEATURES:
@@ -69,6 +72,7 @@ def partition_features(x, features: str = "linear"):
     return jnp.concatenate(parts, axis=-1)
 
 
+@partial(jax.jit, static_argnames="features")
 def partition(x, w, tau, features: str = "linear"):
     """Soft partition pi(x) = softmax([w_1^T phi(x), ..., w_{J-1}^T phi(x), 0] / tau).
 
@@ -91,6 +95,7 @@ def partition(x, w, tau, features: str = "linear"):
     return jax.nn.softmax(logits / tau, axis=-1)
 
 
+@partial(jax.jit, static_argnames="features")
 def ssl_features(x, w, tau, centers, features: str = "linear"):
     """Weight-space features of the SSL kernel: pi_j(x) [x - c_j, 1], flattened.
 
@@ -115,6 +120,7 @@ def ssl_features(x, w, tau, centers, features: str = "linear"):
     return feats.reshape(x.shape[:-1] + (-1,))
 
 
+@jax.jit
 def ssl_weight_scale_tril(M_scale_tril, s):
     """Block-diagonal Cholesky factor of the weight prior S = blockdiag(M_j, s_j^2).
 
@@ -138,6 +144,7 @@ def ssl_weight_scale_tril(M_scale_tril, s):
     return out.reshape(P, P)
 
 
+@partial(jax.jit, static_argnames="features")
 def ssl_kernel(x1, x2, w, tau, centers, M, s, features: str = "linear"):
     """The SSL kernel evaluated directly from its formula (not through features).
 
@@ -202,6 +209,7 @@ def grid_points(bound, num_per_dim: int, latent_dim: int):
     return jnp.stack([m.ravel() for m in mesh], -1)
 
 
+@partial(jax.jit, static_argnames="kernel")
 def inducing_features(x, Z, kernel: str, lengthscale, variance, jitter: float = 1e-6):
     """Whitened inducing-point features Phi(x) = K(x, Z) L^{-T}, L L^T = K(Z, Z) + jitter var I.
 
@@ -223,6 +231,7 @@ def inducing_features(x, Z, kernel: str, lengthscale, variance, jitter: float = 
     return phi.reshape(x.shape[:-1] + (Z.shape[0],))
 
 
+@partial(jax.jit, static_argnames=("kernel", "ell", "num_basis"))
 def hsgp_features(x, kernel: str, lengthscale, variance, ell, num_basis):
     """Hilbert-space GP features Phi(x) = eigenfunctions(x) * sqrt(spectral density).
 
@@ -250,4 +259,4 @@ def hsgp_features(x, kernel: str, lengthscale, variance, ell, num_basis):
         spd = diag_spectral_density_matern(2.5, variance, lengthscale, ell, num_basis, D)
     else:
         raise ValueError(f"kernel must be one of {_KERNELS}; got {kernel!r}")
-    return phi * jnp.sqrt(spd)
+    return (phi * jnp.sqrt(spd)).astype(x.dtype)

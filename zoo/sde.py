@@ -277,6 +277,7 @@ def _suff_stats(phi, r, m):
     return pm.T @ phi_f, pm.T @ r_f, jnp.sum(m_f[:, None] * r_f**2, 0), jnp.sum(m_f)
 
 
+@jax.jit
 def _collapsed_terms(phi, r, m, L, sigma, dt):
     """Per-column marginal log-likelihood pieces and posterior factors of the weights.
 
