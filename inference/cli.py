@@ -875,6 +875,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(err).split())
         print(f"zoo {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except ImportError as err:  # e.g. no HDF5 backend for NetCDF-4 files
+        msg = " ".join(str(err).split())
+        print(f"zoo {args.command}: error: a package is missing: {msg}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
