@@ -243,21 +243,22 @@ def test_batched_with_vmap():
 
 
 @pytest.mark.slow
-def test_iterations_grow_fast_only_for_chaotic_systems():
-    """Gonzalez et al. 2025: DEER needs few iterations on contracting systems at any T, and a
-    number growing with T on chaotic (unpredictable) ones."""
+def test_iterations_constant_for_contracting_and_growing_for_large_gain():
+    """Gonzalez et al. 2025 (predictability): DEER needs a T-independent number of iterations on a
+    contracting system and a number growing with T otherwise. Our large-gain tanh RNN (gain 2.5,
+    D = 16) is multistable, not chaotic: its Lyapunov exponent is negative along the solution, but
+    its linearisations around the iterates are expanding, and the iterations still grow ~ T."""
     D = 16
     counts = {}
     for gain in (0.6, 2.5):
         p = rnn.init_tanh_rnn(jax.random.PRNGKey(0), D, 1, gain=gain, dtype=jnp.float64)
         f = functools.partial(rnn.tanh_rnn_cell, p)
-        for T in (100, 1000):
+        for T in (100, 300):
             u = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (T, 1), jnp.float64)
             res = elk.evaluate(f, jnp.full(D, 0.1), u, method="deer", on_failure="flag")
+            assert bool(res.converged)
             counts[gain, T] = int(res.iterations)
-            if gain == 0.6:
-                assert bool(res.converged)
-        lyap = float(rnn.largest_lyapunov_exponent(f, jnp.full(D, 0.1), u, burn_in=300))
-        assert (lyap < 0) if gain == 0.6 else (lyap > 0)
-    assert counts[0.6, 1000] <= counts[0.6, 100] + 2
-    assert counts[2.5, 1000] >= 5 * counts[2.5, 100]
+        if gain == 0.6:
+            assert float(rnn.largest_lyapunov_exponent(f, jnp.full(D, 0.1), u, burn_in=100)) < 0
+    assert counts[0.6, 300] <= counts[0.6, 100] + 1
+    assert counts[2.5, 300] >= 2.5 * counts[2.5, 100]
