@@ -182,6 +182,21 @@ def test_pointwise_and_temper(hmm_small):
         np.testing.assert_allclose(tempered, prior + beta * lp, atol=1e-10)
 
 
+def test_temper_leaves_the_unconstraining_jacobian_alone(hmm_small):
+    """In unconstrained space NumPyro adds each constrained site's log |det J| as an observed
+    factor site; it belongs to the prior, so beta = 0 must give exactly the prior potential."""
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    m, params, y = hmm_small
+    latent = {k: v for k, v in params.items() if k in nh.trace(nh.seed(m, 0)).get_trace(y)}
+    u = unconstrain_fn(m, (y,), {}, latent)
+    lp, _ = _site_log_prob(m, params, y)
+    full = potential_energy(m, (y,), {}, u)
+    for beta in (0.0, 0.5):
+        got = potential_energy(temper(m, beta=beta), (y,), {}, u)
+        np.testing.assert_allclose(got, full + (1 - beta) * lp, atol=1e-9)
+
+
 def test_numpyro_handlers_compose(hmm_small):
     m, params, y = hmm_small
     lp, _ = _site_log_prob(m, params, y)

@@ -172,12 +172,16 @@ def _aligned_dynamics(post, dec):
     return out.reshape((-1,) + A.shape[2:])
 
 
-def _eig_inside_interval(A_draws, A_true, level=0.9):
-    """Per state: are the true eigenvalue moduli inside the central posterior interval?"""
+def _eig_inside_interval(A_draws, A_true, level=0.9, identified=None):
+    """Per state: are the true eigenvalue moduli inside the central posterior interval?
+
+    ``identified`` (K, D) bool selects the sorted eigenvalues the data identify (default: all).
+    """
     ev = np.sort(np.abs(np.linalg.eigvals(A_draws)), axis=-1)
     true = np.sort(np.abs(np.linalg.eigvals(A_true)), axis=-1)
     lo, hi = np.quantile(ev, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return np.all((true >= lo - 1e-3) & (true <= hi + 1e-3), axis=-1)
+    ok = (true >= lo - 1e-3) & (true <= hi + 1e-3)
+    return np.all(ok | (~identified if identified is not None else False), axis=-1)
 
 
 def test_slds_gaussian_recovers_states_and_dynamics():
@@ -217,5 +221,10 @@ def test_rslds_nascar_recovers_states(emissions):
     dec = inference.decode(m, post, data["y"], reference=data["z"], num_draws=40)
     assert float(dec["accuracy"]) >= 0.9
     A = _aligned_dynamics(post, inference.decode(m, post, data["y"], reference=data["z"], num_draws=150))
-    inside = _eig_inside_interval(A, data["params"]["dynamics"])
+    # The rotations (states 0, 1) identify both eigenvalues. On the straights (states 2, 3) the
+    # track moves along x1 only and x2 stays constant, so the x2 column of A is confounded with the
+    # bias b: that eigenvalue is set by the prior (shrunk towards 0.85), not by the data. The
+    # eigenvalue along the track (the largest, 1) is identified and is what we check there.
+    identified = np.array([[True, True], [True, True], [False, True], [False, True]])
+    inside = _eig_inside_interval(A, data["params"]["dynamics"], identified=identified)
     assert inside.sum() >= 3, inside  # most of the 4 states

@@ -348,6 +348,9 @@ class SwitchingLinearDynamics(SwitchingSequence):
         return jnp.concatenate([ll0, ll], axis=-2)
 
     def sample_with_states(self, key, sample_shape=()):
+        # parameters may arrive as NumPy arrays (e.g. from a dataset dict); traced state indices
+        # can only index JAX arrays
+        self = jax.tree.map(jnp.asarray, self)
         T, D = self.event_shape
         K = self.num_states
         sample_shape, batch = tuple(sample_shape), self.batch_shape
@@ -355,7 +358,7 @@ class SwitchingLinearDynamics(SwitchingSequence):
         # time-varying offsets and recurrence biases, one row per trial
         b = jnp.broadcast_to(self.b, batch + (T, K, D)).reshape(nb, T, K, D) if self.b.ndim > 2 \
             else jnp.broadcast_to(self.b, (nb, T, K, D))
-        r = jnp.zeros(K, self.A.dtype) if self.r is None else self.r
+        r = jnp.zeros(K, b.dtype) if self.r is None else self.r
         r = jnp.broadcast_to(r, batch + (T, K)).reshape(nb, T, K) if r.ndim > 1 \
             else jnp.broadcast_to(r, (nb, T, K))
 

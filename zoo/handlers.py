@@ -178,6 +178,9 @@ class temper(Messenger):
 
     def process_message(self, msg):
         if _is_sample(msg) and msg["is_observed"] and not msg["infer"].get("collapsed"):
+            name = msg["name"]
+            if name.startswith("_") and name.endswith("_log_det"):
+                return  # NumPyro's change-of-variables factor of a reparameterised prior site
             msg["scale"] = self.beta if msg["scale"] is None else self.beta * msg["scale"]
 
 

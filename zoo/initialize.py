@@ -137,7 +137,7 @@ def fit_arhmm(key, x, num_states: int, transitions: str = "standard", num_iters:
     -------
     ARHMMFit
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, dtype=float)  # the default float dtype (float64 under x64)
     if x.ndim == 2:
         x = x[None]
     B, T, D = x.shape
@@ -313,7 +313,7 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     rows, cols = np.tril_indices(D, -1)
     Cj = np.asarray(C)
     vals = {
-        "x": jnp.asarray(x0, jnp.float32),
+        "x": jnp.asarray(x0, dtype=float),
         "init_probs": jnp.exp(fit.log_init),
         "dynamics": fit.A,
         "dynamics_bias": fit.b,

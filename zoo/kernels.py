@@ -252,7 +252,8 @@ def hsgp_features(x, kernel: str, lengthscale, variance, ell, num_basis):
     """
     x = jnp.asarray(x)
     D = x.shape[-1]
-    phi = eigenfunctions(x, ell=ell, m=num_basis)
+    # NumPyro's eigenfunctions want a leading point axis; a single point (D,) gets one
+    phi = eigenfunctions(x.reshape((-1, D)), ell=ell, m=num_basis).reshape(x.shape[:-1] + (-1,))
     if kernel == "rbf":
         spd = diag_spectral_density_squared_exponential(variance, lengthscale, ell, num_basis, D)
     elif kernel == "matern52":
