@@ -176,7 +176,9 @@ class SwitchingSequence(dist.Distribution):
 
     def pointwise_log_prob(self, value):
         """Per-step terms log p(v_t | v_{1:t-1}), shape ``batch_shape + (T,)``."""
-        return scans.hmm_pointwise_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
+        terms = scans.hmm_pointwise_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
+        # padded steps contribute exactly nothing (differences of prefix sums leave round-off)
+        return terms if self.step_mask is None else jnp.where(self.step_mask, terms, 0.0)
 
     def state_posterior(self, value, key) -> StatePosterior:
         """Exact posterior of the discrete states given the sequence (smoothed marginals, the
