@@ -28,7 +28,8 @@ def posterior_draws(post) -> tuple[dict, tuple[int, ...]]:
         post = post["posterior"].to_dataset()
     if isinstance(post, xr.Dataset):
         lead = (post.sizes["chain"], post.sizes["draw"])
-        return {k: np.asarray(v.transpose("chain", "draw", ...).values) for k, v in post.data_vars.items()}, lead
+        arrays = {k: np.asarray(v.transpose("chain", "draw", ...).values) for k, v in post.data_vars.items()}
+        return arrays, lead
     if isinstance(post, Mapping):
         arrays = {k: np.asarray(v) for k, v in post.items()}
         return arrays, None

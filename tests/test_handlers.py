@@ -314,7 +314,7 @@ def test_collapse_handler_on_a_user_program():
 
 
 def test_hmm_emissions_poisson_and_trials():
-    K, N, T = 2, 3, 8
+    N, T = 3, 8
     rates = jnp.array([[1.0, 2.0, 0.5], [5.0, 0.2, 3.0]])
     fn = HMMEmissions(jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([[0.9, 0.1], [0.2, 0.8]])),
                       dist.Poisson(rates).to_event(1), T, (4,))

@@ -4,10 +4,15 @@ Models are frozen dataclasses that are themselves NumPyro programs; discrete sta
 out exactly by the scan kernels of :mod:`zoo.scans` through the handlers of :mod:`zoo.handlers`.
 """
 
-from zoo import distributions, handlers, scans
+from zoo import datasets, distributions, handlers, kernels, scans, systems
+from zoo.gpsde import GPSDE
+from zoo.gpslds import GPSLDS
 from zoo.hmm import HMM
 from zoo.lds import LDS
 from zoo.rslds import RSLDS
 from zoo.slds import SLDS
 
-__all__ = ["HMM", "LDS", "RSLDS", "SLDS", "distributions", "handlers", "scans"]
+__all__ = [
+    "GPSDE", "GPSLDS", "HMM", "LDS", "RSLDS", "SLDS",
+    "datasets", "distributions", "handlers", "kernels", "scans", "systems",
+]

@@ -4,6 +4,10 @@ Each data set is a function ``name(seed=0, num_steps=..., num_trials=1, ...)`` r
 with ``y`` (T, N) or (B, T, N), ``x`` (latents), ``z`` (discrete states, where they exist),
 ``params`` (the true parameters, named like the matching model's sites) and ``model`` (a zoo
 model of the right structure to fit).
+
+The continuous-time systems of :mod:`zoo.systems` (two spirals, line attractor, two point
+attractors, Van der Pol, double well) are re-exported here; they take a JAX key, a duration and
+a recording step instead of a number of steps, because they are simulated on a fine SDE grid.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import numpy as np
 from zoo._base import check_choice, check_positive_int
 from zoo.distributions import SwitchingLinearDynamics
 from zoo.rslds import RSLDS
+from zoo.systems import double_well, line_attractor, two_point_attractors, two_spirals, van_der_pol
 
-__all__ = ["nascar"]
+__all__ = [
+    "double_well", "line_attractor", "nascar", "nascar_params", "two_point_attractors", "two_spirals",
+    "van_der_pol",
+]
 
 
 def _rotation(theta: float) -> np.ndarray:
