@@ -1,0 +1,660 @@
+"""NASCAR end to end: the rSLDS posterior by NUTS from the project's initialization, the fast point
+fit on its own, and NumPyro's funsor-enumerated version of the same model for the ESS/s ratio.
+
+Parts (each writes its figures into ``benchmarks/results/nascar.json`` and ``nascar.md``):
+
+1. ``pointfit``: :func:`zoo.initialize.slds_initial_params`' pipeline (PCA -> temporal smoothing ->
+   recurrent AR-HMM EM with vmapped restarts) on fixed data with ``--seeds`` different seeds of the
+   fitting randomness. State accuracy: argmax of the AR-HMM smoothed marginals, labels matched to
+   the truth by Hungarian matching (scipy ``linear_sum_assignment``). Wall time per seed, the first
+   seed separately (it includes compilation). Reference (lindermanlab/ssm Laplace-EM, same
+   machine, given in the issue): ~15 s at T = 2000 (accuracy 0.78-0.98 over 10 seeds), ~65 s at
+   T = 10,000.
+2. ``nuts``: ``inference.fit(model, y, "nuts", num_chains=4, num_warmup=500, num_samples=500,
+   init="auto")``; state accuracy by ``inference.decode`` against the true states; R-hat and bulk
+   ESS on identified quantities (labels aligned to the truth by decode's per-draw permutations):
+   eigenvalue moduli and angles of A_k (both eigenvalues of the two rotation states, the
+   eigenvalue along the track of the two straights -- the other is confounded with the bias),
+   the emission matrix C (lower-triangular positive-diagonal top block: no rotation freedom), the
+   emission noise (Gaussian), per-draw state occupancy, and denoised observations C x_t + d at 50
+   time points; divergences; wall time, gradient evaluations (sampling phase), bulk ESS per
+   second; the flow field aligned to the true latents by an affine map (MSE on a grid over the
+   visited region).
+3. ``funsor``: the same rSLDS written the usual NumPyro way (``contrib.control_flow.scan`` over
+   time with z_t enumerated in parallel, ``config_enumerate``), identical priors, site names and
+   unconstrained spaces, so both run NUTS on the same posterior. Measured: (a) jitted
+   value-and-gradient of each potential at the same point, interleaved repetitions; (b) a short
+   funsor NUTS run (1 chain, ``--funsor-warmup`` + ``--funsor-samples``, from the same start) for
+   its seconds per gradient evaluation inside NUTS. The ESS/s ratio is ours' measured ESS/s over
+   the funsor ESS/s *estimated* as ours' bulk ESS per gradient evaluation times funsor's gradient
+   evaluations per second (the same density and sampler give the same ESS per gradient in
+   expectation); a full 4 x 1000 funsor run is not done.
+
+Run: ``.venv/bin/python benchmarks/nascar.py [--quick] [--parts pointfit,nuts,funsor]
+[--emissions gaussian|poisson]``. ``--emissions poisson`` is the Poisson SLDS (N = 100 neurons,
+T = 1000) with the same figures, written to ``nascar_poisson.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from scipy.optimize import linear_sum_assignment
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import inference  # noqa: E402
+from zoo.datasets import nascar  # noqa: E402
+from zoo.initialize import _smooth, fit_arhmm, pca_latents  # noqa: E402
+
+OUT = pathlib.Path(__file__).parent / "results"
+SSM_REFERENCE = {"T2000_seconds": 15.0, "T2000_accuracy": "0.78 to 0.98 over 10 seeds, 3 of 10 below 0.95",
+                 "T10000_seconds": 65.0, "T10000_accuracy": 0.98}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def hungarian_accuracy(z_true, z_est, K):
+    """Fraction of steps equal after the best relabelling of z_est (Hungarian matching)."""
+    conf = np.zeros((K, K))
+    np.add.at(conf, (np.asarray(z_true), np.asarray(z_est)), 1)
+    rows, cols = linear_sum_assignment(-conf)
+    return float(conf[rows, cols].sum() / len(z_true))
+
+
+def _save(name, results, text):
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    (OUT / f"{name}.md").write_text(text)
+
+
+def _jsonable(o):
+    if isinstance(o, np.ndarray | jax.Array):
+        return np.asarray(o).tolist()
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    return str(o)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. the point fit on its own
+# ----------------------------------------------------------------------------------------------
+
+
+def point_fit_states(model, y, key, num_restarts=4, num_em_iters=40, smoothing=2.0):
+    """The first two steps of ``slds_initial_params`` (PCA -> smoothing -> AR-HMM EM), returning
+    the AR-HMM smoothed state marginals (T, K) as a NumPy array (blocks until done)."""
+    x0, _, _ = pca_latents(y, model.latent_dim, model.emissions == "poisson")
+    x0 = _smooth(x0, smoothing)
+    k1, _ = jax.random.split(key)
+    fit = fit_arhmm(k1, x0, model.num_states, model.transitions, num_em_iters, num_restarts,
+                    model.init_scale)
+    return np.asarray(jax.block_until_ready(fit.marginals))[0]
+
+
+def bench_point_fit(data, seeds, label):
+    model, y, z = data["model"], np.asarray(data["y"]), np.asarray(data["z"])
+    rows = []
+    for s in seeds:
+        t0 = time.perf_counter()
+        marg = point_fit_states(model, y, jax.random.key(s))
+        wall = time.perf_counter() - t0
+        acc = hungarian_accuracy(z, marg.argmax(-1), model.num_states)
+        rows.append({"seed": int(s), "accuracy": acc, "wall_seconds": wall})
+        print(f"[pointfit {label}] seed {s}: accuracy {acc:.4f}, {wall:.2f} s", flush=True)
+    # the full slds_initial_params (what NUTS is started from), once, steady state
+    t0 = time.perf_counter()
+    vals = inference_initial_params(model, y, jax.random.key(seeds[0]))
+    full_wall = time.perf_counter() - t0
+    accs = [r["accuracy"] for r in rows]
+    steady = [r["wall_seconds"] for r in rows[1:]] or [rows[0]["wall_seconds"]]
+    return {"label": label, "T": int(y.shape[0]), "N": int(y.shape[1]), "per_seed": rows,
+            "first_seed_seconds_incl_compile": rows[0]["wall_seconds"],
+            "steady_median_seconds": statistics.median(steady), "steady_max_seconds": max(steady),
+            "accuracy_min": min(accs), "accuracy_median": statistics.median(accs),
+            "seeds_at_least_0.95": int(sum(a >= 0.95 for a in accs)), "num_seeds": len(accs),
+            "slds_initial_params_seconds": full_wall, "initial_sites": sorted(vals)}
+
+
+def inference_initial_params(model, y, key):
+    out = model.initial_params(y, key)
+    return jax.block_until_ready(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. NUTS, identified quantities, flow field
+# ----------------------------------------------------------------------------------------------
+
+
+def aligned_states(arr, perm):
+    """Permute the state axis (axis 2) of (C, S, K, ...) draws by decode's permutations
+    (perm[c, s, j] = reference label of the draw's label j)."""
+    out = np.empty_like(arr)
+    C, S = perm.shape[:2]
+    for c in range(C):
+        for s in range(S):
+            out[c, s, perm[c, s]] = arr[c, s]
+    return out
+
+
+def identified_quantities(model, post, dec, y):
+    """Dataset (chain, draw, ...) of quantities invariant to the permutation and affine
+    symmetries, labels aligned to the truth."""
+    import xarray as xr
+
+    P = post["posterior"]
+    perm = np.asarray(dec["permutation"].values)
+    A = aligned_states(np.asarray(P["dynamics"].transpose("chain", "draw", ...).values), perm)
+    inv = model.invariants({"dynamics": A})
+    mod, ang = inv["eig_modulus"], inv["eig_angle"]  # (C, S, K, D), sorted by modulus
+    K = A.shape[2]
+    qs = {
+        # rotations (0, 1): both eigenvalues; straights (2, 3): the one along the track
+        "eig_modulus_rotations": (("chain", "draw", "q0"), mod[:, :, :2].reshape(mod.shape[:2] + (-1,))),
+        "eig_angle_rotations": (("chain", "draw", "q0"), ang[:, :, :2].reshape(ang.shape[:2] + (-1,))),
+        "eig_modulus_straights_leading": (("chain", "draw", "q1"), mod[:, :, 2:, 0]),
+        "emission_matrix": (("chain", "draw", "neuron", "latent"),
+                            np.asarray(P["emission_matrix"].transpose("chain", "draw", ...).values)),
+    }
+    if "emission_noise" in P:
+        qs["emission_noise"] = (("chain", "draw", "neuron"),
+                                np.asarray(P["emission_noise"].transpose("chain", "draw", ...).values))
+    vit = np.asarray(dec["viterbi"].values)  # aligned to the reference, (C, S', T)
+    occ = np.stack([(vit == k).mean(-1) for k in range(K)], -1)
+    x = np.asarray(P["x"].transpose("chain", "draw", ...).values)
+    C = np.asarray(P["emission_matrix"].transpose("chain", "draw", ...).values)
+    d = np.asarray(P["emission_bias"].transpose("chain", "draw", ...).values)
+    ts = np.linspace(0, x.shape[2] - 1, 50).round().astype(int)
+    denoised = np.einsum("cstd,csnd->cstn", x[:, :, ts], C) + d[:, :, None]
+    qs["denoised_obs"] = (("chain", "draw", "t50", "neuron"), denoised)
+    ds = xr.Dataset(qs)
+    # occupancy has only the decoded draws: a separate dataset
+    occ_ds = xr.Dataset({"state_occupancy": (("chain", "draw", "state"), occ)})
+    return ds, occ_ds
+
+
+def rhat_ess(ds):
+    import arviz_stats as azs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rh = azs.rhat(ds)
+        eb = azs.ess(ds, method="bulk")
+    return {k: {"rhat_max": float(np.nanmax(rh[k].values)), "ess_bulk_min": float(np.nanmin(eb[k].values)),
+                "ess_bulk_median": float(np.nanmedian(eb[k].values))} for k in ds.data_vars}
+
+
+def drift(A, b, R, r, u):
+    """Expected one-step displacement E[A_z u + b_z] - u under p(z | u) = softmax(R u + r); u (G, D)."""
+    logits = u @ R.T + r
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    nxt = np.einsum("kij,gj->gki", A, u) + b  # (G, K, D)
+    return np.einsum("gk,gki->gi", p, nxt) - u
+
+
+def flow_field(post, data, num_draws=100, grid=25):
+    """Model flow mapped into true coordinates by an affine map per draw, on a grid over the
+    visited region, against the true flow."""
+    P = post["posterior"]
+    get = lambda n: np.asarray(P[n].transpose("chain", "draw", ...).values)  # noqa: E731
+    x = get("x")
+    Cn, Sn = x.shape[:2]
+    flat = lambda a: a.reshape((Cn * Sn,) + a.shape[2:])  # noqa: E731
+    xs, A, b = flat(x), flat(get("dynamics")), flat(get("dynamics_bias"))
+    R, r = flat(get("recurrence_weights")), flat(get("recurrence_bias"))
+    idx = np.linspace(0, Cn * Sn - 1, min(num_draws, Cn * Sn)).round().astype(int)
+    xt = np.asarray(data["x"])
+    p = data["params"]
+    lo, hi = xt.min(0), xt.max(0)
+    g1, g2 = np.meshgrid(np.linspace(lo[0], hi[0], grid), np.linspace(lo[1], hi[1], grid))
+    pts = np.stack([g1.ravel(), g2.ravel()], -1)
+    # keep grid points near the visited path (within 1.5 grid cells)
+    cell = np.max((hi - lo) / (grid - 1))
+    dmin = np.min(np.linalg.norm(pts[:, None] - xt[::5][None], axis=-1), axis=1)
+    pts = pts[dmin <= 1.5 * cell]
+    true = drift(p["dynamics"], p["dynamics_bias"], p["recurrence_weights"], p["recurrence_bias"], pts)
+    flows, r2 = [], []
+    for i in idx:
+        phi = np.concatenate([xs[i], np.ones((len(xs[i]), 1))], -1)
+        coef, *_ = np.linalg.lstsq(phi, xt, rcond=None)  # x_true ~ x_model M + c
+        M, c = coef[:2], coef[2]
+        resid = xt - phi @ coef
+        r2.append(1 - resid.var(0).sum() / xt.var(0).sum())
+        u = (pts - c) @ np.linalg.inv(M)
+        flows.append(drift(A[i], b[i], R[i], r[i], u) @ M)
+    flows = np.stack(flows)
+    mean_flow = flows.mean(0)
+    mse = float(np.mean(np.sum((mean_flow - true) ** 2, -1)))
+    per_draw = np.mean(np.sum((flows - true) ** 2, -1), -1)
+    cos = np.sum(mean_flow * true, -1) / (np.linalg.norm(mean_flow, axis=-1) * np.linalg.norm(true, axis=-1) + 1e-12)
+    return {"grid_points": int(len(pts)), "mse_posterior_mean_flow": mse,
+            "mse_per_draw_median": float(np.median(per_draw)),
+            "mean_squared_true_flow": float(np.mean(np.sum(true**2, -1))),
+            "relative_mse": mse / float(np.mean(np.sum(true**2, -1))),
+            "direction_cosine_median": float(np.median(cos)),
+            "fraction_within_30_degrees": float(np.mean(cos > np.cos(np.pi / 6))),
+            "affine_r2_median": float(np.median(r2)), "num_draws": int(len(idx))}
+
+
+def bench_nuts(data, args):
+    model, y, z = data["model"], np.asarray(data["y"]), np.asarray(data["z"])
+    t0 = time.perf_counter()
+    post = inference.fit(model, y, "nuts", num_chains=args.chains, num_warmup=args.warmup,
+                         num_samples=args.samples, seed=args.seed, progress_bar=False,
+                         max_tree_depth=args.max_tree_depth, init="auto", chain_method=args.chain_method)
+    wall = time.perf_counter() - t0
+    print(f"[nuts] fit done in {wall:.1f} s", flush=True)
+    t1 = time.perf_counter()
+    dec = inference.decode(model, post, y, reference=z, num_draws=min(args.samples, args.decode_draws))
+    decode_s = time.perf_counter() - t1
+    ss = post["sample_stats"]
+    n_steps = np.asarray(ss["n_steps"].values)
+    div = np.asarray(ss["diverging"].values)
+    ids, occ = identified_quantities(model, post, dec, y)
+    # the identified set uses every draw except state occupancy (decoded draws only)
+    figs = rhat_ess(ids)
+    figs.update(rhat_ess(occ))
+    rhat_max = max(v["rhat_max"] for v in figs.values())
+    ess_min = min(v["ess_bulk_min"] for k, v in figs.items() if k != "state_occupancy")
+    samp = float(post.attrs["sampling_time"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        diag = inference.diagnose(post, emit=False)
+    flow = flow_field(post, data)
+    out = {
+        "chains": args.chains, "warmup": args.warmup, "samples": args.samples,
+        "max_tree_depth": args.max_tree_depth, "chain_method": str(post.attrs["chain_method"]),
+        "initialization": str(post.attrs["initialization"]),
+        "wall_seconds_fit_incl_init_and_compile": wall, "sampling_time_attr_seconds": samp,
+        "decode_seconds": decode_s,
+        "accuracy": float(dec["accuracy"]),
+        "divergences": int(div.sum()), "divergent_fraction": float(div.mean()),
+        "grad_evals_sampling_phase": int(n_steps.sum()),
+        "grad_evals_per_chain_per_draw_mean": float(n_steps.mean()),
+        "tree_depth_max": int(np.asarray(ss["tree_depth"].values).max()),
+        "step_size_per_chain": np.asarray(ss["step_size"].values)[:, -1].tolist(),
+        "identified": figs, "rhat_max_identified": rhat_max, "ess_bulk_min_identified": ess_min,
+        "ess_bulk_min_per_second": ess_min / samp,
+        "ess_bulk_min_per_grad_eval_sampling": ess_min / max(int(n_steps.sum()), 1),
+        "diagnose_verdict_all_sites": diag.verdict,
+        "diagnose_rhat_max_all_sites": float(diag.table["rhat_max"].max()),
+        "diagnose_worst_site": str(diag.table["rhat_max"].idxmax()),
+        "diagnose_table": diag.table.to_dict(orient="index"),
+        "flow": flow,
+    }
+    print(f"[nuts] accuracy {out['accuracy']:.4f}, R-hat max (identified) {rhat_max:.3f}, "
+          f"min bulk ESS {ess_min:.0f}, div {out['divergences']}, flow rel MSE {flow['relative_mse']:.3f}",
+          flush=True)
+    return out, post
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. NumPyro funsor enumeration of the same model
+# ----------------------------------------------------------------------------------------------
+
+
+def make_funsor_model(model):
+    """The rSLDS (recurrent_only) of ``model`` with z_t enumerated by funsor inside
+    ``contrib.control_flow.scan``; same priors, site names and transforms as ``model``."""
+    from numpyro.contrib.control_flow import scan as np_scan
+
+    K, D, N = model.num_states, model.latent_dim, model.obs_dim
+    s = model.recurrence_scale
+
+    def funsor_rslds(y):
+        T = y.shape[0]
+        pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
+        R = numpyro.sample("recurrence_weights", dist.Normal(0.0, s).expand([K, D]).to_event(2))
+        r = numpyro.sample("recurrence_bias", dist.Normal(0.0, s).expand([K]).to_event(1))
+        A = numpyro.sample("dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D])
+                           .to_event(3))
+        b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
+        q = numpyro.sample("dynamics_noise", dist.HalfNormal(0.2).expand([K, D]).to_event(2))
+        # the path is one latent site (flat density); the dynamics score it below, as factors
+        x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (T, D)))
+        z0 = numpyro.sample("z_0", dist.Categorical(probs=pi), infer={"enumerate": "parallel"})
+        numpyro.sample("x_0", dist.Normal(jnp.zeros(D), model.init_scale).to_event(1), obs=x[0])
+        del z0  # x_1's density is the same in every state
+
+        def step(x_prev, x_t):
+            zt = numpyro.sample("z", dist.Categorical(logits=x_prev @ R.T + r), infer={"enumerate": "parallel"})
+            mean = jnp.einsum("...ij,j->...i", A[zt], x_prev) + b[zt]
+            numpyro.sample("x_t", dist.Normal(mean, q[zt]).to_event(1), obs=x_t)
+            return x_t, None
+
+        np_scan(step, x[0], x[1:])
+        C = model._emission_matrix()
+        d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
+        pre = x @ C.T + d
+        if model.emissions == "poisson":
+            numpyro.sample("y", dist.Poisson(model.bin_size * jax.nn.softplus(pre)).to_event(2), obs=y)
+        else:
+            rn = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
+            numpyro.sample("y", dist.Normal(pre, rn).to_event(2), obs=y)
+
+    return funsor_rslds
+
+
+def _potentials(model, fmodel, y, z0):
+    from numpyro.infer.util import initialize_model
+
+    one = jax.tree.map(lambda v: v[0], z0)
+    pot = {}
+    for name, m in (("ours", model), ("funsor", fmodel)):
+        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),))
+        pot[name] = jax.jit(jax.value_and_grad(info.potential_fn))
+    return pot, one
+
+
+def bench_funsor(data, args):
+
+    from inference._program import inspect_program
+    from inference.starts import initial_positions
+
+    model, y = data["model"], np.asarray(data["y"])
+    fmodel = make_funsor_model(model)
+    info = inspect_program(model, y, {})
+    z0, _ = initial_positions(model, y, {}, "auto", jax.random.key(args.seed), 1, info.latent, {})
+    pot, one = _potentials(model, fmodel, y, z0)
+    res = {}
+    for name, f in pot.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(one))
+        res[name] = {"compile_first_call_s": time.perf_counter() - t0, "samples": []}
+    vals = {name: float(f(one)[0]) for name, f in pot.items()}
+    for _ in range(args.grad_repeats):
+        for name, f in pot.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(one))
+            res[name]["samples"].append(time.perf_counter() - t0)
+    for v in res.values():
+        s = v.pop("samples")
+        v["median_s"] = statistics.median(s)
+        v["n"] = len(s)
+    ratio_grad = res["funsor"]["median_s"] / res["ours"]["median_s"]
+    print(f"[funsor] value+grad: ours {1e3 * res['ours']['median_s']:.2f} ms, funsor "
+          f"{1e3 * res['funsor']['median_s']:.2f} ms, potentials {vals}", flush=True)
+    # short NUTS runs of both models with the same protocol: 1 chain from the same start, warmup,
+    # one sampling call (compiles the sampling loop), then a second, timed sampling call
+    short = {name: short_nuts(m, y, one, args) for name, m in (("ours", model), ("funsor", fmodel))}
+    per_grad = {k: v["seconds_per_grad_eval_steady"] for k, v in short.items()}
+    out = {"grad_timing": res, "potential_values_at_start": vals, "funsor_over_ours_grad_time": ratio_grad,
+           "short_nuts": short,
+           "funsor_over_ours_seconds_per_grad_in_nuts": per_grad["funsor"] / per_grad["ours"]}
+    return out
+
+
+def short_nuts(m, y, init, args):
+    from numpyro.infer import MCMC, NUTS
+
+    yj = jnp.asarray(y)
+    mcmc = MCMC(NUTS(m, max_tree_depth=args.max_tree_depth), num_warmup=args.funsor_warmup,
+                num_samples=args.funsor_samples, num_chains=1, progress_bar=False)
+    extra = ("num_steps", "diverging")
+    t0 = time.perf_counter()
+    mcmc.warmup(jax.random.key(args.seed), yj, init_params=init, collect_warmup=True, extra_fields=extra)
+    warm_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    t_warm = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra)
+    t_first = time.perf_counter() - t1
+    first_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    mcmc.post_warmup_state = mcmc.last_state
+    t2 = time.perf_counter()
+    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra)
+    t_run = time.perf_counter() - t2
+    ex = mcmc.get_extra_fields()
+    run_steps = int(np.asarray(ex["num_steps"]).sum())
+    out = {"chains": 1, "warmup": args.funsor_warmup, "samples": args.funsor_samples,
+           "max_tree_depth": args.max_tree_depth,
+           "warmup_seconds_incl_compile": t_warm, "warmup_grad_evals": warm_steps,
+           "first_sampling_call_seconds_incl_compile": t_first, "first_sampling_call_grad_evals": first_steps,
+           "steady_sampling_seconds": t_run, "steady_sampling_grad_evals": run_steps,
+           "seconds_per_grad_eval_steady": t_run / max(run_steps, 1),
+           "divergences_steady": int(np.asarray(ex["diverging"]).sum())}
+    print(f"[short nuts] {getattr(m, '__name__', type(m).__name__)}: warmup {t_warm:.1f} s / {warm_steps} "
+          f"grads, steady {t_run:.1f} s / {run_steps} grads", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt_point(pf):
+    rows = ["| seed | state accuracy | wall s |", "|---:|---:|---:|"]
+    rows += [f"| {r['seed']} | {r['accuracy']:.4f} | {r['wall_seconds']:.2f} |" for r in pf["per_seed"]]
+    return rows + ["",
+                   f"T = {pf['T']}, N = {pf['N']}: **{pf['seeds_at_least_0.95']} of {pf['num_seeds']}** seeds "
+                   f">= 0.95 (min {pf['accuracy_min']:.4f}, median {pf['accuracy_median']:.4f}); first seed "
+                   f"{pf['first_seed_seconds_incl_compile']:.2f} s including compilation, then median "
+                   f"{pf['steady_median_seconds']:.2f} s (max {pf['steady_max_seconds']:.2f} s); the whole "
+                   f"`slds_initial_params` (the start NUTS uses) {pf['slds_initial_params_seconds']:.2f} s."]
+
+
+def report(results, name):
+    lines = [f"# NASCAR benchmark: {results['problem']}", "",
+             f"Generated by `benchmarks/nascar.py{' --quick' if results['quick'] else ''}` on {results['date']} "
+             f"({results['machine']}). 2 CPU cores shared with other jobs: absolute times are indicative.", ""]
+    pf = results.get("pointfit")
+    if pf:
+        lines += ["## Point fit on its own (PCA -> smoothing -> recurrent AR-HMM EM, 4 vmapped restarts)", "",
+                  "State accuracy = argmax of the AR-HMM smoothed marginals, labels Hungarian-matched to the truth;",
+                  "data fixed, seed of the fitting randomness varied.", "", *fmt_point(pf), ""]
+        for extra in results.get("pointfit_extra", []):
+            lines += [f"### T = {extra['T']}", "", *fmt_point(extra), ""]
+        lines += [f"Reference (lindermanlab/ssm Laplace-EM on this machine, from the issue): ~"
+                  f"{SSM_REFERENCE['T2000_seconds']:.0f} s at T = 2000 ({SSM_REFERENCE['T2000_accuracy']}), ~"
+                  f"{SSM_REFERENCE['T10000_seconds']:.0f} s at T = 10,000.", ""]
+    n = results.get("nuts")
+    if n:
+        ids = n["identified"]
+        lines += ["## NUTS posterior", "",
+                  f"{n['chains']} chains x ({n['warmup']} warmup + {n['samples']} draws), max tree depth "
+                  f"{n['max_tree_depth']}, chain method {n['chain_method']}; {n['initialization']}.", "",
+                  "| figure | value |", "|---|---|",
+                  f"| state accuracy (decode, aligned to truth) | **{n['accuracy']:.4f}** |",
+                  f"| wall time of `inference.fit` (init + compile + warmup + sampling) | {n['wall_seconds_fit_incl_init_and_compile']:.1f} s |",
+                  f"| sampling_time attribute (compile + warmup + sampling) | {n['sampling_time_attr_seconds']:.1f} s |",
+                  f"| gradient evaluations, sampling phase (all chains) | {n['grad_evals_sampling_phase']} "
+                  f"({n['grad_evals_per_chain_per_draw_mean']:.1f} per draw; warmup's are not exposed by inference.fit) |",
+                  f"| divergent transitions | {n['divergences']} ({100 * n['divergent_fraction']:.2f} %) |",
+                  f"| R-hat max over the identified quantities | **{n['rhat_max_identified']:.3f}** |",
+                  f"| min bulk ESS over the identified quantities | {n['ess_bulk_min_identified']:.0f} |",
+                  f"| min bulk ESS per second (of sampling_time) | **{n['ess_bulk_min_per_second']:.3f}** |",
+                  f"| flow field MSE (posterior-mean flow, affine-aligned grid, {n['flow']['grid_points']} points) | "
+                  f"**{n['flow']['mse_posterior_mean_flow']:.3g}** (relative to the mean squared true flow: "
+                  f"{n['flow']['relative_mse']:.3f}; median direction cosine {n['flow']['direction_cosine_median']:.3f}, "
+                  f"{100 * n['flow']['fraction_within_30_degrees']:.0f} % of points within 30 degrees; affine R^2 "
+                  f"{n['flow']['affine_r2_median']:.4f}) |",
+                  f"| `inference.diagnose` on every site (incl. non-identified ones) | {n['diagnose_verdict_all_sites']}, "
+                  f"R-hat max {n['diagnose_rhat_max_all_sites']:.3f} ({n['diagnose_worst_site']}) |",
+                  "", "| identified quantity | R-hat max | bulk ESS min | bulk ESS median |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['rhat_max']:.3f} | {v['ess_bulk_min']:.0f} | {v['ess_bulk_median']:.0f} |"
+                  for k, v in ids.items()]
+        lines += ["", "state_occupancy uses the decoded draws only (fraction of Viterbi steps per state).", ""]
+    f = results.get("funsor")
+    if f:
+        g = f["grad_timing"]
+        lines += ["## NumPyro funsor enumeration of the same model", "",
+                  "Same priors, site names and unconstrained spaces; potentials at the start agree: "
+                  f"{f['potential_values_at_start']}.", "",
+                  "| implementation | value+grad median (ms) | compile, first call (s) |", "|---|---:|---:|",
+                  *[f"| {k} | {1e3 * v['median_s']:.2f} | {v['compile_first_call_s']:.2f} |" for k, v in g.items()],
+                  "", f"funsor / ours time per gradient evaluation (jitted value+grad, interleaved): "
+                  f"**{f['funsor_over_ours_grad_time']:.2f}**.", "",
+                  "Short NUTS runs, same protocol for both (what was measured): 1 chain from the same start, "
+                  "warmup, one sampling call (compiles), then a second sampling call timed (steady state).", "",
+                  "| model | warmup (s, incl. compile) / grads | steady sampling (s) / grads | ms per grad in NUTS |",
+                  "|---|---|---|---:|"]
+        for k, v in f["short_nuts"].items():
+            lines.append(f"| {k} | {v['warmup_seconds_incl_compile']:.1f} / {v['warmup_grad_evals']} | "
+                         f"{v['steady_sampling_seconds']:.1f} / {v['steady_sampling_grad_evals']} | "
+                         f"{1e3 * v['seconds_per_grad_eval_steady']:.2f} |")
+        lines += ["", f"funsor / ours seconds per gradient evaluation inside NUTS: "
+                  f"**{f['funsor_over_ours_seconds_per_grad_in_nuts']:.2f}**.", ""]
+        if "ratio_ours_over_funsor_ess_per_second" in f:
+            lines += ["ESS/s ratio. The two programs have the same density and the same sampler, so their ESS per "
+                      "gradient evaluation is the same in expectation; the ratio of ESS/s is then the ratio of "
+                      "seconds per gradient evaluation inside NUTS. With ours' min bulk ESS per sampling-phase "
+                      "gradient evaluation from the 4-chain run: ours "
+                      f"{f['ours_ess_per_second_same_estimate']:.3f} ESS/s, funsor "
+                      f"{f['funsor_ess_per_second_estimate']:.3f} ESS/s (both estimated this way): ratio "
+                      f"ours / funsor **{f['ratio_ours_over_funsor_ess_per_second']:.2f}** (target >= 10). "
+                      f"Ours' measured ESS/s of the full 4-chain run (sampling_time, incl. compilation and "
+                      f"warmup): {f['ours_ess_per_second_measured']:.3f}, i.e. "
+                      f"{f['ratio_ours_measured_over_funsor_estimate']:.2f} x funsor's estimate.", ""]
+    t = results.get("targets")
+    if t:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {k} | {v['measured']} | {'yes' if v['met'] else '**no**'} |" for k, v in t.items()]
+        lines.append("")
+    for note in results.get("notes", []):
+        lines += [note, ""]
+    text = "\n".join(lines)
+    _save(name, results, text)
+    return text
+
+
+def combine(results):
+    """ESS/s ratio from the 4-chain run's ESS per gradient evaluation and the short runs' seconds
+    per gradient evaluation (the parts may come from different invocations)."""
+    n, f = results.get("nuts"), results.get("funsor")
+    if not (n and f):
+        return
+    per_grad = {k: v["seconds_per_grad_eval_steady"] for k, v in f["short_nuts"].items()}
+    ess_per_grad = n["ess_bulk_min_per_grad_eval_sampling"]
+    f["funsor_ess_per_second_estimate"] = ess_per_grad / per_grad["funsor"]
+    f["ours_ess_per_second_same_estimate"] = ess_per_grad / per_grad["ours"]
+    f["ours_ess_per_second_measured"] = n["ess_bulk_min_per_second"]
+    f["ratio_ours_over_funsor_ess_per_second"] = (f["ours_ess_per_second_same_estimate"]
+                                                  / f["funsor_ess_per_second_estimate"])
+    f["ratio_ours_measured_over_funsor_estimate"] = n["ess_bulk_min_per_second"] / f["funsor_ess_per_second_estimate"]
+
+
+def targets(results):
+    combine(results)
+    t = {}
+    pf, n, f = results.get("pointfit"), results.get("nuts"), results.get("funsor")
+    ref = SSM_REFERENCE["T2000_seconds"] if results["T"] == 2000 else None
+    if pf:
+        t["point fit >= 0.95 on every seed"] = {
+            "measured": f"{pf['seeds_at_least_0.95']} of {pf['num_seeds']}",
+            "met": pf["seeds_at_least_0.95"] == pf["num_seeds"]}
+        if ref:
+            t[f"point fit wall time <= ssm's ~{ref:.0f} s"] = {
+                "measured": f"first {pf['first_seed_seconds_incl_compile']:.1f} s, steady max "
+                            f"{pf['steady_max_seconds']:.1f} s",
+                "met": max(pf["first_seed_seconds_incl_compile"], pf["steady_max_seconds"]) <= ref}
+    if n:
+        t["NUTS state accuracy >= 0.95"] = {"measured": f"{n['accuracy']:.4f}", "met": n["accuracy"] >= 0.95}
+        t["R-hat <= 1.05 on identified quantities"] = {"measured": f"{n['rhat_max_identified']:.3f}",
+                                                       "met": n["rhat_max_identified"] <= 1.05}
+        t["divergent transitions <= 1 %"] = {"measured": f"{100 * n['divergent_fraction']:.2f} %",
+                                             "met": n["divergent_fraction"] <= 0.01}
+        if ref:
+            t[f"4-chain NUTS within 10x ssm's point fit (<= {10 * ref:.0f} s)"] = {
+                "measured": f"{n['wall_seconds_fit_incl_init_and_compile']:.0f} s",
+                "met": n["wall_seconds_fit_incl_init_and_compile"] <= 10 * ref}
+    if f:
+        ratio = f.get("ratio_ours_over_funsor_ess_per_second", f["funsor_over_ours_seconds_per_grad_in_nuts"])
+        t["ESS/s ours / funsor >= 10"] = {"measured": f"{ratio:.2f} (estimated from seconds per gradient "
+                                                      "evaluation inside NUTS, see above)", "met": ratio >= 10}
+    return t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small T, few iterations")
+    ap.add_argument("--emissions", choices=["gaussian", "poisson"], default="gaussian")
+    ap.add_argument("--parts", default="pointfit,nuts,funsor")
+    ap.add_argument("--num-steps", type=int, default=None, help="T (default 2000 Gaussian, 1000 Poisson)")
+    ap.add_argument("--obs-dim", type=int, default=None, help="N (default 10 Gaussian, 100 Poisson)")
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--max-tree-depth", type=int, default=10)
+    ap.add_argument("--chain-method", default="auto")
+    ap.add_argument("--decode-draws", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--pointfit-long", type=int, default=0,
+                    help="also time the point fit at T = 10,000 with this many seeds")
+    ap.add_argument("--funsor-warmup", type=int, default=30)
+    ap.add_argument("--funsor-samples", type=int, default=20)
+    ap.add_argument("--grad-repeats", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0, help="data and NUTS seed")
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args(argv)
+    poisson = args.emissions == "poisson"
+    T = args.num_steps or (1000 if poisson else 2000)
+    N = args.obs_dim or (100 if poisson else 10)
+    if args.quick:
+        T = args.num_steps or 300
+        args.warmup, args.samples, args.seeds = 60, 40, 3
+        args.funsor_warmup, args.funsor_samples, args.grad_repeats = 10, 10, 5
+        args.max_tree_depth = min(args.max_tree_depth, 6)
+        args.decode_draws = 20
+    name = args.name or ("nascar" + ("_poisson" if poisson else "") + ("_quick" if args.quick else ""))
+    parts = set(args.parts.split(","))
+    data = nascar(seed=args.seed, num_steps=T, emissions=args.emissions, obs_dim=N)
+    results = {"problem": f"rSLDS recurrent_only, K=4, D=2, N={N}, T={T}, {args.emissions} emissions",
+               "T": T, "N": N, "emissions": args.emissions, "quick": args.quick, "args": vars(args),
+               "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
+                          f"numpyro {numpyro.__version__}, {jax.default_backend()}",
+               "ssm_reference": SSM_REFERENCE, "notes": []}
+    prev = OUT / f"{name}.json"
+    if prev.exists():  # keep parts measured by an earlier invocation
+        old = json.loads(prev.read_text())
+        if old.get("T") == T and old.get("N") == N:
+            for k in ("pointfit", "pointfit_extra", "nuts", "funsor", "notes"):
+                if k in old and k.split("_")[0] not in parts:
+                    results[k] = old[k]
+    if "pointfit" in parts:
+        results["pointfit"] = bench_point_fit(data, list(range(args.seeds)), f"T={T}")
+        results["pointfit_extra"] = []
+        if args.pointfit_long:
+            long = nascar(seed=args.seed, num_steps=10_000, emissions=args.emissions, obs_dim=N)
+            results["pointfit_extra"].append(bench_point_fit(long, list(range(args.pointfit_long)), "T=10000"))
+        results["targets"] = targets(results)
+        print(report(results, name), flush=True)
+    ours = results.get("nuts")
+    if "nuts" in parts:
+        ours, _ = bench_nuts(data, args)
+        results["nuts"] = ours
+        results["targets"] = targets(results)
+        print(report(results, name), flush=True)
+    if "funsor" in parts:
+        results["funsor"] = bench_funsor(data, args)
+    results["targets"] = targets(results)
+    text = report(results, name)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
