@@ -27,6 +27,7 @@ __all__ = [
     "init_gru",
     "init_tanh_rnn",
     "largest_lyapunov_exponent",
+    "lyapunov_spectrum",
     "sequential",
     "tanh_rnn_cell",
 ]
@@ -224,3 +225,53 @@ def largest_lyapunov_exponent(f: Callable, x0: jax.Array, inputs, burn_in: int =
 
     _, logs = lax.scan(step, (x0, v0), (jnp.arange(T), inputs))
     return jnp.sum(logs) / (T - burn_in)
+
+
+def lyapunov_spectrum(f: Callable, x0: jax.Array, inputs, k: int = 2, burn_in: int = 0,
+                      key: jax.Array | None = None) -> jax.Array:
+    """The k largest Lyapunov exponents (per step) along the trajectory from x0, by QR.
+
+    k tangent vectors Q (D, k) are propagated with the Jacobians of f, Q_t R_t = J_t Q_{t-1}
+    (thin QR) re-orthonormalises them every step, and lambda_j = mean_t log |R_t[j, j]| over the
+    steps after ``burn_in``. With k = 1 this is :func:`largest_lyapunov_exponent` (from a random
+    instead of a fixed start vector).
+
+    Parameters
+    ----------
+    f : callable (D,), input slice -> (D,)
+    x0 : array (D,)
+    inputs : array (T, ...) or pytree with a leading T axis
+    k : int
+        Number of exponents, 1 <= k <= D.
+    burn_in : int
+        Steps excluded from the average (transient and alignment of the tangent vectors).
+    key : PRNG key, optional
+        For the random orthonormal start vectors (default ``PRNGKey(0)``).
+
+    Returns
+    -------
+    array (k,)
+        Exponents in decreasing order (up to estimation noise).
+    """
+    T = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    D = x0.shape[0]
+    if not 0 <= burn_in < T:
+        raise ValueError(f"burn_in must be in [0, T) = [0, {T}); got {burn_in}")
+    if not 1 <= int(k) <= D:
+        raise ValueError(f"k must be in [1, D] = [1, {D}]; got {k}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    Q0 = jnp.linalg.qr(jax.random.normal(key, (D, int(k)), x0.dtype))[0]
+
+    def step(carry, inp):
+        x, Q = carry
+        t, u = inp
+        x_new, JQ = jax.vmap(lambda q: jax.jvp(lambda xx: f(xx, u), (x,), (q,)), in_axes=1,
+                             out_axes=(None, 1))(Q)
+        Qn, R = jnp.linalg.qr(JQ)
+        d = jnp.diagonal(R)
+        Qn = Qn * jnp.sign(d)  # keep the orientation continuous (R with positive diagonal)
+        logs = jnp.log(jnp.abs(d))
+        return (x_new, Qn), jnp.where(t >= burn_in, logs, 0.0)
+
+    _, logs = lax.scan(step, (x0, Q0), (jnp.arange(T), inputs))
+    return jnp.sum(logs, axis=0) / (T - burn_in)
