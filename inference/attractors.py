@@ -178,7 +178,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                bounds=None, grid_size: int = 25, seeds=None, num_seed_grid: int = 6,
                newton_steps: int = 60, tol: float = 1e-6, rate_tol: float | None = None,
                line_score: float = 3.0, slow_frac: float = 0.2, dedup_tol: float = 0.02,
-               num_mc: int = 64,
+               num_mc: int = 64, max_distance: float | None = None,
                seed: int = 0) -> xr.Dataset:
     """Fixed points, their stability and the posterior probability of attractors.
 
@@ -221,6 +221,13 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         Fixed points closer than ``dedup_tol`` times the box diagonal are merged.
     num_mc : int
         Monte Carlo draws of f(x) per posterior draw for the slow-point map.
+    max_distance : float, optional
+        Restrict fixed points to the visited region: a converged point farther than this (latent
+        units) from every point of the posterior-mean path ``x`` is not reported but counted in
+        ``num_outside``, like a point outside the box. A GP drift is only identified near the
+        data; far from it each draw of f is close to a prior draw and crosses zero at random
+        places, which would otherwise count as spurious fixed points. Default None: the whole
+        box. Needs the path ``x`` in ``post``.
     seed : int
 
     Returns
@@ -289,6 +296,22 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         seed_pts.append(s_)
     fixed_seeds = jnp.asarray(np.concatenate(seed_pts), dtype)
     lo_j, hi_j = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+    if max_distance is not None:
+        if path is None:
+            raise ValueError("max_distance needs the latent path 'x' in post")
+        if not max_distance > 0:
+            raise ValueError(f"max_distance must be > 0; got {max_distance}")
+        visited = np.asarray(path).mean(0).reshape(-1, D)
+        visited_j = jnp.asarray(visited[:: max(1, len(visited) // 4000)], dtype)
+
+    def in_region(x):
+        """In the analysed box and (with ``max_distance``) near the posterior-mean path."""
+        ok = jnp.all((x >= lo_j) & (x <= hi_j), -1)
+        if max_distance is not None:
+            d2 = jnp.min(jnp.sum((x[..., None, :] - visited_j) ** 2, -1), -1)
+            ok = ok & (d2 <= max_distance**2)
+        return ok
+
     diag = float(np.linalg.norm(hi - lo))
     keys = jax.random.split(jax.random.key(seed), S)
     K = int(getattr(model, "num_states", 0)) if not continuous else 0
@@ -330,7 +353,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                 s_list.append(xk[None])
         allseeds = jnp.concatenate(s_list)
         xs, res, bx, br = jax.vmap(lambda s: _lm_solve(v, s, lo_j, hi_j, newton_steps, abs_tol))(allseeds)
-        inside = jnp.all((xs >= lo_j) & (xs <= hi_j), -1)
+        inside = in_region(xs)
         conv = (res <= abs_tol) & jnp.all(jnp.isfinite(xs), -1)
         slow = (br < eps) & ~(conv & inside)
         # candidates: converged fixed points (incl. regime solves), then slow points
@@ -338,7 +361,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         ok_fixed = [conv & inside]
         if extra_pts:
             ex = jnp.stack(extra_pts)
-            exok = jnp.stack(extra_ok) & jnp.all((ex >= lo_j) & (ex <= hi_j), -1)
+            exok = jnp.stack(extra_ok) & in_region(ex)
             pts.insert(0, ex)
             ok_fixed.insert(0, exok)
         P = jnp.concatenate(pts)
@@ -455,7 +478,8 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         coords=coords,
         attrs={"kinds": ", ".join(f"{i}={k}" for i, k in enumerate(KINDS)) + ", -1=padding",
                "eps": float(eps), "line_score": float(line_score), "rate_tol": float(rate_tol),
-               "tol": float(abs_tol), "continuous_time": int(bool(continuous)), "num_draws": S,
+               "tol": float(abs_tol), "max_distance": float("nan") if max_distance is None else
+               float(max_distance), "continuous_time": int(bool(continuous)), "num_draws": S,
                "bounds": np.stack([lo, hi], -1).ravel().tolist(),
                "seeds": f"grid of {num_seed_grid}^D, regime centres / regime fixed points"
                         + (", posterior-mean path points" if path is not None else "")},
