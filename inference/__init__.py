@@ -1,47 +1,22 @@
 """Inference on any zoo model: NUTS/HMC (NumPyro), SVI with structured guides, BlackJAX (NUTS, ChEES,
 adjusted MCLMC), adaptive tempered SMC; ArviZ-native results, diagnostics and label alignment.
 
-``fit``, ``diagnose`` and ``to_datatree`` live here; ``decode``, ``initialize``, ``attractors`` and
-``plot_attractors`` are re-exported lazily from their modules (:mod:`inference.decode`,
-:mod:`inference.initialize`, :mod:`inference.attractors`), so importing this package never fails
-because one of them is missing.
+The public functions are imported eagerly. Several share their name with the module that defines
+them (``inference.decode``, ``inference.diagnose``, ``inference.attractors``): binding the function
+here, after its module has been imported, keeps ``inference.decode(...)`` a function even when
+other code later runs ``import inference.decode`` (a lazy re-export would be shadowed by the
+submodule attribute that import sets).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from inference.align import align_labels
+from inference.attractors import attractors, plot_attractors
 from inference.convert import to_datatree
+from inference.decode import decode
+from inference.diagnose import diagnose
 from inference.fit import METHODS, fit
+from inference.guides import structured_guide
 
-_LAZY = {
-    "decode": "inference.decode",
-    "initialize": "inference.initialize",
-    "attractors": "inference.attractors",
-    "plot_attractors": "inference.attractors",
-    "diagnose": "inference.diagnose",
-    "align_labels": "inference.align",
-    "structured_guide": "inference.guides",
-}
-
-__all__ = ["fit", "diagnose", "to_datatree", "METHODS", "decode", "initialize", "attractors",
+__all__ = ["fit", "diagnose", "to_datatree", "METHODS", "decode", "attractors",
            "plot_attractors", "align_labels", "structured_guide"]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'inference' has no attribute {name!r}")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        raise AttributeError(f"inference.{name} is not available yet ({module} does not exist)") from None
-    value = getattr(mod, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
