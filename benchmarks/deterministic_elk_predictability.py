@@ -239,7 +239,7 @@ def main():
         res = predictability(lengths, elk_max_T_chaotic=100 if args.quick else 300)
         md = predictability_markdown(res)
     else:
-        rows = unstable([4.0], 300) if args.quick else unstable([3.0, 4.0, 5.0], 1000)
+        rows = unstable([4.0], 300) if args.quick else unstable([4.0], 1000)
         res = dict(rows=rows)
         md = unstable_markdown(rows)
     res["machine"] = machine

@@ -262,3 +262,46 @@ def test_iterations_constant_for_contracting_and_growing_for_large_gain():
             assert float(rnn.largest_lyapunov_exponent(f, jnp.full(D, 0.1), u, burn_in=100)) < 0
     assert counts[0.6, 300] <= counts[0.6, 100] + 1
     assert counts[2.5, 300] >= 2.5 * counts[2.5, 100]
+
+
+@jax.jit
+def _deer_on_tanh_map(Wg, h0, u):
+    """DEER (tol 1e-8) on h_t = tanh(Wg h_{t-1} + 0.1 u_t); Wg is traced, so one compile per T."""
+    return elk.evaluate(lambda h, uu: jnp.tanh(Wg @ h + 0.1 * uu), h0, u, method="deer", tol=1e-8,
+                        on_failure="flag")
+
+
+def test_predictability_iterations_flat_if_contracting_and_growing_if_chaotic():
+    """Gonzalez et al. 2025 (predictability), small version of
+    benchmarks/deterministic_elk_predictability.py: a random tanh map (D = 16) with gain 0.8
+    contracts (largest Lyapunov exponent < 0) and DEER needs the same few iterations at T = 40
+    and T = 200; with gain 2 it is chaotic (exponent > 0, QR estimate) and the iterations grow
+    roughly in proportion to T."""
+    D = 16
+    W = jax.random.normal(jax.random.PRNGKey(0), (D, D), jnp.float64) / jnp.sqrt(D)
+    u = jax.random.normal(jax.random.PRNGKey(1), (2000, D), jnp.float64)
+    iters, lyap = {}, {}
+    for gain in (0.8, 2.0):
+        f = lambda h, uu, gain=gain: jnp.tanh(gain * W @ h + 0.1 * uu)  # noqa: E731
+        h_init = jax.random.normal(jax.random.PRNGKey(100), (D,), jnp.float64)
+        h0 = rnn.sequential(f, h_init, jnp.zeros((1000, D)))[-1]  # on the attractor
+        lyap[gain] = float(rnn.lyapunov_spectrum(f, h0, u, k=1, burn_in=200)[0])
+        for T in (40, 200):
+            res = _deer_on_tanh_map(gain * W, h0, u[:T])
+            assert bool(res.converged)
+            np.testing.assert_allclose(np.asarray(res.states), np.asarray(rnn.sequential(f, h0, u[:T])),
+                                       atol=1e-3 if gain > 1 else 1e-10)
+            iters[gain, T] = int(res.iterations)
+    assert lyap[0.8] < -0.1 and lyap[2.0] > 0.03
+    assert abs(iters[0.8, 200] - iters[0.8, 40]) <= 2 and iters[0.8, 200] <= 10
+    assert iters[2.0, 200] >= 3 * iters[2.0, 40]
+    assert iters[2.0, 40] >= 2 * iters[0.8, 40]
+
+
+def test_lyapunov_spectrum_of_a_linear_map():
+    """For x_t = A x_{t-1} with A = diag(2, 0.5, 0.25) the exponents are log 2, log 0.5, log 0.25
+    (after a burn-in that aligns the random start vectors with the axes)."""
+    A = jnp.diag(jnp.array([2.0, 0.5, 0.25], jnp.float64))
+    lam = rnn.lyapunov_spectrum(lambda x, u: A @ x, jnp.ones(3, jnp.float64), jnp.zeros((100, 1)), k=3,
+                                burn_in=40)
+    np.testing.assert_allclose(np.asarray(lam), np.log([2.0, 0.5, 0.25]), atol=1e-10)
