@@ -301,3 +301,21 @@ def test_kalman_bad_input():
         scans.kalman_filter(y[:, :2], m0, P0, F, b, Q, H, d, R)
     with pytest.raises(ValueError, match="P0"):
         scans.kalman_filter(y, m0, P0[:1], F, b, Q, H, d, R)
+
+
+@pytest.mark.parametrize("D", [1, 3, 8, 11])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_solve_lower_equals_dense_solve(D, dtype):
+    """Unrolled forward substitution (small D) and LAPACK (large D) both equal numpy's solve."""
+    rng = np.random.default_rng(D)
+    L = np.tril(rng.normal(size=(4, D, D))) + 3 * np.eye(D)
+    L[..., 0, -1] = 7.0 if D > 1 else L[..., 0, -1]  # the upper triangle is ignored
+    B = rng.normal(size=(4, D, 5))
+    v = rng.normal(size=(4, D))
+    Lt = np.tril(L)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    got = scans.solve_lower(jnp.asarray(L, dtype), jnp.asarray(B, dtype))
+    assert got.dtype == dtype and got.shape == B.shape
+    np.testing.assert_allclose(got, np.linalg.solve(Lt, B), rtol=tol, atol=tol)
+    gv = scans.solve_lower(jnp.asarray(L, dtype), jnp.asarray(v, dtype))
+    np.testing.assert_allclose(gv, np.linalg.solve(Lt, v[..., None])[..., 0], rtol=tol, atol=tol)

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 from numpyro.distributions import constraints
 
 from zoo import scans
@@ -82,7 +81,7 @@ def _per_state_mvn_logpdf(x, mean, scale_tril):
     r = x - mean
     lead, (K, D) = r.shape[:-2], r.shape[-2:]
     cols = jnp.moveaxis(r.reshape((-1, K, D)), 0, -1)  # (K, D, M)
-    w = solve_triangular(scale_tril, cols, lower=True)
+    w = scans.solve_lower(scale_tril, cols)
     w = jnp.moveaxis(w, -1, 0).reshape(lead + (K, D))
     half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
     return -0.5 * jnp.sum(w**2, -1) - half_logdet - 0.5 * D * _LOG_2PI
@@ -91,7 +90,7 @@ def _per_state_mvn_logpdf(x, mean, scale_tril):
 def _mvn_logpdf_tril(x, mean, scale_tril):
     """log N(x | mean, L L^T) with a Cholesky factor; broadcasts over leading dims."""
     r = x - mean
-    w = solve_triangular(scale_tril, r[..., None], lower=True)[..., 0]
+    w = scans.solve_lower(scale_tril, r[..., None])[..., 0]
     half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
     return -0.5 * jnp.sum(w**2, -1) - half_logdet - 0.5 * x.shape[-1] * _LOG_2PI
 

@@ -50,9 +50,45 @@ __all__ = [
     "kalman_smoother",
     "kalman_sample",
     "linear_recurrence",
+    "solve_lower",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+# Largest triangular system solved by unrolled forward substitution instead of LAPACK's trsm:
+# for tiny systems the custom call's overhead (and its thread pool) dominates by orders of
+# magnitude, while D(D+1)/2 fused elementwise operations cost almost nothing.
+_UNROLL_MAX_DIM = 8
+
+
+def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve L w = b for lower-triangular L (batched like ``solve_triangular``).
+
+    Parameters
+    ----------
+    L : array (..., D, D)
+        Lower-triangular, non-zero diagonal (the upper triangle is ignored).
+    b : array (..., D) or (..., D, M)
+        Right-hand side(s); a vector when ``b.ndim == L.ndim - 1``.
+
+    Returns
+    -------
+    array, the shape of ``b``
+    """
+    D = L.shape[-1]
+    if D > _UNROLL_MAX_DIM:
+        return solve_triangular(L, b, lower=True)
+    vector = b.ndim == L.ndim - 1
+    B = b[..., None] if vector else b  # (..., D, M)
+    rows = []
+    for i in range(D):
+        acc = B[..., i, :]
+        for j in range(i):
+            acc = acc - L[..., i, j, None] * rows[j]
+        rows.append(acc / L[..., i, i, None])
+    w = jnp.stack(rows, axis=-2)
+    return w[..., 0] if vector else w
 
 
 # ----------------------------------------------------------------------------------------------
@@ -769,8 +805,8 @@ def _gauss_update(m, P, y, H, d, R):
     S = _sym(H @ P @ H.T + R)
     L = jnp.linalg.cholesky(S)
     r = y - H @ m - d
-    w = solve_triangular(L, r, lower=True)
-    W = solve_triangular(L, H @ P, lower=True)  # L^{-1} H P, (N, D)
+    w = solve_lower(L, r)
+    W = solve_lower(L, H @ P)  # L^{-1} H P, (N, D)
     m_new = m + W.T @ w
     P_new = _sym(P - W.T @ W)
     ll = -0.5 * (w @ w) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[-1] * _LOG_2PI
