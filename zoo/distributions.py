@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from jax import lax
+from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
 from zoo import scans
@@ -169,12 +170,40 @@ class SwitchingSequence(dist.Distribution):
             ll = jnp.where(m[..., None], ll, 0.0)
         return self.log_init, lt, ll
 
+    def independent_state_log_probs(self, value):
+        """log p(z_t | past) for t >= 2 when z_t does not depend on z_{t-1}, else ``None``.
+
+        Subclasses whose transitions ignore the previous state (e.g. recurrent-only switching)
+        return an array ``(..., T-1, K)``; the marginal then factorises over time and needs no
+        forward scan.
+        """
+        return None
+
+    def _independent_terms(self, value):
+        """Per-step marginal terms when the states are independent given the path, else None."""
+        logits = self.independent_state_log_probs(value)
+        if logits is None:
+            return None
+        log_init, _, ll = self._hmm_args(value)
+        first = logsumexp(log_init + ll[..., 0, :], axis=-1)
+        rest = logsumexp(logits + ll[..., 1:, :], axis=-1)
+        return jnp.concatenate([first[..., None], rest], axis=-1)
+
     def log_prob(self, value):
         """Exact marginal log density log sum_z p(z, value), shape ``batch_shape``."""
+        terms = self._independent_terms(value)
+        if terms is not None:
+            return jnp.sum(self._masked(terms), axis=-1)
         return scans.hmm_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
+
+    def _masked(self, terms):
+        return terms if self.step_mask is None else jnp.where(self.step_mask, terms, 0.0)
 
     def pointwise_log_prob(self, value):
         """Per-step terms log p(v_t | v_{1:t-1}), shape ``batch_shape + (T,)``."""
+        terms = self._independent_terms(value)
+        if terms is not None:
+            return self._masked(terms)
         terms = scans.hmm_pointwise_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
         # padded steps contribute exactly nothing (differences of prefix sums leave round-off)
         return terms if self.step_mask is None else jnp.where(self.step_mask, terms, 0.0)
@@ -326,6 +355,12 @@ class SwitchingLinearDynamics(SwitchingSequence):
         if self.log_P is not None:
             logits = logits + self.log_P
         return jax.nn.log_softmax(logits, axis=-1)
+
+    def independent_state_log_probs(self, value):
+        if self.log_P is not None or self.R is None:
+            return None
+        r = self.r if self.r.ndim == 1 else self.r[..., 1:, :]
+        return jax.nn.log_softmax(value[..., :-1, :] @ self.R.T + r, axis=-1)  # (..., T-1, K)
 
     def log_transitions(self, value):
         if self.R is None:
