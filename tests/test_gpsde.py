@@ -121,6 +121,7 @@ def _closed_orbit(f, x_start, dt=0.01, steps=4000):
     return np.asarray(xs)
 
 
+@pytest.mark.slow  # two GP-SDE NUTS fits: ~21 min NUTS on the loaded 2-core machine
 def test_van_der_pol_limit_cycle(vdp):
     fits, xt, d = vdp
     for approx, (m, s, info) in fits.items():
@@ -150,6 +151,7 @@ def test_van_der_pol_limit_cycle(vdp):
         np.testing.assert_allclose([r_in.min(), r_in.max()], [r_out.min(), r_out.max()], rtol=0.15)
 
 
+@pytest.mark.slow  # two GP-SDE NUTS fits: ~21 min NUTS on the loaded 2-core machine
 def test_inducing_and_hsgp_agree_and_recover_the_drift(vdp):
     fits, xt, d = vdp
     recs = {a: drift_recovery(m, s, xt, d["drift"], grid_size=12, num_draws=40) for a, (m, s, _) in fits.items()}
