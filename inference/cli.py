@@ -600,7 +600,7 @@ def cmd_attractors(args) -> int:
 
 DEMO_SIZES = {
     # trials, duration (s), bin, MAP steps, warmup, samples, chains, attractor draws, grid
-    "full": dict(num_trials=4, duration=2.0, bin_size=4, map_steps=800, num_warmup=120, num_samples=120,
+    "full": dict(num_trials=6, duration=3.0, bin_size=5, map_steps=1000, num_warmup=300, num_samples=300,
                  num_chains=2, num_draws=60, grid_size=20),
     "quick": dict(num_trials=2, duration=0.6, bin_size=4, map_steps=50, num_warmup=8, num_samples=8,
                   num_chains=2, num_draws=3, grid_size=6),
