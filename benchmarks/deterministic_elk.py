@@ -83,34 +83,13 @@ def family_table(sizes, lengths, repeat):
 
 
 def unstable_table(scales, T, dtype=jnp.float32):
-    rows = []
-    D = 8
-    for scale in scales:
-        p = rnn.init_gru(jax.random.PRNGKey(0), D, 2, scale=scale, dtype=dtype)
-        f = functools.partial(rnn.gru_cell, p)
-        u = jax.random.normal(jax.random.PRNGKey(1), (T, 2), dtype)
-        x0 = jnp.zeros(D, dtype)
-        ref = rnn.sequential(f, x0, u)
-        lyap = float(rnn.largest_lyapunov_exponent(f, x0 + 0.1, u, burn_in=T // 3))
-        configs = [("deer", {}), ("quasi_deer", {}), ("elk", dict(damping=1.0)),
-                   ("quasi_elk", dict(damping=1.0)), ("elk", dict(damping=1.0, adaptive=False)),
-                   ("quasi_elk", dict(damping=1.0, adaptive=False))]
-        for method, kw in configs:
-            t0 = time.perf_counter()
-            _, res = run_method(f, x0, u, method, **kw)
-            el = time.perf_counter() - t0
-            err = jnp.abs(res.states - ref)
-            row = dict(
-                dtype=jnp.dtype(dtype).name, weight_scale=scale, T=T, D=D, lyapunov=lyap,
-                method=method, damping=kw.get("damping"), adaptive=kw.get("adaptive", True),
-                iterations=int(res.iterations), converged=bool(res.converged),
-                residual=float(res.residual),
-                max_abs_err=float(jnp.max(err)) if bool(jnp.all(jnp.isfinite(err))) else float("inf"),
-                time_incl_compile_s=el,
-            )
-            rows.append(row)
-            print(row, flush=True)
-    return rows
+    """Large-weight GRUs (D = 8), all four methods: the table of
+    ``deterministic_elk_predictability.unstable``, which owns it."""
+    try:
+        from benchmarks.deterministic_elk_predictability import unstable
+    except ModuleNotFoundError:  # run as a script from benchmarks/
+        from deterministic_elk_predictability import unstable
+    return unstable(scales, T, D=8, dtype=dtype)
 
 
 def predictability_table(lengths, gains, D=16):
