@@ -162,13 +162,15 @@ class SwitchingSequence(dist.Distribution):
         new.parallel = parallel
         return new
 
-    def _hmm_args(self, value):
+    def _masked_state_log_likelihoods(self, value):
         ll = self.state_log_likelihoods(value)
-        lt = self.log_transitions(value)
         if self.step_mask is not None:
             m = jnp.broadcast_to(self.step_mask, ll.shape[:-1])
             ll = jnp.where(m[..., None], ll, 0.0)
-        return self.log_init, lt, ll
+        return ll
+
+    def _hmm_args(self, value):
+        return self.log_init, self.log_transitions(value), self._masked_state_log_likelihoods(value)
 
     def independent_state_log_probs(self, value):
         """log p(z_t | past) for t >= 2 when z_t does not depend on z_{t-1}, else ``None``.
@@ -184,8 +186,8 @@ class SwitchingSequence(dist.Distribution):
         logits = self.independent_state_log_probs(value)
         if logits is None:
             return None
-        log_init, _, ll = self._hmm_args(value)
-        first = logsumexp(log_init + ll[..., 0, :], axis=-1)
+        ll = self._masked_state_log_likelihoods(value)
+        first = logsumexp(self.log_init + ll[..., 0, :], axis=-1)
         rest = logsumexp(logits + ll[..., 1:, :], axis=-1)
         return jnp.concatenate([first[..., None], rest], axis=-1)
 
@@ -206,7 +208,7 @@ class SwitchingSequence(dist.Distribution):
             return self._masked(terms)
         terms = scans.hmm_pointwise_log_normalizer(*self._hmm_args(value), parallel=self.parallel)
         # padded steps contribute exactly nothing (differences of prefix sums leave round-off)
-        return terms if self.step_mask is None else jnp.where(self.step_mask, terms, 0.0)
+        return self._masked(terms)
 
     def state_posterior(self, value, key) -> StatePosterior:
         """Exact posterior of the discrete states given the sequence (smoothed marginals, the
