@@ -226,8 +226,11 @@ def heldout_lppd(samples, y_full, heldout, bin_width, link="softplus", num_draws
 
 
 def run_comparison(num_trials=10, duration=2.5, bin_ms=20, num_warmup=300, num_samples=300,
-                   max_tree_depth=7, seed=0, models=("gpslds", "rslds", "gpsde")):
-    """GP-SLDS vs rSLDS vs GP-SDE (RBF) on the same spirals data with 10 % of entries held out."""
+                   max_tree_depth=7, seed=0, models=("gpslds", "rslds", "gpsde"), on_row=None):
+    """GP-SLDS vs rSLDS vs GP-SDE (RBF) on the same spirals data with 10 % of entries held out.
+
+    ``on_row(partial_result)`` is called after each model, so a long run keeps what it finished.
+    """
     from zoo import systems
     from zoo.gpsde import GPSDE
     from zoo.gpslds import GPSLDS
@@ -250,6 +253,8 @@ def run_comparison(num_trials=10, duration=2.5, bin_ms=20, num_warmup=300, num_s
                         num_inducing=8), 1.5, None),
     }
     rows = {}
+    data = {"system": "two_spirals", "num_trials": num_trials, "duration_s": duration, "bin_ms": bin_ms,
+            "neurons": N, "heldout_fraction": float(heldout.mean())}
     for name in models:
         m, scale, kind = specs[name]
         t0 = time.time()
@@ -267,9 +272,9 @@ def run_comparison(num_trials=10, duration=2.5, bin_ms=20, num_warmup=300, num_s
             rows[name].update(boundary_location(m, s, rec["M"], rec["c"]))
         print(name, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[name].items()}),
               flush=True)
-    return {"data": {"system": "two_spirals", "num_trials": num_trials, "duration_s": duration,
-                     "bin_ms": bin_ms, "neurons": N, "heldout_fraction": float(heldout.mean())},
-            "models": rows}
+        if on_row is not None:
+            on_row({"data": data, "models": dict(rows)})
+    return {"data": data, "models": rows}
 
 
 def run_full_spirals(num_trials=10, duration=2.5, bin_ms=10, num_warmup=500, num_samples=500,
@@ -361,21 +366,29 @@ def main():
     results = json.loads(path.read_text()) if path.exists() else {}
     todo = ["comparison", "full", "demo30"] if args.only is None else [args.only]
     q = args.quick
+
+    def save(part, value):
+        # re-read and merge so that parts run in parallel processes do not overwrite each other
+        disk = json.loads(path.read_text()) if path.exists() else {}
+        disk[part] = value
+        disk["reference"] = REFERENCE
+        path.write_text(json.dumps(disk, indent=2, default=float))
+        (RESULTS / "gp_models.md").write_text(write_table(disk))
+        return disk
+
     for part in todo:
         if part == "comparison":
             results["comparison"] = run_comparison(num_trials=4 if q else 10, duration=1.5 if q else 2.5,
-                                                   num_warmup=100 if q else 300, num_samples=100 if q else 300)
+                                                   num_warmup=100 if q else 300, num_samples=100 if q else 300,
+                                                   on_row=lambda r: save("comparison", r))
         elif part == "full":
             results["full"] = run_full_spirals(num_warmup=100 if q else 500, num_samples=100 if q else 500)
         elif part == "demo30":
             results["demo30"] = run_full_spirals(num_trials=30, bin_ms=20, num_warmup=100 if q else 300,
                                                  num_samples=100 if q else 300)
-        # re-read and merge so that parts run in parallel processes do not overwrite each other
-        disk = json.loads(path.read_text()) if path.exists() else {}
-        disk.update({k: v for k, v in results.items() if k in todo})
-        disk["reference"] = REFERENCE
-        path.write_text(json.dumps(disk, indent=2, default=float))
-        results = disk
+        elif part == "table":
+            continue
+        results = save(part, results[part])
     (RESULTS / "gp_models.md").write_text(write_table(results))
     print(write_table(results))
 
