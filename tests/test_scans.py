@@ -319,3 +319,40 @@ def test_solve_lower_equals_dense_solve(D, dtype):
     np.testing.assert_allclose(got, np.linalg.solve(Lt, B), rtol=tol, atol=tol)
     gv = scans.solve_lower(jnp.asarray(L, dtype), jnp.asarray(v, dtype))
     np.testing.assert_allclose(gv, np.linalg.solve(Lt, v[..., None])[..., 0], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("D", [1, 3, 8, 11])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_dense_linear_algebra_equals_numpy(D, dtype):
+    """Unrolled (small D) and LAPACK (large D) Cholesky, transposed triangular solve, Cholesky solve
+    and pivoted general solve all equal numpy; the general solve needs its pivoting (a zero leading
+    entry) and its gradient equals that of jnp.linalg.solve."""
+    rng = np.random.default_rng(100 + D)
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    X = rng.normal(size=(3, D, D))
+    S = X @ np.swapaxes(X, -1, -2) + D * np.eye(D)
+    B = rng.normal(size=(3, D, 2))
+    v = rng.normal(size=(3, D))
+    L = np.linalg.cholesky(S)
+    for max_unrolled in (8, 12):
+        got = scans.cholesky(jnp.asarray(S, dtype), max_unrolled)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, L, rtol=tol, atol=tol)
+    Lj = jnp.asarray(L, dtype)
+    np.testing.assert_allclose(scans.solve_lower_transposed(Lj, jnp.asarray(B, dtype)),
+                               np.linalg.solve(np.swapaxes(L, -1, -2), B), rtol=tol, atol=tol)
+    np.testing.assert_allclose(scans.cho_solve_lower(Lj, jnp.asarray(v, dtype)),
+                               np.linalg.solve(S, v[..., None])[..., 0], rtol=tol, atol=tol)
+    A = rng.normal(size=(3, D, D)) + 0.5 * np.eye(D)
+    if D > 1:
+        A[0, 0, 0] = 0.0  # elimination without row exchanges would divide by zero here
+    stol = 1e-3 if dtype == np.float32 else 1e-10  # a general A is less well conditioned than S
+    np.testing.assert_allclose(scans.solve(jnp.asarray(A, dtype), jnp.asarray(B, dtype)),
+                               np.linalg.solve(A, B), rtol=stol, atol=stol)
+    np.testing.assert_allclose(scans.solve(jnp.asarray(A, dtype), jnp.asarray(v, dtype)),
+                               np.linalg.solve(A, v[..., None])[..., 0], rtol=stol, atol=stol)
+    if dtype == np.float64:
+        def loss(solver):
+            return lambda a: jnp.sum(jnp.sin(solver(a, jnp.asarray(B))))
+        np.testing.assert_allclose(jax.grad(loss(scans.solve))(jnp.asarray(A)),
+                                   jax.grad(loss(jnp.linalg.solve))(jnp.asarray(A)), rtol=1e-8, atol=1e-10)

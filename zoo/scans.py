@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 __all__ = [
@@ -51,6 +51,10 @@ __all__ = [
     "kalman_sample",
     "linear_recurrence",
     "solve_lower",
+    "solve_lower_transposed",
+    "cholesky",
+    "cho_solve_lower",
+    "solve",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -60,6 +64,10 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # for tiny systems the custom call's overhead (and its thread pool) dominates by orders of
 # magnitude, while D(D+1)/2 fused elementwise operations cost almost nothing.
 _UNROLL_MAX_DIM = 8
+# Batched over many matrices (the parallel Kalman filter's elements), the unrolled Cholesky
+# factorisation beats LAPACK's potrf up to about D = 12 here (10,000 x (10, 10): 3.3 vs 5.8 ms);
+# one matrix per step inside a sequential scan, potrf wins above D = 8.
+_UNROLL_MAX_DIM_BATCHED = 12
 
 
 def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
@@ -77,9 +85,10 @@ def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
     array, the shape of ``b``
     """
     D = L.shape[-1]
-    if D > _UNROLL_MAX_DIM:
-        return solve_triangular(L, b, lower=True)
     vector = b.ndim == L.ndim - 1
+    if D > _UNROLL_MAX_DIM:
+        return solve_triangular(L, b[..., None], lower=True)[..., 0] if vector else \
+            solve_triangular(L, b, lower=True)
     B = b[..., None] if vector else b  # (..., D, M)
     rows = []
     for i in range(D):
@@ -89,6 +98,120 @@ def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
         rows.append(acc / L[..., i, i, None])
     w = jnp.stack(rows, axis=-2)
     return w[..., 0] if vector else w
+
+
+def solve_lower_transposed(L: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve L^T x = b for lower-triangular L (back substitution; batched like ``solve_lower``).
+
+    Parameters
+    ----------
+    L : array (..., D, D)
+        Lower-triangular, non-zero diagonal (the upper triangle is ignored).
+    b : array (..., D) or (..., D, M)
+
+    Returns
+    -------
+    array, the shape of ``b``
+    """
+    D = L.shape[-1]
+    vector = b.ndim == L.ndim - 1
+    if D > _UNROLL_MAX_DIM:
+        return solve_triangular(L, b[..., None], lower=True, trans=1)[..., 0] if vector else \
+            solve_triangular(L, b, lower=True, trans=1)
+    B = b[..., None] if vector else b
+    rows: list = [None] * D
+    for i in reversed(range(D)):
+        acc = B[..., i, :]
+        for j in range(i + 1, D):
+            acc = acc - L[..., j, i, None] * rows[j]  # (L^T)[i, j] = L[j, i]
+        rows[i] = acc / L[..., i, i, None]
+    x = jnp.stack(rows, axis=-2)
+    return x[..., 0] if vector else x
+
+
+def cholesky(S: jax.Array, max_unrolled: int = _UNROLL_MAX_DIM) -> jax.Array:
+    """Lower Cholesky factor of symmetric positive-definite matrices (unrolled for small D).
+
+    Parameters
+    ----------
+    S : array (..., D, D)
+        Symmetric positive definite (only the lower triangle is read).
+    max_unrolled : int
+        Largest D factorised by unrolled code; LAPACK above it.
+
+    Returns
+    -------
+    array (..., D, D)
+        Lower-triangular L with L L^T = S; NaN where S is not positive definite, as LAPACK.
+    """
+    D = S.shape[-1]
+    if D > max_unrolled:
+        return jnp.linalg.cholesky(S)
+    L: list = [[None] * D for _ in range(D)]
+    for j in range(D):
+        acc = S[..., j, j]
+        for k in range(j):
+            acc = acc - L[j][k] ** 2
+        L[j][j] = jnp.sqrt(acc)
+        for i in range(j + 1, D):
+            acc = S[..., i, j]
+            for k in range(j):
+                acc = acc - L[i][k] * L[j][k]
+            L[i][j] = acc / L[j][j]
+    zero = jnp.zeros_like(S[..., 0, 0])
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(D)], -1) for i in range(D)], -2)
+
+
+def cho_solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve (L L^T) x = b given the lower Cholesky factor L (batched like ``solve_lower``).
+
+    Parameters
+    ----------
+    L : array (..., D, D)
+    b : array (..., D) or (..., D, M)
+
+    Returns
+    -------
+    array, the shape of ``b``
+    """
+    return solve_lower_transposed(L, solve_lower(L, b))
+
+
+def solve(A: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve A x = b for general square A: Gauss-Jordan elimination with partial pivoting,
+    unrolled for small D (LAPACK's LU otherwise).
+
+    Parameters
+    ----------
+    A : array (..., D, D)
+        Non-singular.
+    b : array (..., D) or (..., D, M)
+
+    Returns
+    -------
+    array, the shape of ``b``
+    """
+    D = A.shape[-1]
+    vector = b.ndim == A.ndim - 1
+    if D > _UNROLL_MAX_DIM:
+        return jnp.linalg.solve(A, b[..., None])[..., 0] if vector else jnp.linalg.solve(A, b)
+    B = b[..., None] if vector else b
+    batch = jnp.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    aug = jnp.concatenate([jnp.broadcast_to(A, batch + A.shape[-2:]),
+                           jnp.broadcast_to(B, batch + B.shape[-2:])], axis=-1)  # (..., D, D + M)
+    rows = jnp.arange(D)
+    for k in range(D):
+        # partial pivoting: swap row k with the row (>= k) of largest |entry| in column k
+        col = jnp.where(rows >= k, jnp.abs(aug[..., :, k]), -1.0)
+        piv = jnp.argmax(col, axis=-1)
+        perm = jnp.where(rows == k, piv[..., None], jnp.where(rows == piv[..., None], k, rows))
+        aug = jnp.take_along_axis(aug, perm[..., None], axis=-2)
+        pivot_row = aug[..., k, :] / aug[..., k, k, None]
+        factors = jnp.where(rows == k, 0.0, aug[..., :, k]).astype(aug.dtype)
+        aug = aug - factors[..., None] * pivot_row[..., None, :]
+        aug = jnp.where((rows == k)[:, None], pivot_row[..., None, :], aug)
+    x = aug[..., D:]
+    return x[..., 0] if vector else x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -800,10 +923,10 @@ def _mask_missing(y, H, d, R):
     return y0, H0, d0, R0, correction
 
 
-def _gauss_update(m, P, y, H, d, R):
+def _gauss_update(m, P, y, H, d, R, max_unrolled=_UNROLL_MAX_DIM):
     """Condition N(m, P) on y = H x + d + N(0, R); returns mean, cov and log p(y)."""
     S = _sym(H @ P @ H.T + R)
-    L = jnp.linalg.cholesky(S)
+    L = cholesky(S, max_unrolled)
     r = y - H @ m - d
     w = solve_lower(L, r)
     W = solve_lower(L, H @ P)  # L^{-1} H P, (N, D)
@@ -845,15 +968,15 @@ def _kalman_filter_par(p: _LGSSM, y):
 
     def generic_elem(F, b, Q, yt, Ht, dt, Rt):
         S = _sym(Ht @ Q @ Ht.T + Rt)
-        L = jnp.linalg.cholesky(S)
+        L = cholesky(S, _UNROLL_MAX_DIM_BATCHED)
         # K = Q H^T S^{-1}
-        K = cho_solve((L, True), Ht @ Q).T
+        K = cho_solve_lower(L, Ht @ Q).T
         IKH = eye - K @ Ht
         A = IKH @ F
         bb = IKH @ b + K @ (yt - dt)
         C = _sym(IKH @ Q)
         HF = Ht @ F
-        Sinv_HF = cho_solve((L, True), HF)
+        Sinv_HF = cho_solve_lower(L, HF)
         eta = Sinv_HF.T @ (yt - Ht @ b - dt)
         J = _sym(HF.T @ Sinv_HF)
         return A, bb, C, eta, J
@@ -873,12 +996,12 @@ def _kalman_filter_par(p: _LGSSM, y):
         Aj, bj, Cj, ej_, Jj = ej
         I = jnp.broadcast_to(eye, Ci.shape)
         M1 = I + Ci @ Jj  # (I + C_i J_j)
-        AjM = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(M1, -1, -2), jnp.swapaxes(Aj, -1, -2)), -1, -2)
+        AjM = jnp.swapaxes(solve(jnp.swapaxes(M1, -1, -2), jnp.swapaxes(Aj, -1, -2)), -1, -2)
         A = AjM @ Ai
         b = jnp.einsum("...ij,...j->...i", AjM, bi + jnp.einsum("...ij,...j->...i", Ci, ej_)) + bj
         C = _sym(AjM @ Ci @ jnp.swapaxes(Aj, -1, -2) + Cj)
         M2 = I + Jj @ Ci  # (I + J_j C_i)
-        AiTM = jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(M2, -1, -2), Ai), -1, -2)
+        AiTM = jnp.swapaxes(solve(jnp.swapaxes(M2, -1, -2), Ai), -1, -2)
         eta = jnp.einsum("...ij,...j->...i", AiTM, ej_ - jnp.einsum("...ij,...j->...i", Jj, bi)) + ei_
         J = _sym(AiTM @ Jj @ Ai + Ji)
         return A, b, C, eta, J
@@ -889,7 +1012,7 @@ def _kalman_filter_par(p: _LGSSM, y):
     Pp = jnp.concatenate([p.P0[None], _sym(p.F @ Ps[:-1] @ jnp.swapaxes(p.F, -1, -2) + p.Q)])
 
     def pred_ll(m, P, yt, Ht, dt, Rt):
-        return _gauss_update(m, P, yt, Ht, dt, Rt)[2]
+        return _gauss_update(m, P, yt, Ht, dt, Rt, _UNROLL_MAX_DIM_BATCHED)[2]
 
     lls = jax.vmap(pred_ll)(mp, Pp, y0, H, d, R) + corr
     return ms, Ps, lls
@@ -953,8 +1076,8 @@ def _smoother_gains(p: _LGSSM, ms, Ps):
 
     def one(m, P, F, b, Q):
         Pp = _sym(F @ P @ F.T + Q)
-        Lp = jnp.linalg.cholesky(Pp)
-        E = cho_solve((Lp, True), F @ P).T  # P F^T Pp^{-1}
+        Lp = cholesky(Pp)
+        E = cho_solve_lower(Lp, F @ P).T  # P F^T Pp^{-1}
         g = m - E @ (F @ m + b)
         L = _sym(P - E @ Pp @ E.T)
         return E, g, L
