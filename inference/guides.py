@@ -301,5 +301,9 @@ def structured_guide(model: Callable, *, sites: Sequence[str] | None = None, y=N
         return markov
     guide = AutoGuideList(model)
     guide.append(markov)
-    guide.append(param_guide(handlers.block(model, hide=list(paths)), init_loc_fn=init_loc_fn))
+    # AutoGuideList refuses sub-guides whose model exposes deterministic sites (e.g. an SLDS's
+    # emission_matrix), so the parameter guide sees neither the paths nor the deterministic sites
+    hidden = set(paths)
+    guide.append(param_guide(handlers.block(model, hide_fn=lambda site: site.get("name") in hidden
+                                            or site["type"] == "deterministic"), init_loc_fn=init_loc_fn))
     return guide

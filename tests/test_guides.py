@@ -116,3 +116,19 @@ def test_structured_guide_combines_with_an_autoguide(lds_path_problem):
     med = res.guide.median(res.params)
     assert {"x", "dynamics", "emission_noise"} <= set(med)
     assert med["x"].shape == (12, 2)
+
+
+def test_svi_fit_on_an_rslds_with_deterministic_sites():
+    """The structured guide on a model with deterministic sites (the rSLDS's emission_matrix): the
+    parameter sub-guide must not see them (AutoGuideList refuses), and fit(method="svi") returns
+    draws of the deterministic sites too."""
+    import inference
+    from zoo.datasets import nascar
+
+    data = nascar(seed=0, num_steps=30)
+    post = inference.fit(data["model"], np.asarray(data["y"]), "svi", num_samples=4, progress_bar=False,
+                         num_steps=20, log_likelihood=False)
+    ds = post["posterior"].to_dataset()
+    assert {"x", "dynamics", "emission_matrix"} <= set(ds.data_vars)
+    assert ds.sizes["draw"] == 4 and ds["x"].sizes["time"] == 30
+    assert np.isfinite(ds["emission_matrix"].values).all()
