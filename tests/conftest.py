@@ -1,25 +1,19 @@
-"""Test scheduling for ``pytest -n 2 --dist loadgroup`` (see ``./dev test``).
+"""Test ordering for ``pytest -n 2 --dist loadscope`` (see ``./dev test``).
 
-Each test module is one xdist group, so its module-scoped fixtures (compiled samplers, fitted
-posteriors) are built once on one worker, except the notebooks, which are independent of each
-other and each their own group so the two workers share them. The heaviest groups are collected
-first: a worker that draws a long group at the end would otherwise run alone while the other idles.
+loadscope keeps each test module on one worker, so its module-scoped fixtures (compiled samplers,
+fitted posteriors) are built once; the notebooks are one test class each, so the two workers share
+them. The heaviest modules are collected first: a worker that draws a long module at the end would
+otherwise run alone while the other idles. (``--dist loadgroup`` would be the natural tool, but
+pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2 no longer reads.)
 """
 
 from __future__ import annotations
 
 import pytest
 
-# measured per-group wall times dominate the suite; everything else is short
-HEAVY_FIRST = ("test_notebooks", "test_slds", "test_gpslds", "test_cli", "test_inference_sbc", "test_gpsde",
-               "test_inference_quadrature", "test_attractors")
-
-
-def _group(item: pytest.Item) -> str:
-    module = item.module.__name__.rsplit(".", 1)[-1]
-    if module == "test_notebooks" and "[" in item.nodeid:
-        return item.nodeid  # one group per notebook
-    return module
+# the modules whose wall time dominates the suite, heaviest first; everything else is short
+HEAVY_FIRST = ("test_notebooks", "test_slds", "test_cli", "test_gpslds", "test_inference_sbc", "test_guides",
+               "test_gpsde", "test_inference_quadrature", "test_scans", "test_attractors")
 
 
 def _weight(item: pytest.Item) -> int:
@@ -29,5 +23,3 @@ def _weight(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=_weight)  # stable: the order inside a module is kept
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
@@ -36,8 +35,7 @@ def test_python3_kernel_is_this_interpreter():
         Path(exe).resolve() == Path(sys.executable).resolve(), spec.argv
 
 
-@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_notebook_runs_in_quick_mode(path, monkeypatch):
+def _run_in_quick_mode(path, monkeypatch):
     monkeypatch.setenv("ZOO_QUICK", "1")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name="python3", timeout=TIMEOUT,
@@ -51,3 +49,16 @@ def test_notebook_runs_in_quick_mode(path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
     print(f"\n{path.name}: {elapsed:.0f} s in quick mode")
+
+
+def _notebook_class(path):
+    class Notebook:
+        def test_runs_in_quick_mode(self, monkeypatch):
+            _run_in_quick_mode(path, monkeypatch)
+    return Notebook
+
+
+# One class per notebook: ``--dist loadscope`` (./dev test) schedules each class on its own, so the
+# two workers share the notebooks instead of one worker running all six.
+for _path in PATHS:
+    globals()[f"TestNotebook_{_path.stem}"] = _notebook_class(_path)
