@@ -3,7 +3,9 @@
 loadscope keeps each test module on one worker, so its module-scoped fixtures (compiled samplers,
 fitted posteriors) are built once; the notebooks are one test class each, so the two workers share
 them. The heaviest modules are collected first: a worker that draws a long module at the end would
-otherwise run alone while the other idles. (``--dist loadgroup`` would be the natural tool, but
+otherwise run alone while the other idles (``--no-loadscope-reorder`` keeps this order: by default
+xdist puts the scopes with the most tests first, which sent the one-test notebook classes last).
+(``--dist loadgroup`` would be the natural tool, but
 pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2 no longer reads.)
 """
 
