@@ -31,12 +31,12 @@ def summaries(p):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=500)
-    ap.add_argument("--num-steps", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--samples", type=int, default=390)  # 39 thinned draws: 40 rank values
-    ap.add_argument("--thin", type=int, default=10)
-    ap.add_argument("--bins", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--num-steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=190)  # 38 thinned draws: 39 rank values
+    ap.add_argument("--thin", type=int, default=5)
+    ap.add_argument("--bins", type=int, default=13)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
