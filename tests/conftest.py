@@ -2,9 +2,11 @@
 
 loadscope keeps each test module on one worker, so its module-scoped fixtures (compiled samplers,
 fitted posteriors) are built once; the notebooks are one test class each, so the two workers share
-them. The heaviest modules are collected first: a worker that draws a long module at the end would
-otherwise run alone while the other idles (``--no-loadscope-reorder`` keeps this order: by default
-xdist puts the scopes with the most tests first, which sent the one-test notebook classes last).
+them. The heaviest modules are collected first (xdist's default loadscope reordering then puts the
+scopes with the most tests first). With ``--no-loadscope-reorder`` (heaviest first, notebooks
+early) the suite took 16 min 50 s instead of 17 min 30 s, but the Gaussian rSLDS NASCAR recovery
+test failed its eigenvalue check (2 of 4) in that order while passing alone and in the default
+order: an order dependence not yet understood, so the default order is kept.
 (``--dist loadgroup`` would be the natural tool, but
 pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2 no longer reads.)
 """
