@@ -8,7 +8,7 @@ from numpyro import handlers as nh
 from numpyro.infer.util import log_density
 
 from benchmarks.gp_models import drift_recovery, fit_map_nuts
-from inference.attractors import attractors
+from inference.attractors import _lm_solve, attractors
 from zoo import systems
 from zoo.gpsde import GPSDE
 from zoo.sde import bin_observations, euler_maruyama_simulate
@@ -121,21 +121,14 @@ def _closed_orbit(f, x_start, dt=0.01, steps=4000):
     return np.asarray(xs)
 
 
-def _fixed_points(f, lo, hi, num_seeds=12, iters=40):
-    """Fixed points of a 2-D flow f in the box [lo, hi] by Newton's method from a grid of seeds,
-    deduplicated; returns (points (P, 2), Jacobian eigenvalues (P, 2))."""
+def _fixed_points(f, lo, hi, num_seeds=12, steps=40):
+    """Fixed points of a 2-D flow f in the box [lo, hi]: the Levenberg-Marquardt search that
+    ``inference.attractors`` runs per draw, from a grid of seeds, deduplicated; returns
+    (points (P, 2), Jacobian eigenvalues (P, 2))."""
     g = [np.linspace(a, b, num_seeds) for a, b in zip(lo, hi, strict=True)]
     seeds = jnp.asarray(np.stack(np.meshgrid(*g), -1).reshape(-1, 2))
-    jac = jax.jacfwd(f)
-
-    @jax.jit
-    def newton(x):
-        def step(x, _):
-            return x - jnp.linalg.solve(jac(x), f(x)), None
-        x, _ = jax.lax.scan(step, x, None, length=iters)
-        return x, jnp.linalg.norm(f(x))
-
-    xs, res = jax.vmap(newton)(seeds)
+    lo_j, hi_j = jnp.asarray(lo), jnp.asarray(hi)
+    xs, res, _, _ = jax.jit(jax.vmap(lambda x0: _lm_solve(f, x0, lo_j, hi_j, steps, 0.0)))(seeds)
     xs, res = np.asarray(xs), np.asarray(res)
     scale = float(np.linalg.norm(np.asarray(hi) - np.asarray(lo)))
     ok = np.isfinite(res) & (res < 1e-6 * scale) & np.all((xs >= lo) & (xs <= hi), axis=1)
@@ -144,6 +137,7 @@ def _fixed_points(f, lo, hi, num_seeds=12, iters=40):
         if all(np.linalg.norm(x - q) > 1e-3 * scale for q in points):
             points.append(x)
     points = np.array(points).reshape(-1, 2)
+    jac = jax.jacfwd(f)
     eig = np.array([np.linalg.eigvals(np.asarray(jac(jnp.asarray(x)))) for x in points]).reshape(-1, 2)
     return points, eig
 

@@ -70,6 +70,35 @@ _UNROLL_MAX_DIM = 8
 _UNROLL_MAX_DIM_BATCHED = 12
 
 
+def _on_columns(solve_cols, b, matrix_ndim):
+    """Apply ``solve_cols`` (right-hand sides as columns, (..., D, M)) to b given as vectors
+    (..., D) (when ``b.ndim == matrix_ndim - 1``) or as columns."""
+    if b.ndim == matrix_ndim - 1:
+        return solve_cols(b[..., None])[..., 0]
+    return solve_cols(b)
+
+
+def _forward_substitution(L, B):
+    rows = []
+    for i in range(L.shape[-1]):
+        acc = B[..., i, :]
+        for j in range(i):
+            acc = acc - L[..., i, j, None] * rows[j]
+        rows.append(acc / L[..., i, i, None])
+    return jnp.stack(rows, axis=-2)
+
+
+def _back_substitution_transposed(L, B):
+    D = L.shape[-1]
+    rows: list = [None] * D
+    for i in reversed(range(D)):
+        acc = B[..., i, :]
+        for j in range(i + 1, D):
+            acc = acc - L[..., j, i, None] * rows[j]  # (L^T)[i, j] = L[j, i]
+        rows[i] = acc / L[..., i, i, None]
+    return jnp.stack(rows, axis=-2)
+
+
 def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
     """Solve L w = b for lower-triangular L (batched like ``solve_triangular``).
 
@@ -84,20 +113,9 @@ def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
     -------
     array, the shape of ``b``
     """
-    D = L.shape[-1]
-    vector = b.ndim == L.ndim - 1
-    if D > _UNROLL_MAX_DIM:
-        return solve_triangular(L, b[..., None], lower=True)[..., 0] if vector else \
-            solve_triangular(L, b, lower=True)
-    B = b[..., None] if vector else b  # (..., D, M)
-    rows = []
-    for i in range(D):
-        acc = B[..., i, :]
-        for j in range(i):
-            acc = acc - L[..., i, j, None] * rows[j]
-        rows.append(acc / L[..., i, i, None])
-    w = jnp.stack(rows, axis=-2)
-    return w[..., 0] if vector else w
+    if L.shape[-1] > _UNROLL_MAX_DIM:
+        return _on_columns(lambda B: solve_triangular(L, B, lower=True), b, L.ndim)
+    return _on_columns(lambda B: _forward_substitution(L, B), b, L.ndim)
 
 
 def solve_lower_transposed(L: jax.Array, b: jax.Array) -> jax.Array:
@@ -113,20 +131,9 @@ def solve_lower_transposed(L: jax.Array, b: jax.Array) -> jax.Array:
     -------
     array, the shape of ``b``
     """
-    D = L.shape[-1]
-    vector = b.ndim == L.ndim - 1
-    if D > _UNROLL_MAX_DIM:
-        return solve_triangular(L, b[..., None], lower=True, trans=1)[..., 0] if vector else \
-            solve_triangular(L, b, lower=True, trans=1)
-    B = b[..., None] if vector else b
-    rows: list = [None] * D
-    for i in reversed(range(D)):
-        acc = B[..., i, :]
-        for j in range(i + 1, D):
-            acc = acc - L[..., j, i, None] * rows[j]  # (L^T)[i, j] = L[j, i]
-        rows[i] = acc / L[..., i, i, None]
-    x = jnp.stack(rows, axis=-2)
-    return x[..., 0] if vector else x
+    if L.shape[-1] > _UNROLL_MAX_DIM:
+        return _on_columns(lambda B: solve_triangular(L, B, lower=True, trans=1), b, L.ndim)
+    return _on_columns(lambda B: _back_substitution_transposed(L, B), b, L.ndim)
 
 
 def cholesky(S: jax.Array, max_unrolled: int = _UNROLL_MAX_DIM) -> jax.Array:
@@ -191,11 +198,14 @@ def solve(A: jax.Array, b: jax.Array) -> jax.Array:
     -------
     array, the shape of ``b``
     """
+    if A.shape[-1] > _UNROLL_MAX_DIM:
+        return _on_columns(lambda B: jnp.linalg.solve(A, B), b, A.ndim)
+    return _on_columns(lambda B: _gauss_jordan(A, B), b, A.ndim)
+
+
+def _gauss_jordan(A, B):
+    """Unrolled Gauss-Jordan elimination with partial pivoting on [A | B]; returns A^{-1} B."""
     D = A.shape[-1]
-    vector = b.ndim == A.ndim - 1
-    if D > _UNROLL_MAX_DIM:
-        return jnp.linalg.solve(A, b[..., None])[..., 0] if vector else jnp.linalg.solve(A, b)
-    B = b[..., None] if vector else b
     batch = jnp.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     aug = jnp.concatenate([jnp.broadcast_to(A, batch + A.shape[-2:]),
                            jnp.broadcast_to(B, batch + B.shape[-2:])], axis=-1)  # (..., D, D + M)
@@ -210,8 +220,7 @@ def solve(A: jax.Array, b: jax.Array) -> jax.Array:
         factors = jnp.where(rows == k, 0.0, aug[..., :, k]).astype(aug.dtype)
         aug = aug - factors[..., None] * pivot_row[..., None, :]
         aug = jnp.where((rows == k)[:, None], pivot_row[..., None, :], aug)
-    x = aug[..., D:]
-    return x[..., 0] if vector else x
+    return aug[..., D:]
 
 
 # ----------------------------------------------------------------------------------------------
