@@ -25,7 +25,7 @@ _CACHE: dict = {}
 
 def _kernel(model, method, opts):
     common = dict(target_accept_prob=float(opts.get("target_accept_prob", 0.8)),
-                  dense_mass=bool(opts.get("dense_mass", False)))
+                  dense_mass=_dense_mass(opts.get("dense_mass", False)))
     if method == "nuts":
         return NUTS(model, max_tree_depth=int(opts.get("max_tree_depth", 10)), **common)
     if "num_steps" in opts:
@@ -33,9 +33,25 @@ def _kernel(model, method, opts):
     return HMC(model, trajectory_length=float(opts.get("trajectory_length", 2 * np.pi)), **common)
 
 
+def _dense_mass(value):
+    """``dense_mass``: a bool, or groups of site names whose unconstrained coordinates share one
+    dense block of the mass matrix (the rest stay diagonal), as NumPyro's structured mass."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    expected = f"dense_mass must be a bool or a list of tuples of site names; got {value!r}"
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ValueError(expected)
+    groups = [(g,) if isinstance(g, str) else tuple(g) for g in value]
+    if not all(groups) or not all(isinstance(n, str) for g in groups for n in g):
+        raise ValueError(expected)
+    return groups
+
+
 def _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, progress_bar, opts, shapes):
+    hashable = {k: tuple(_dense_mass(v)) if k == "dense_mass" and not isinstance(v, bool) else v
+                for k, v in opts.items()}
     rest = (method, num_chains, num_warmup, num_samples, chain_method, progress_bar,
-            tuple(sorted(opts.items())), shapes)
+            tuple(sorted(hashable.items())), shapes)
     try:
         key = (model, *rest)
         hash(key)
@@ -71,7 +87,8 @@ def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, 
         Unconstrained starting points.
     progress_bar : bool
     options : mapping
-        Kernel options (``target_accept_prob``, ``max_tree_depth``, ``dense_mass``,
+        Kernel options (``target_accept_prob``, ``max_tree_depth``, ``dense_mass`` (bool, or a
+        list of tuples of latent site names, each tuple one dense block),
         ``num_steps`` / ``trajectory_length`` for HMC, ``thinning``).
 
     Returns
@@ -83,6 +100,12 @@ def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, 
         ``step_size``, ``lp``.
     """
     shapes = (np.shape(y), tuple(sorted((k, np.shape(v)) for k, v in model_kwargs.items())))
+    groups = _dense_mass(options.get("dense_mass", False))
+    if not isinstance(groups, bool):
+        unknown = sorted({n for g in groups for n in g} - set(init_positions))
+        if unknown:
+            raise ValueError(f"dense_mass names sites the model does not sample: {unknown}; "
+                             f"latent sites are {sorted(init_positions)}")
     mcmc = _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, progress_bar,
                  dict(options), shapes)
     init = dict(init_positions)

@@ -222,11 +222,15 @@ def test_slds_gaussian_recovers_states_and_dynamics():
 def test_rslds_nascar_recovers_states(emissions):
     data = nascar(seed=0, num_steps=600, emissions=emissions)
     m = data["model"]
-    post = inference.fit(m, data["y"], "nuts", num_chains=1, num_warmup=200, num_samples=150, seed=0,
-                         progress_bar=False, max_tree_depth=8)
+    # Two chains, pooled. NUTS runs at the tree-depth cap here and one short chain's interval is
+    # narrower than the posterior's: on 2026-12-01 single chains (seeds 0-2, and CI) put the true
+    # rotation moduli outside their 90 % intervals in 2 of 5 runs (e.g. state 1 at [1.0014, 1.0066]
+    # while other chains gave [0.9952, 1.0051]); two pooled chains passed in 4 of 4 seeds.
+    post = inference.fit(m, data["y"], "nuts", num_chains=2, chain_method="vectorized", num_warmup=200,
+                         num_samples=100, seed=0, progress_bar=False, max_tree_depth=8)
     dec = inference.decode(m, post, data["y"], reference=data["z"], num_draws=40)
     assert float(dec["accuracy"]) >= 0.9
-    A = _aligned_dynamics(post, inference.decode(m, post, data["y"], reference=data["z"], num_draws=150))
+    A = _aligned_dynamics(post, inference.decode(m, post, data["y"], reference=data["z"]))
     # The rotations (states 0, 1) identify both eigenvalues. On the straights (states 2, 3) the
     # track moves along x1 only and x2 stays constant, so the x2 column of A is confounded with the
     # bias b: that eigenvalue is set by the prior (shrunk towards 0.85), not by the data. The
