@@ -21,7 +21,7 @@ import numpy as np
 from blackjax.smc import resampling
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import Predictive
-from numpyro.infer.util import constrain_fn, log_density, unconstrain_fn
+from numpyro.infer.util import potential_energy, unconstrain_fn
 from tqdm.auto import tqdm
 
 from inference._program import inspect_program
@@ -80,16 +80,17 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
     _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], z))
     x0 = jax.vmap(lambda t: ravel_pytree(t)[0])(z)
     joint, postprocess = log_density_fns(model, y, kwargs)
-    tempered = temper(model, beta=0.0)
 
-    def loglik(x):
-        # in constrained space: NumPyro adds the unconstraining Jacobian as an observed factor site,
-        # which temper would scale too; the likelihood itself does not depend on the parametrisation
-        params = constrain_fn(model, (y,), kwargs, unravel(x))
-        return log_density(model, (y,), kwargs, params)[0] - log_density(tempered, (y,), kwargs, params)[0]
+    def tempered(x, beta):
+        # unconstrained log density (with the Jacobian) of the program tempered by beta: exactly
+        # log prior + beta * log likelihood, so one evaluation gives both through a JVP in beta
+        return -potential_energy(temper(model, beta=beta), (y,), kwargs, unravel(x))
 
     def logprior(x):
-        return joint(unravel(x), y, kwargs) - loglik(x)
+        return tempered(x, jnp.zeros((), x.dtype))
+
+    def loglik(x):
+        return jax.jvp(lambda b: tempered(x, b), (jnp.zeros((), x.dtype),), (jnp.ones((), x.dtype),))[1]
 
     kernel = blackjax.adaptive_tempered.build_kernel(
         logprior, loglik, blackjax.hmc.build_kernel(), blackjax.hmc.init, resampling.systematic, target_ess)

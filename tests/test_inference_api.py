@@ -51,7 +51,7 @@ def test_bad_options_raise_clear_errors(lds, kwargs, match):
 def test_structured_dense_mass_adapts_one_block(lds):
     """A dense block over two sites: NumPyro adapts a 2x2 inverse mass block for them."""
     model, y = lds
-    post = inference.fit(model, y, dense_mass=[("dynamics", "dynamics_bias")], num_warmup=60, num_samples=20,
+    post = inference.fit(model, y, dense_mass=[("dynamics", "dynamics_bias")], num_chains=1, num_warmup=40, num_samples=10,
                          seed=0, progress_bar=False)
     assert np.isfinite(post["posterior"]["dynamics"].values).all()
     from inference.numpyro_backend import _CACHE

@@ -303,7 +303,7 @@ def test_kalman_bad_input():
         scans.kalman_filter(y, m0, P0[:1], F, b, Q, H, d, R)
 
 
-@pytest.mark.parametrize("D", [1, 3, 8, 11])
+@pytest.mark.parametrize("D", [1, 3, 4, 5, 11])  # both sides of _UNROLL_MAX_DIM (4) and the batched 12
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_solve_lower_equals_dense_solve(D, dtype):
     """Unrolled forward substitution (small D) and LAPACK (large D) both equal numpy's solve."""
@@ -321,7 +321,7 @@ def test_solve_lower_equals_dense_solve(D, dtype):
     np.testing.assert_allclose(gv, np.linalg.solve(Lt, v[..., None])[..., 0], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("D", [1, 3, 8, 11])
+@pytest.mark.parametrize("D", [1, 3, 4, 5, 11])  # both sides of _UNROLL_MAX_DIM (4) and the batched 12
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_small_dense_linear_algebra_equals_numpy(D, dtype):
     """Unrolled (small D) and LAPACK (large D) Cholesky, transposed triangular solve, Cholesky solve
@@ -334,7 +334,7 @@ def test_small_dense_linear_algebra_equals_numpy(D, dtype):
     B = rng.normal(size=(3, D, 2))
     v = rng.normal(size=(3, D))
     L = np.linalg.cholesky(S)
-    for max_unrolled in (8, 12):
+    for max_unrolled in (scans._UNROLL_MAX_DIM, scans._UNROLL_MAX_DIM_BATCHED):
         got = scans.cholesky(jnp.asarray(S, dtype), max_unrolled)
         assert got.dtype == dtype
         np.testing.assert_allclose(got, L, rtol=tol, atol=tol)
