@@ -9,8 +9,11 @@ clean checkout, so CI times are cold-cache times.
 
 Ordering. loadscope keeps each test module on one worker, so its module-scoped fixtures (compiled
 samplers, fitted posteriors) are built once; the notebooks are one test class each, so the two
-workers share them. The heaviest modules are collected first (xdist's default loadscope
-reordering then puts the scopes with the most tests first). ``--dist loadgroup`` would be the
+workers share them. The heaviest scopes are collected first and ``--no-loadscope-reorder`` keeps
+that order (xdist would otherwise order scopes by test count and start the one-test notebooks
+last, where they end the run on one worker). An earlier failure of the rSLDS NASCAR test in this
+order was not an order effect: one short chain passed or failed by chance (see that test); it
+now pools two chains. ``--dist loadgroup`` would be the
 natural tool, but pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2
 no longer reads.
 """
@@ -37,14 +40,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
-# the modules whose wall time dominates the suite, heaviest first; everything else is short
-HEAVY_FIRST = ("test_notebooks", "test_slds", "test_cli", "test_gpslds", "test_inference_sbc", "test_guides",
-               "test_gpsde", "test_inference_quadrature", "test_scans", "test_attractors")
+# Scopes whose wall time dominates the suite, heaviest first (measured cold-cache call + fixture
+# times, 2026-12-01); everything else is short. ``./dev test`` passes ``--no-loadscope-reorder``
+# so xdist hands the scopes out in this order and the long ones do not end the run on one worker.
+HEAVY_FIRST = ("TestNotebook_05_samplers", "test_slds", "TestNotebook_03_line_attractors",
+               "TestNotebook_01_quickstart", "test_cli", "test_gpslds", "TestNotebook_04_spikes_gpsde",
+               "test_inference_sbc", "test_guides", "test_scans", "test_inference_quadrature",
+               "TestNotebook_06_deterministic", "test_inference_devices", "test_gpsde", "test_attractors")
 
 
 def _weight(item: pytest.Item) -> int:
     module = item.module.__name__.rsplit(".", 1)[-1]
-    return HEAVY_FIRST.index(module) if module in HEAVY_FIRST else len(HEAVY_FIRST)
+    parts = item.nodeid.split("::")
+    scope = parts[1] if len(parts) > 2 and parts[1].startswith("TestNotebook_") else module
+    return HEAVY_FIRST.index(scope) if scope in HEAVY_FIRST else len(HEAVY_FIRST)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
