@@ -553,5 +553,6 @@ def plot_attractors(result: xr.Dataset, which: str = "p_slow", ax=None, dims=(0,
     ax.set_xlabel(f"latent {dims[0]}")
     ax.set_ylabel(f"latent {dims[1]}")
     ax.set_title(f"P(line attractor) = {float(result['p_line_attractor']):.2f}")
-    ax.legend(loc="upper right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no fixed point in any draw: nothing to explain
+        ax.legend(loc="upper right", fontsize=7)
     return ax
