@@ -267,6 +267,13 @@ def bench_nuts(data, args):
                          max_tree_depth=args.max_tree_depth, init="auto", chain_method=args.chain_method)
     wall = time.perf_counter() - t0
     print(f"[nuts] fit done in {wall:.1f} s", flush=True)
+    if os.environ.get("NASCAR_SAVE_POSTERIOR"):
+        post.to_netcdf(os.environ["NASCAR_SAVE_POSTERIOR"])
+    finite = np.stack([np.isfinite(post["posterior"][k].values).reshape(
+        post["posterior"][k].shape[:2] + (-1,)).all(-1) for k in post["posterior"].data_vars]).all(0)
+    nonfinite_per_chain = (~finite).sum(axis=1).tolist()
+    if not finite.all():
+        print(f"[nuts] NON-FINITE draws per chain: {nonfinite_per_chain}", flush=True)
     t1 = time.perf_counter()
     dec = inference.decode(model, post, y, reference=z, num_draws=min(args.samples, args.decode_draws))
     decode_s = time.perf_counter() - t1
@@ -290,6 +297,7 @@ def bench_nuts(data, args):
         "initialization": str(post.attrs["initialization"]),
         "wall_seconds_fit_incl_init_and_compile": wall, "sampling_time_attr_seconds": samp,
         "decode_seconds": decode_s,
+        "nonfinite_draws_per_chain": nonfinite_per_chain,
         "accuracy": float(dec["accuracy"]),
         "divergences": int(div.sum()), "divergent_fraction": float(div.mean()),
         "grad_evals_sampling_phase": int(n_steps.sum()),

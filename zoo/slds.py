@@ -185,10 +185,13 @@ class SLDS(ModelMixin):
         """Quantities identified despite the affine and permutation symmetries (NumPy).
 
         Returns ``eig_modulus`` and ``eig_angle`` (..., K, D): moduli and absolute arguments of
-        the eigenvalues of each A_k, each state's eigenvalues sorted by modulus.
+        the eigenvalues of each A_k, each state's eigenvalues sorted by modulus. Draws whose A_k
+        is not finite (a sampler that diverged to NaN) give NaN, so diagnostics report them.
         """
         A = np.asarray(params["dynamics"])
-        ev = np.linalg.eigvals(A)
+        finite = np.isfinite(A).all(axis=(-2, -1))
+        ev = np.full(A.shape[:-1], np.nan, dtype=complex)
+        ev[finite] = np.linalg.eigvals(A[finite])
         order = np.argsort(-np.abs(ev), axis=-1)
         ev = np.take_along_axis(ev, order, axis=-1)
         return {"eig_modulus": np.abs(ev), "eig_angle": np.abs(np.angle(ev))}
