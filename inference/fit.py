@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import jax
@@ -203,6 +204,12 @@ def fit(
                                           progress_bar=progress_bar, options=run_opts)
             library = "blackjax"
     elapsed = time.perf_counter() - t0
+    bad_draws = _nonfinite_draws(samples)
+    if bad_draws.any():
+        extra_attrs["warning_nonfinite_draws_per_chain"] = bad_draws.tolist()
+        warnings.warn(f"fit: {int(bad_draws.sum())} draws have NaN/inf values (per chain "
+                      f"{bad_draws.tolist()}); the sampler failed there, do not use them; see "
+                      "inference.diagnose", RuntimeWarning, stacklevel=2)
     attrs = {
         "method": method, "options": {k: v for k, v in options.items()}, "seed": seed,
         "num_chains": int(next(iter(samples.values())).shape[0]), "num_warmup": num_warmup,
@@ -213,3 +220,10 @@ def fit(
     }
     return to_datatree(model, samples, y, sample_stats=stats, model_kwargs=kwargs,
                        log_likelihood=log_lik, attrs=attrs, library=library, info=info)
+
+
+def _nonfinite_draws(samples: dict) -> np.ndarray:
+    """Number of draws per chain with any non-finite value, (C,)."""
+    per_site = [~np.isfinite(np.asarray(v, dtype=float)).reshape(np.shape(v)[:2] + (-1,)).all(-1)
+                for v in samples.values() if np.size(v)]
+    return np.sum(np.any(per_site, axis=0), axis=1) if per_site else np.zeros(0, int)

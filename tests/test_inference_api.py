@@ -4,6 +4,7 @@ label alignment and loud diagnostics."""
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -148,6 +149,22 @@ def test_diagnose_is_loud_about_nan_and_divergences(lds):
     shifted["dynamics"][0] += 1.0  # one chain elsewhere
     d = inference.diagnose(inference.to_datatree(model, shifted, y, log_likelihood=False), emit=False)
     assert d.verdict == "fail" and any("R-hat" in w for w in d.warnings)
+
+
+def test_fit_warns_about_nonfinite_draws():
+    """A draw with NaN (here a deterministic site that is NaN for half the posterior) is flagged
+    by fit itself, with counts per chain in the attributes, not only later by diagnose."""
+    def model(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("sqrt_mu", jnp.sqrt(mu))  # NaN whenever mu < 0
+        numpyro.sample("y", dist.Normal(mu, 1.0).expand([3, 1]).to_event(2), obs=y)
+
+    y = np.zeros((3, 1))
+    with pytest.warns(RuntimeWarning, match="NaN/inf"):
+        post = inference.fit(model, y, num_chains=1, num_warmup=30, num_samples=30, seed=0,
+                             progress_bar=False, log_likelihood=False, init="prior")
+    n_nan = int(np.isnan(post["posterior"]["sqrt_mu"].values).sum())
+    assert n_nan > 0 and post.attrs["warning_nonfinite_draws_per_chain"] == str([n_nan])
 
 
 def test_datatree_dims_trials_mask_and_loglik():
