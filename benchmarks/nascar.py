@@ -151,8 +151,10 @@ def inference_initial_params(model, y, key):
 def aligned_states(arr, perm):
     """Permute the state axis (axis 2) of (C, S, K, ...) draws by decode's permutations
     (perm[c, s, j] = reference label of the draw's label j)."""
-    out = np.empty_like(arr)
     C, S = perm.shape[:2]
+    if arr.shape[:2] != (C, S):
+        raise ValueError(f"draws {arr.shape[:2]} and permutations {(C, S)} differ: select the decoded draws")
+    out = np.empty_like(arr)
     for c in range(C):
         for s in range(S):
             out[c, s, perm[c, s]] = arr[c, s]
@@ -164,7 +166,8 @@ def identified_quantities(model, post, dec, y):
     symmetries, labels aligned to the truth."""
     import xarray as xr
 
-    P = post["posterior"]
+    # the decoded (thinned) draws only: the permutations exist for those
+    P = post["posterior"].to_dataset().sel(draw=dec["draw"].values)
     perm = np.asarray(dec["permutation"].values)
     A = aligned_states(np.asarray(P["dynamics"].transpose("chain", "draw", ...).values), perm)
     inv = model.invariants({"dynamics": A})
@@ -281,7 +284,7 @@ def bench_nuts(data, args):
     n_steps = np.asarray(ss["n_steps"].values)
     div = np.asarray(ss["diverging"].values)
     ids, occ = identified_quantities(model, post, dec, y)
-    # the identified set uses every draw except state occupancy (decoded draws only)
+    # every identified quantity uses the decoded draws (evenly thinned, --decode-draws per chain)
     figs = rhat_ess(ids)
     figs.update(rhat_ess(occ))
     rhat_max = max(v["rhat_max"] for v in figs.values())

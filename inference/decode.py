@@ -57,7 +57,9 @@ def decode(model, post, y, *, reference=None, num_draws: int | None = None, seed
     reference : int array (T,) or (B, T), optional
         Reference labels (e.g. the simulated truth); the result then includes ``accuracy``.
     num_draws : int, optional
-        Use only this many draws per chain (evenly thinned).
+        Use only this many draws per chain (evenly thinned); the result's ``draw`` coordinate
+        holds the posterior's labels of the draws used, so ``post["posterior"].sel(draw=...)``
+        matches them.
     seed : int
         Randomness of the FFBS draws.
     site : str, optional
@@ -79,9 +81,14 @@ def decode(model, post, y, *, reference=None, num_draws: int | None = None, seed
             raise ValueError("a dict of draws needs leading (chain, draw) axes")
         lead = first.shape[:2]
     C, S = lead
+    # the posterior's own draw labels, kept for the decoded subset so it can be matched back
+    draw_labels = np.arange(S)
+    if hasattr(post, "children") and "posterior" in post.children and "draw" in post["posterior"].coords:
+        draw_labels = np.asarray(post["posterior"]["draw"].values)
     if num_draws is not None and num_draws < S:
         idx = np.linspace(0, S - 1, num_draws).round().astype(int)
         arrays = {k: v[:, idx] for k, v in arrays.items()}
+        draw_labels = draw_labels[idx]
         S = len(idx)
     kwargs = dict(model_kwargs or {})
     y_arr = jnp.asarray(y, dtype=float)
@@ -133,7 +140,7 @@ def decode(model, post, y, *, reference=None, num_draws: int | None = None, seed
             "viterbi": (["chain", "draw"] + seq_dims, vit.reshape((C, S) + vit.shape[1:])),
             "permutation": (["chain", "draw", "state"], perms.reshape(C, S, K)),
         },
-        coords={"chain": np.arange(C), "draw": np.arange(S), "state": np.arange(K)},
+        coords={"chain": np.arange(C), "draw": draw_labels, "state": np.arange(K)},
     )
     if reference is not None:
         est = mean.argmax(-1)

@@ -25,6 +25,8 @@ def test_nuts_on_marginalized_hmm_recovers_parameters_and_states():
     draws = {k: np.asarray(v)[None] for k, v in samples.items()}
     dec = inference.decode(m, draws, data["y"], reference=data["z"], num_draws=60)
     assert float(dec["accuracy"]) >= 0.95
+    # the thinned draws keep their own labels, so they can be matched back to the posterior
+    np.testing.assert_array_equal(dec["draw"].values, np.linspace(0, 299, 60).round().astype(int))
     # align the parameters with the permutation that maps the chain's labels to the truth
     perm = np.asarray(dec["permutation"].values)[0, 0]
     means = np.asarray(samples["means"])[:, np.argsort(perm)]
