@@ -25,7 +25,7 @@ _CACHE: dict = {}
 
 def _kernel(model, method, opts):
     common = dict(target_accept_prob=float(opts.get("target_accept_prob", 0.8)),
-                  dense_mass=_dense_mass(opts.get("dense_mass", False)))
+                  dense_mass=_numpyro_dense_mass(opts.get("dense_mass", False)))
     if method == "nuts":
         return NUTS(model, max_tree_depth=int(opts.get("max_tree_depth", 10)), **common)
     if "num_steps" in opts:
@@ -47,11 +47,14 @@ def _dense_mass(value):
     return groups
 
 
+def _numpyro_dense_mass(value):
+    # run_numpyro stores the groups as a tuple (hashable, for the sampler cache); NumPyro takes a list
+    return value if isinstance(value, bool) else list(value)
+
+
 def _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, progress_bar, opts, shapes):
-    hashable = {k: tuple(_dense_mass(v)) if k == "dense_mass" and not isinstance(v, bool) else v
-                for k, v in opts.items()}
     rest = (method, num_chains, num_warmup, num_samples, chain_method, progress_bar,
-            tuple(sorted(hashable.items())), shapes)
+            tuple(sorted(opts.items())), shapes)
     try:
         key = (model, *rest)
         hash(key)
@@ -100,14 +103,18 @@ def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, 
         ``step_size``, ``lp``.
     """
     shapes = (np.shape(y), tuple(sorted((k, np.shape(v)) for k, v in model_kwargs.items())))
-    groups = _dense_mass(options.get("dense_mass", False))
-    if not isinstance(groups, bool):
-        unknown = sorted({n for g in groups for n in g} - set(init_positions))
-        if unknown:
-            raise ValueError(f"dense_mass names sites the model does not sample: {unknown}; "
-                             f"latent sites are {sorted(init_positions)}")
+    options = dict(options)
+    if "dense_mass" in options:  # validated and normalised once, here
+        groups = _dense_mass(options["dense_mass"])
+        if not isinstance(groups, bool):
+            unknown = sorted({n for g in groups for n in g} - set(init_positions))
+            if unknown:
+                raise ValueError(f"dense_mass names sites the model does not sample: {unknown}; "
+                                 f"latent sites are {sorted(init_positions)}")
+            groups = tuple(groups)
+        options["dense_mass"] = groups
     mcmc = _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, progress_bar,
-                 dict(options), shapes)
+                 options, shapes)
     init = dict(init_positions)
     if num_chains == 1:
         init = jax.tree.map(lambda v: v[0], init)
