@@ -73,6 +73,31 @@ _UNROLL_MAX_DIM = 4
 _UNROLL_MAX_DIM_BATCHED = 12
 
 
+# Products of small matrices are written as broadcast multiply-and-sum, which XLA fuses into one
+# elementwise loop: on CPU its dot call costs far more than the arithmetic for (4, 4) operands.
+# Measured on the parallel Kalman filter's associative scan (10,000 elements, D = 4): 104 ms with
+# batched dot calls, 23 ms with fused broadcast sums.
+_SMALL_PRODUCT_MAX_DIM = 12
+
+
+def _t(X):
+    return jnp.swapaxes(X, -1, -2)
+
+
+def _mm(X: jax.Array, Y: jax.Array) -> jax.Array:
+    """X @ Y (broadcasting leading dims), fused for small operands."""
+    if max(X.shape[-2], X.shape[-1], Y.shape[-1]) > _SMALL_PRODUCT_MAX_DIM:
+        return X @ Y
+    return jnp.sum(X[..., :, :, None] * Y[..., None, :, :], axis=-2)
+
+
+def _mv(M: jax.Array, v: jax.Array) -> jax.Array:
+    """M @ v for matrices (..., I, J) and vectors (..., J), fused for small operands."""
+    if max(M.shape[-2:]) > _SMALL_PRODUCT_MAX_DIM:
+        return jnp.einsum("...ij,...j->...i", M, v)
+    return jnp.sum(M * v[..., None, :], axis=-1)
+
+
 def _on_columns(solve_cols, b, matrix_ndim):
     """Apply ``solve_cols`` (right-hand sides as columns, (..., D, M)) to b given as vectors
     (..., D) (when ``b.ndim == matrix_ndim - 1``) or as columns."""
@@ -397,31 +422,95 @@ def _column_scaled(log_trans):
     return jnp.exp(log_trans - m), m[..., 0, :]
 
 
-def _forward_seq_scaled(log_init, Pt, m, log_lik):
-    """Per-step log p(y_t | y_{1:t-1}) by a scaled-probability forward scan (fast path).
+class _ScaledForward(NamedTuple):
+    p: jax.Array  # (T, K) filtered probabilities p(z_t | y_{1:t})
+    s: jax.Array  # (T-1,) step normalisers: log p(y_t | y_{1:t-1}) = log s_t + gmax_t
+    gmax: jax.Array  # (T-1,) per-step log-scales of the emission factors
+    E: jax.Array  # (T-1, K) scaled emission factors exp(log_lik_t + m - gmax_t)
+    Pt: jax.Array  # (K, K) or (T-1, K, K) column-scaled transition probabilities
+    c0: jax.Array  # () log p(y_1)
 
-    ``Pt``, ``m`` are the column-scaled transition probabilities and column log-scales of
-    :func:`_column_scaled`. One step is a K x K matrix-vector product (written as a broadcast sum,
-    cheaper than a dot call for small K on CPU), K exponentials and one logarithm.
+
+def _scaled_forward(log_init, log_trans, log_lik, keep: bool = True) -> _ScaledForward:
+    """Scaled-probability forward scan of one sequence (the fast path).
+
+    The exponentials are taken for all steps at once before the scan and the logarithms after it,
+    so a scan step is one K x K matrix-vector product (a broadcast sum, cheaper than a dot call for
+    small K on CPU) and a normalisation. ``keep=False`` drops the filtered probabilities
+    (``p`` is then only the first step's), which the log normalizer's value does not need.
     """
+    Pt, m = _column_scaled(log_trans)
     a0 = log_init + log_lik[0]
     c0 = logsumexp(a0)
+    g = log_lik[1:] + m
+    gmax = lax.stop_gradient(jnp.max(g, axis=-1))
+    gmax = jnp.where(jnp.isfinite(gmax), gmax, 0.0)
+    E = jnp.exp(g - gmax[:, None])
+    tv = Pt.ndim == 3
 
     def step(p, inp):
-        Pt_t, m_t, ll_t = inp
-        g = ll_t + m_t
-        gmax = lax.stop_gradient(jnp.max(g))
-        gmax = jnp.where(jnp.isfinite(gmax), gmax, 0.0)
-        u = jnp.sum(p[:, None] * Pt_t, axis=0) * jnp.exp(g - gmax)
+        P, E_t = inp if tv else (Pt, inp)
+        u = jnp.sum(p[:, None] * P, axis=0) * E_t
         s = jnp.sum(u)
-        return u / s, jnp.log(s) + gmax
+        return u / s, ((u / s, s) if keep else s)
 
     p0 = jnp.exp(a0 - c0)
-    if Pt.ndim == 2:
-        _, cs = lax.scan(lambda p, ll_t: step(p, (Pt, m, ll_t)), p0, log_lik[1:])
+    _, out = lax.scan(step, p0, (Pt, E) if tv else E)
+    if not keep:
+        return _ScaledForward(p0[None], out, gmax, E, Pt, c0)
+    ps, ss = out
+    return _ScaledForward(jnp.concatenate([p0[None], ps]), ss, gmax, E, Pt, c0)
+
+
+def _forward_seq_scaled(log_init, log_trans, log_lik):
+    """Per-step log p(y_t | y_{1:t-1}) by the scaled-probability forward scan (fast path)."""
+    f = _scaled_forward(log_init, log_trans, log_lik, keep=False)
+    return jnp.concatenate([f.c0[None], jnp.log(f.s) + f.gmax])
+
+
+def _scaled_backward(f: _ScaledForward):
+    """Backward messages of the fast path: ``beta`` (T, K), scaled so that ``p * beta`` are the
+    posterior marginals, and ``w`` (T-1, K) = E_t beta_t / s_t, which gives the pairwise marginals
+    xi_t[i, j] = p_{t-1}[i] Pt_t[i, j] w_t[j]."""
+    tv = f.Pt.ndim == 3
+
+    def step(beta, inp):
+        P, E_t, s = inp if tv else (f.Pt, *inp)
+        w = E_t * beta / s
+        return jnp.sum(P * w[None, :], axis=1), (w, beta)
+
+    xs = (f.Pt, f.E, f.s) if tv else (f.E, f.s)
+    beta0, (ws, betas) = lax.scan(step, jnp.ones_like(f.p[0]), xs, reverse=True)
+    return jnp.concatenate([beta0[None], betas]), ws
+
+
+@jax.custom_jvp
+def _log_normalizer_seq_scaled(log_init, log_trans, log_lik):
+    """log p(y_{1:T}) of one sequence by the fast path, differentiated by its expectations.
+
+    The derivative of a log normalizer is the posterior expectation of the sufficient statistics:
+    d log Z = sum_t gamma_t . d log_lik_t + gamma_1 . d log_init + sum_t xi_t : d log_trans_t,
+    with gamma the posterior marginals and xi the pairwise marginals. Supplying that rule replaces
+    the autodiff reverse of the forward scan by one backward scan of the same cost.
+    """
+    f = _scaled_forward(log_init, log_trans, log_lik, keep=False)
+    return f.c0 + jnp.sum(jnp.log(f.s) + f.gmax)
+
+
+@_log_normalizer_seq_scaled.defjvp
+def _log_normalizer_seq_scaled_jvp(primals, tangents):
+    log_init, log_trans, log_lik = primals
+    d_init, d_trans, d_lik = tangents
+    f = _scaled_forward(log_init, log_trans, log_lik)
+    log_z = f.c0 + jnp.sum(jnp.log(f.s) + f.gmax)
+    beta, ws = _scaled_backward(f)
+    gamma = f.p * beta
+    if f.Pt.ndim == 3:
+        xi = f.p[:-1, :, None] * f.Pt * ws[:, None, :]
     else:
-        _, cs = lax.scan(step, p0, (Pt, m, log_lik[1:]))
-    return jnp.concatenate([c0[None], cs])
+        xi = f.Pt * (f.p[:-1].T @ ws)
+    tangent = jnp.sum(gamma * d_lik) + jnp.sum(gamma[0] * d_init) + jnp.sum(xi * d_trans)
+    return log_z, tangent
 
 
 def _forward_par_scaled(log_init, log_trans, log_lik):
@@ -512,7 +601,24 @@ def hmm_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False) -> 
     array (...,)
         The log normalizer per sequence.
     """
-    return jnp.sum(hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel), axis=-1)
+    if parallel:
+        return jnp.sum(hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, True), axis=-1)
+    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
+    return lax.cond(
+        _scaled_path_ok(log_trans),
+        lambda a, b, c: _vmap_hmm(_log_normalizer_seq_scaled, a, b, c),
+        lambda a, b, c: jnp.sum(_vmap_hmm(lambda *x: _forward_seq(*x, keep=False)[0], a, b, c), -1),
+        log_init,
+        log_trans,
+        log_lik,
+    )
+
+
+def _scaled_path_ok(log_trans):
+    """Whether the scaled-probability recursion is exact to rounding (see _SCALED_FLOOR): no
+    transition probability is extreme relative to its column; False for -inf or NaN entries."""
+    m = jnp.max(log_trans, axis=-2, keepdims=True)
+    return jnp.min(log_trans - m) >= math.log(_SCALED_FLOOR)
 
 
 def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False):
@@ -525,8 +631,7 @@ def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = 
     # The fast scaled-probability recursion is exact to rounding when no transition probability is
     # extreme relative to its column (see _SCALED_FLOOR); otherwise the log-space recursion runs.
     # The choice is made once, for the whole batch, from the transition matrices only.
-    m = jnp.max(log_trans, axis=-2, keepdims=True)
-    fast_ok = jnp.min(log_trans - m) >= math.log(_SCALED_FLOOR)  # False for -inf or NaN entries
+    fast_ok = _scaled_path_ok(log_trans)
 
     def exact(a, b, c):
         if parallel:
@@ -536,7 +641,7 @@ def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = 
     def fast(a, b, c):
         if parallel:
             return _forward_par_scaled(a, b, c)
-        return _forward_seq_scaled(a, *_column_scaled(b), c)
+        return _forward_seq_scaled(a, b, c)
 
     return lax.cond(
         fast_ok,
@@ -806,7 +911,7 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
     A, b, x0 = A.astype(dtype), b.astype(dtype), x0.astype(dtype)
 
     def apply(a, x):
-        return a * x if diagonal else a @ x
+        return a * x if diagonal else _mv(a, x)
 
     if not parallel:
 
@@ -828,7 +933,7 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
         a2, b2 = later
         if diagonal:
             return a2 * a1, a2 * b1 + b2
-        return a2 @ a1, jnp.einsum("...ij,...j->...i", a2, b1) + b2
+        return _mm(a2, a1), _mv(a2, b1) + b2
 
     return lax.associative_scan(combine, (A, b), reverse=reverse)[1]
 
@@ -937,14 +1042,15 @@ def _mask_missing(y, H, d, R):
 
 def _gauss_update(m, P, y, H, d, R, max_unrolled=_UNROLL_MAX_DIM):
     """Condition N(m, P) on y = H x + d + N(0, R); returns mean, cov and log p(y)."""
-    S = _sym(H @ P @ H.T + R)
+    HP = _mm(H, P)
+    S = _sym(_mm(HP, _t(H)) + R)
     L = cholesky(S, max_unrolled)
-    r = y - H @ m - d
+    r = y - _mv(H, m) - d
     w = solve_lower(L, r)
-    W = solve_lower(L, H @ P)  # L^{-1} H P, (N, D)
-    m_new = m + W.T @ w
-    P_new = _sym(P - W.T @ W)
-    ll = -0.5 * (w @ w) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[-1] * _LOG_2PI
+    W = solve_lower(L, HP)  # L^{-1} H P, (N, D)
+    m_new = m + _mv(_t(W), w)
+    P_new = _sym(P - _mm(_t(W), W))
+    ll = -0.5 * jnp.sum(w * w) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[-1] * _LOG_2PI
     return m_new, P_new, ll
 
 
@@ -955,8 +1061,8 @@ def _kalman_filter_seq(p: _LGSSM, y):
     def step(carry, inp):
         m, P = carry
         F, b, Q, yt, Ht, dt, Rt = inp
-        mp = F @ m + b
-        Pp = _sym(F @ P @ F.T + Q)
+        mp = _mv(F, m) + b
+        Pp = _sym(_mm(_mm(F, P), _t(F)) + Q)
         m, P, ll = _gauss_update(mp, Pp, yt, Ht, dt, Rt)
         return (m, P), (m, P, ll)
 
@@ -979,18 +1085,18 @@ def _kalman_filter_par(p: _LGSSM, y):
         return z, m, P, jnp.zeros(D, m.dtype), z
 
     def generic_elem(F, b, Q, yt, Ht, dt, Rt):
-        S = _sym(Ht @ Q @ Ht.T + Rt)
+        HQ = _mm(Ht, Q)
+        S = _sym(_mm(HQ, _t(Ht)) + Rt)
         L = cholesky(S, _UNROLL_MAX_DIM_BATCHED)
-        # K = Q H^T S^{-1}
-        K = cho_solve_lower(L, Ht @ Q).T
-        IKH = eye - K @ Ht
-        A = IKH @ F
-        bb = IKH @ b + K @ (yt - dt)
-        C = _sym(IKH @ Q)
-        HF = Ht @ F
+        K = _t(cho_solve_lower(L, HQ))  # Q H^T S^{-1}
+        IKH = eye - _mm(K, Ht)
+        A = _mm(IKH, F)
+        bb = _mv(IKH, b) + _mv(K, yt - dt)
+        C = _sym(_mm(IKH, Q))
+        HF = _mm(Ht, F)
         Sinv_HF = cho_solve_lower(L, HF)
-        eta = Sinv_HF.T @ (yt - Ht @ b - dt)
-        J = _sym(HF.T @ Sinv_HF)
+        eta = _mv(_t(Sinv_HF), yt - _mv(Ht, b) - dt)
+        J = _sym(_mm(_t(HF), Sinv_HF))
         return A, bb, C, eta, J
 
     A1, b1, C1, e1, J1 = first_elem()
@@ -1007,21 +1113,21 @@ def _kalman_filter_par(p: _LGSSM, y):
         Ai, bi, Ci, ei_, Ji = ei
         Aj, bj, Cj, ej_, Jj = ej
         I = jnp.broadcast_to(eye, Ci.shape)
-        M1 = I + Ci @ Jj  # (I + C_i J_j)
-        AjM = jnp.swapaxes(solve(jnp.swapaxes(M1, -1, -2), jnp.swapaxes(Aj, -1, -2)), -1, -2)
-        A = AjM @ Ai
-        b = jnp.einsum("...ij,...j->...i", AjM, bi + jnp.einsum("...ij,...j->...i", Ci, ej_)) + bj
-        C = _sym(AjM @ Ci @ jnp.swapaxes(Aj, -1, -2) + Cj)
-        M2 = I + Jj @ Ci  # (I + J_j C_i)
-        AiTM = jnp.swapaxes(solve(jnp.swapaxes(M2, -1, -2), Ai), -1, -2)
-        eta = jnp.einsum("...ij,...j->...i", AiTM, ej_ - jnp.einsum("...ij,...j->...i", Jj, bi)) + ei_
-        J = _sym(AiTM @ Jj @ Ai + Ji)
+        M1 = I + _mm(Ci, Jj)  # (I + C_i J_j)
+        AjM = _t(solve(_t(M1), _t(Aj)))  # A_j (I + C_i J_j)^{-1}
+        A = _mm(AjM, Ai)
+        b = _mv(AjM, bi + _mv(Ci, ej_)) + bj
+        C = _sym(_mm(_mm(AjM, Ci), _t(Aj)) + Cj)
+        M2 = I + _mm(Jj, Ci)  # (I + J_j C_i)
+        AiTM = _t(solve(_t(M2), Ai))  # A_i^T (I + J_j C_i)^{-1}
+        eta = _mv(AiTM, ej_ - _mv(Jj, bi)) + ei_
+        J = _sym(_mm(_mm(AiTM, Jj), Ai) + Ji)
         return A, b, C, eta, J
 
     _, ms, Ps, _, _ = lax.associative_scan(combine, elems)
     # the per-step predictive likelihoods follow from the filtered moments
-    mp = jnp.concatenate([p.m0[None], jnp.einsum("tij,tj->ti", p.F, ms[:-1]) + p.b])
-    Pp = jnp.concatenate([p.P0[None], _sym(p.F @ Ps[:-1] @ jnp.swapaxes(p.F, -1, -2) + p.Q)])
+    mp = jnp.concatenate([p.m0[None], _mv(p.F, ms[:-1]) + p.b])
+    Pp = jnp.concatenate([p.P0[None], _sym(_mm(_mm(p.F, Ps[:-1]), _t(p.F)) + p.Q)])
 
     def pred_ll(m, P, yt, Ht, dt, Rt):
         return _gauss_update(m, P, yt, Ht, dt, Rt, _UNROLL_MAX_DIM_BATCHED)[2]
@@ -1087,11 +1193,12 @@ def _smoother_gains(p: _LGSSM, ms, Ps):
     """Backward kernels x_t | x_{t+1} ~ N(E_t x_{t+1} + g_t, L_t) for t = 1..T-1."""
 
     def one(m, P, F, b, Q):
-        Pp = _sym(F @ P @ F.T + Q)
-        Lp = cholesky(Pp)
-        E = cho_solve_lower(Lp, F @ P).T  # P F^T Pp^{-1}
-        g = m - E @ (F @ m + b)
-        L = _sym(P - E @ Pp @ E.T)
+        FP = _mm(F, P)
+        Pp = _sym(_mm(FP, _t(F)) + Q)
+        Lp = cholesky(Pp, _UNROLL_MAX_DIM_BATCHED)  # vmapped over steps
+        E = _t(cho_solve_lower(Lp, FP))  # P F^T Pp^{-1}
+        g = m - _mv(E, _mv(F, m) + b)
+        L = _sym(P - _mm(_mm(E, Pp), _t(E)))
         return E, g, L
 
     return jax.vmap(one)(ms[:-1], Ps[:-1], p.F, p.b, p.Q)
@@ -1106,12 +1213,7 @@ def _kalman_smoother_single(p: _LGSSM, y, parallel):
             # with reverse=True, associative_scan calls fn(later, earlier)
             E2, g2, L2 = later
             E1, g1, L1 = earlier
-            E1T = jnp.swapaxes(E1, -1, -2)
-            return (
-                E1 @ E2,
-                jnp.einsum("...ij,...j->...i", E1, g2) + g1,
-                _sym(E1 @ L2 @ E1T + L1),
-            )
+            return _mm(E1, E2), _mv(E1, g2) + g1, _sym(_mm(_mm(E1, L2), _t(E1)) + L1)
 
         D = ms.shape[-1]
         zero = jnp.zeros((1, D, D), ms.dtype)
@@ -1126,14 +1228,14 @@ def _kalman_smoother_single(p: _LGSSM, y, parallel):
         def step(carry, inp):
             m_next, P_next = carry
             Et, gt, Lt = inp
-            m = Et @ m_next + gt
-            P = _sym(Et @ P_next @ Et.T + Lt)
+            m = _mv(Et, m_next) + gt
+            P = _sym(_mm(_mm(Et, P_next), _t(Et)) + Lt)
             return (m, P), (m, P)
 
         _, (sm, sP) = lax.scan(step, (ms[-1], Ps[-1]), (E, g, L), reverse=True)
         sm = jnp.concatenate([sm, ms[-1:]])
         sP = jnp.concatenate([sP, Ps[-1:]])
-    cross = sP[1:] @ jnp.swapaxes(E, -1, -2)  # Cov[x_{t+1}, x_t]
+    cross = _mm(sP[1:], _t(E))  # Cov[x_{t+1}, x_t]
     return KalmanSmoothed(jnp.sum(lls), ms, Ps, sm, sP, cross)
 
 
