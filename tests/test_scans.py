@@ -358,6 +358,16 @@ def test_solve_lower_equals_dense_solve(D, dtype):
     np.testing.assert_allclose(got, np.linalg.solve(Lt, B), rtol=tol, atol=tol)
     gv = scans.solve_lower(jnp.asarray(L, dtype), jnp.asarray(v, dtype))
     np.testing.assert_allclose(gv, np.linalg.solve(Lt, v[..., None])[..., 0], rtol=tol, atol=tol)
+    # vectors (T, 4, D) broadcast against the four factors, and the gradient through the solve
+    R = rng.normal(size=(6, 4, D))
+    gb = scans.solve_lower_broadcast(jnp.asarray(L, dtype), jnp.asarray(R, dtype))
+    assert gb.dtype == dtype and gb.shape == R.shape
+    np.testing.assert_allclose(gb, np.linalg.solve(Lt[None], R[..., None])[..., 0], rtol=tol, atol=tol)
+    if dtype == np.float64:
+        loss = lambda f: lambda A: jnp.sum(f(A, jnp.asarray(R)) ** 2)  # noqa: E731
+        dense = lambda A, r: jnp.linalg.solve(jnp.tril(A)[None], r[..., None])[..., 0]  # noqa: E731
+        np.testing.assert_allclose(jax.grad(loss(scans.solve_lower_broadcast))(jnp.asarray(L)),
+                                   jax.grad(loss(dense))(jnp.asarray(L)), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("D", [1, 3, 4, 5, 11])  # both sides of _UNROLL_MAX_DIM (4) and the batched 12

@@ -51,6 +51,7 @@ __all__ = [
     "kalman_sample",
     "linear_recurrence",
     "solve_lower",
+    "solve_lower_broadcast",
     "solve_lower_transposed",
     "cholesky",
     "cho_solve_lower",
@@ -144,6 +145,41 @@ def solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
     if L.shape[-1] > _UNROLL_MAX_DIM:
         return _on_columns(lambda B: solve_triangular(L, B, lower=True), b, L.ndim)
     return _on_columns(lambda B: _forward_substitution(L, B), b, L.ndim)
+
+
+def solve_lower_broadcast(L: jax.Array, r: jax.Array) -> jax.Array:
+    """Solve L w = r for vectors ``r`` (..., D) broadcasting against ``L`` (..., D, D).
+
+    Unlike :func:`solve_lower`, the batch dims of ``r`` need not match ``L``'s: e.g. ``r``
+    (T, K, D) against one factor per state ``L`` (K, D, D). For D <= 4 this is unrolled forward
+    substitution on whole (..., K) arrays (no transposes, one fused loop); above it the right-hand
+    sides become columns of a LAPACK solve, one per factor.
+
+    Parameters
+    ----------
+    L : array (B..., D, D)
+        Lower-triangular, non-zero diagonal.
+    r : array (..., B..., D)
+
+    Returns
+    -------
+    array, the shape of ``r``
+    """
+    D = L.shape[-1]
+    if D <= _UNROLL_MAX_DIM:
+        rows: list = []
+        for i in range(D):
+            acc = r[..., i]
+            for j in range(i):
+                acc = acc - L[..., i, j] * rows[j]
+            rows.append(acc / L[..., i, i])
+        return jnp.stack(rows, axis=-1)
+    batch = L.shape[:-2]
+    lead = r.shape[: r.ndim - 1 - len(batch)]
+    r = jnp.broadcast_to(r, lead + batch + (D,))
+    cols = jnp.moveaxis(r.reshape((-1,) + batch + (D,)), 0, -1)  # (B..., D, M)
+    w = solve_triangular(L, cols, lower=True)
+    return jnp.moveaxis(w, -1, 0).reshape(lead + batch + (D,))
 
 
 def solve_lower_transposed(L: jax.Array, b: jax.Array) -> jax.Array:
