@@ -121,12 +121,18 @@ def _enumerated_log_normalizer(li, lt, ll):
 
 
 @pytest.mark.parametrize("tv", [False, True])
-def test_log_normalizer_derivatives_equal_enumeration(tv):
+@pytest.mark.parametrize("path", ["scaled", "exact"])
+def test_log_normalizer_derivatives_equal_enumeration(tv, path):
     """The sequential log normalizer differentiates by its posterior expectations (a custom JVP
-    rule); forward mode, reverse mode, second order and vmap must all equal the derivatives of
-    the enumerated sum."""
+    rule), on the fast scaled path and on the exact log-space path (taken when a transition is
+    extreme relative to its column); forward mode, reverse mode, second order, batches and vmap
+    must all equal the derivatives of the enumerated sum."""
     rng = np.random.default_rng(11 + tv)
-    args = tuple(jnp.asarray(a) for a in random_hmm(rng, 6, 3, tv))
+    args = [jnp.asarray(a) for a in random_hmm(rng, 6, 3, tv)]
+    if path == "exact":
+        args[1] = args[1].at[..., 0, 1].set(-50.0)
+    args = tuple(args)
+    assert bool(scans._scaled_path_ok(args[1])) == (path == "scaled")
     dirs = tuple(jnp.asarray(rng.normal(size=a.shape)) for a in args)
     ours, truth = scans.hmm_log_normalizer, _enumerated_log_normalizer
     np.testing.assert_allclose(jax.jvp(ours, args, dirs)[1], jax.jvp(truth, args, dirs)[1], rtol=1e-10)
@@ -146,6 +152,13 @@ def test_log_normalizer_derivatives_equal_enumeration(tv):
     for n in range(2):
         np.testing.assert_allclose(g_batch[n], jax.grad(truth, argnums=2)(args[0], args[1], lls[n]),
                                    rtol=1e-9, atol=1e-12)
+    # the same batch as leading dimensions, differentiated through the summed log normalizers
+    g_lead = jax.grad(lambda a, b, c: jnp.sum(ours(a, b, c)), argnums=(0, 1, 2))(args[0], args[1], lls)
+    g_sum = [sum(g) for g in zip(*(jax.grad(truth, argnums=(0, 1, 2))(args[0], args[1], lls[n])
+                                   for n in range(2)), strict=True)]
+    np.testing.assert_allclose(g_lead[0], g_sum[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_lead[1], g_sum[1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_lead[2], g_batch, rtol=1e-9, atol=1e-12)
 
 
 def test_float32_long_sequence_no_nan():

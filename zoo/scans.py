@@ -520,32 +520,60 @@ def _scaled_backward(f: _ScaledForward):
     return jnp.concatenate([beta0[None], betas]), ws
 
 
-@jax.custom_jvp
-def _log_normalizer_seq_scaled(log_init, log_trans, log_lik):
-    """log p(y_{1:T}) of one sequence by the fast path, differentiated by its expectations.
-
-    The derivative of a log normalizer is the posterior expectation of the sufficient statistics:
-    d log Z = sum_t gamma_t . d log_lik_t + gamma_1 . d log_init + sum_t xi_t : d log_trans_t,
-    with gamma the posterior marginals and xi the pairwise marginals. Supplying that rule replaces
-    the autodiff reverse of the forward scan by one backward scan of the same cost.
-    """
+def _scaled_value(log_init, log_trans, log_lik):
     f = _scaled_forward(log_init, log_trans, log_lik, keep=False)
     return f.c0 + jnp.sum(jnp.log(f.s) + f.gmax)
 
 
-@_log_normalizer_seq_scaled.defjvp
-def _log_normalizer_seq_scaled_jvp(primals, tangents):
-    log_init, log_trans, log_lik = primals
-    d_init, d_trans, d_lik = tangents
+def _scaled_expectations(log_init, log_trans, log_lik):
+    """log Z, posterior marginals gamma (T, K) and pairwise marginals xi ((T-1, K, K), summed
+    over time for fixed transitions) by the fast path's forward and backward scans."""
     f = _scaled_forward(log_init, log_trans, log_lik)
-    log_z = f.c0 + jnp.sum(jnp.log(f.s) + f.gmax)
     beta, ws = _scaled_backward(f)
-    gamma = f.p * beta
     if f.Pt.ndim == 3:
         xi = f.p[:-1, :, None] * f.Pt * ws[:, None, :]
     else:
         xi = f.Pt * (f.p[:-1].T @ ws)
-    tangent = jnp.sum(gamma * d_lik) + jnp.sum(gamma[0] * d_init) + jnp.sum(xi * d_trans)
+    return f.c0 + jnp.sum(jnp.log(f.s) + f.gmax), f.p * beta, xi
+
+
+def _exact_value(log_init, log_trans, log_lik):
+    return jnp.sum(_forward_seq(log_init, log_trans, log_lik, keep=False)[0])
+
+
+def _exact_expectations(log_init, log_trans, log_lik):
+    post = _hmm_smoother_single(log_init, log_trans, log_lik, parallel=False, pairwise=True)
+    xi = post.pairwise_probs if log_trans.ndim == 3 else jnp.sum(post.pairwise_probs, axis=0)
+    return post.log_normalizer, post.smoothed_probs, xi
+
+
+@jax.custom_jvp
+def _log_normalizer_seq(log_init, log_trans, log_lik):
+    """Batched log p(y_{1:T}) by the sequential forward scan, differentiated by expectations.
+
+    The derivative of a log normalizer is the posterior expectation of the sufficient statistics:
+    d log Z = sum_t gamma_t . d log_lik_t + gamma_1 . d log_init + sum_t xi_t : d log_trans_t,
+    with gamma the posterior marginals and xi the pairwise marginals. Supplying that rule replaces
+    the autodiff reverse of the forward scan by one backward scan of the same cost, and keeps the
+    choice between the fast and the exact recursion (one ``lax.cond`` for the whole batch) out of
+    the differentiated program.
+    """
+    return lax.cond(_scaled_path_ok(log_trans),
+                    lambda *a: _vmap_hmm(_scaled_value, *a),
+                    lambda *a: _vmap_hmm(_exact_value, *a),
+                    log_init, log_trans, log_lik)
+
+
+@_log_normalizer_seq.defjvp
+def _log_normalizer_seq_jvp(primals, tangents):
+    log_init, log_trans, log_lik = primals
+    d_init, d_trans, d_lik = tangents
+    log_z, gamma, xi = lax.cond(_scaled_path_ok(log_trans),
+                                lambda *a: _vmap_hmm(_scaled_expectations, *a),
+                                lambda *a: _vmap_hmm(_exact_expectations, *a),
+                                log_init, log_trans, log_lik)
+    tangent = (jnp.sum(gamma * d_lik, axis=(-2, -1)) + jnp.sum(gamma[..., 0, :] * d_init, axis=-1)
+               + jnp.sum(xi * d_trans, axis=tuple(range(-xi.ndim + log_z.ndim, 0))))
     return log_z, tangent
 
 
@@ -639,15 +667,7 @@ def hmm_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False) -> 
     """
     if parallel:
         return jnp.sum(hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, True), axis=-1)
-    log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
-    return lax.cond(
-        _scaled_path_ok(log_trans),
-        lambda a, b, c: _vmap_hmm(_log_normalizer_seq_scaled, a, b, c),
-        lambda a, b, c: jnp.sum(_vmap_hmm(lambda *x: _forward_seq(*x, keep=False)[0], a, b, c), -1),
-        log_init,
-        log_trans,
-        log_lik,
-    )
+    return _log_normalizer_seq(*_check_hmm(log_init, log_trans, log_lik))
 
 
 def _scaled_path_ok(log_trans):
