@@ -16,10 +16,14 @@ For each posterior draw of the dynamics:
    line-attractor score is log2(tau_1 / tau_2) for the two slowest modes (Nair et al. 2023). A
    draw has a line attractor when some fixed or slow point has score >= ``line_score`` with all
    modes but the slowest stable (the slowest may be marginally unstable).
-   Slow points: the best in-box Newton iterate of each seed with |v| < eps, and the local minima
-   of |v| on the grid over the box (boundary included) with |v| < slow_frac * median |v| (a line
-   attractor's exact fixed point may lie far outside the data; its slow points lie on the line
-   inside the box, where the Jacobian shows one slow and other fast modes).
+   Slow points: the best in-box Newton iterate of a seed that does not converge but reaches
+   |v| < eps (a line attractor's exact fixed point may lie far outside the data; its slow points
+   lie on the line inside the box, where the Jacobian shows one slow and other fast modes). The
+   local minima of |v| on the grid over the box (boundary included) with
+   |v| < slow_frac * median |v| are extra seeds, so a slow grid cell counts only after Newton
+   has refined it: one that flows into a fixed point is that fixed point (the valley between
+   two point attractors is slow, and one Jacobian eigenvalue crosses zero along it, but it holds
+   no line attractor).
 3. aggregation over draws: P(number of stable fixed points = n), P(line attractor), grid maps
    of P(stable fixed point in cell) and of P(|f(x)| < eps). For models whose drift weights are
    integrated out (GP-SLDS, GP-SDE), each draw uses one exact draw of the weights for the fixed
@@ -177,7 +181,8 @@ def _line_score(re):
 def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float | None = None,
                bounds=None, grid_size: int = 25, seeds=None, num_seed_grid: int = 6,
                newton_steps: int = 60, tol: float = 1e-6, rate_tol: float | None = None,
-               line_score: float = 3.0, slow_frac: float = 0.2, dedup_tol: float = 0.02,
+               line_score: float = 3.0, slow_frac: float = 0.2, num_grid_seeds: int = 8,
+               dedup_tol: float = 0.02,
                num_mc: int = 64, max_distance: float | None = None,
                seed: int = 0) -> xr.Dataset:
     """Fixed points, their stability and the posterior probability of attractors.
@@ -217,6 +222,8 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         Minimum log2(tau_1 / tau_2) of a line attractor.
     slow_frac : float
         Grid slow points: local minima of |v| over the box with |v| < slow_frac * median |v|.
+    num_grid_seeds : int
+        The slowest of these grid slow points (at most this many) are added to the Newton seeds.
     dedup_tol : float
         Fixed points closer than ``dedup_tol`` times the box diagonal are merged.
     num_mc : int
@@ -238,8 +245,10 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         -1 padding), ``eigenvalues_real``/``eigenvalues_imag`` (draw, point, mode; rates),
         ``time_constants``, ``line_attractor_score`` (draw, point; NaN padding),
         ``num_fixed_points``, ``num_stable``, ``num_unconverged``, ``num_outside``,
-        ``has_line_attractor`` (draw). Aggregates: ``p_num_stable`` (num_stable_value),
-        ``p_line_attractor``, ``p_stable_in_cell`` and ``p_slow`` (grid_0, grid_1, ...),
+        ``has_line_attractor`` (draw) and ``line_attractor_source`` (draw, line_source: which
+        kind of point met the criterion: a converged fixed point or a slow point).
+        Aggregates: ``p_num_stable`` (num_stable_value), ``p_line_attractor``,
+        ``p_stable_in_cell`` and ``p_slow`` (grid_0, grid_1, ...),
         ``flow_mean`` (grid..., latent), ``speed_mean`` (grid...).
     """
     draws, S = _thin(_draws_from(post), num_draws)
@@ -351,6 +360,27 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                 extra_re.append(jnp.log(jnp.abs(lam) + 1e-300) / dt)
                 extra_im.append(jnp.angle(lam) / dt)
                 s_list.append(xk[None])
+        if make_maps:
+            # slow points of the grid: local minima of |v| over the box (its boundary included)
+            # that are slow relative to the typical speed (Sussillo & Barak 2013). They are
+            # refined like every seed: a candidate that Newton carries to a fixed point is that
+            # fixed point, one that stays slow without converging is a slow point. Scoring the
+            # raw grid cell instead would flag the inflection points of a flow along a valley
+            # (between two point attractors |v| is small and one Jacobian eigenvalue crosses 0).
+            speed = jnp.linalg.norm(v(mesh_j), axis=-1).reshape(gshape_)
+            is_min = jnp.ones(gshape_, bool)
+            for ax in range(D):
+                pad = [(0, 0)] * D
+                pad[ax] = (1, 1)
+                sp = jnp.pad(speed, pad, constant_values=jnp.inf)
+                lo_n = jax.lax.slice_in_dim(sp, 0, gshape_[ax], axis=ax)
+                hi_n = jax.lax.slice_in_dim(sp, 2, gshape_[ax] + 2, axis=ax)
+                is_min = is_min & (speed <= lo_n) & (speed <= hi_n)
+            gslow = (is_min & (speed < slow_frac * jnp.median(speed))).reshape(-1)
+            order_g = jnp.argsort(jnp.where(gslow, speed.reshape(-1), jnp.inf))[:num_grid_seeds]
+            # cells that are not slow minima repeat the slowest one (deduplicated later)
+            pick = jnp.where(gslow[order_g], order_g, order_g[0])
+            s_list.append(mesh_j[pick])
         allseeds = jnp.concatenate(s_list)
         xs, res, bx, br = jax.vmap(lambda s: _lm_solve(v, s, lo_j, hi_j, newton_steps, abs_tol))(allseeds)
         inside = in_region(xs)
@@ -391,23 +421,6 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         score_s, others_s = jax.vmap(_line_score)(re_s)
         line_fixed = jnp.any(keep & (score >= line_score) & others)
         line_slow = jnp.any(slow & (score_s >= line_score) & others_s)
-        if make_maps:
-            # slow points of the grid: local minima of |v| over the box (its boundary included)
-            # that are slow relative to the typical speed (Sussillo & Barak 2013)
-            speed = jnp.linalg.norm(v(mesh_j), axis=-1).reshape(gshape_)
-            is_min = jnp.ones(gshape_, bool)
-            for ax in range(D):
-                pad = [(0, 0)] * D
-                pad[ax] = (1, 1)
-                sp = jnp.pad(speed, pad, constant_values=jnp.inf)
-                lo_n = jax.lax.slice_in_dim(sp, 0, gshape_[ax], axis=ax)
-                hi_n = jax.lax.slice_in_dim(sp, 2, gshape_[ax] + 2, axis=ax)
-                is_min = is_min & (speed <= lo_n) & (speed <= hi_n)
-            gslow = (is_min & (speed < slow_frac * jnp.median(speed))).reshape(-1)
-            Jg = jax.vmap(jax.jacfwd(v))(mesh_j)
-            re_g, _ = jax.vmap(lambda J: _rates(model, J))(Jg)
-            score_g, others_g = jax.vmap(_line_score)(re_g)
-            line_slow = line_slow | jnp.any(gslow & (score_g >= line_score) & others_g)
         n_unconv = jnp.sum(~conv & ~slow)
         n_out = jnp.sum(conv & ~inside)
         # maps
@@ -432,7 +445,9 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         return dict(points=jnp.where(keep[:, None], P, jnp.nan), valid=keep,
                     kind=jnp.where(keep, kind, -1), re=jnp.where(keep[:, None], re, jnp.nan),
                     im=jnp.where(keep[:, None], im, jnp.nan), score=jnp.where(keep, score, jnp.nan),
-                    line=line_fixed | line_slow, n_unconv=n_unconv, n_out=n_out,
+                    line=line_fixed | line_slow,
+                    line_source=jnp.stack([line_fixed, line_slow]),
+                    n_unconv=n_unconv, n_out=n_out,
                     cell=cell, slow=slowp, flow=flow)
 
     f = jax.jit(per_draw)
@@ -451,7 +466,8 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     gdims = [f"grid_{d}" for d in range(D)] if make_maps else ["grid_0"]
     gshape = tuple(len(c) for c in centres) if make_maps else (1,)
     coords = {"draw": np.arange(S), "latent": np.arange(D), "mode": np.arange(D),
-              "num_stable_value": np.arange(len(counts))}
+              "num_stable_value": np.arange(len(counts)),
+              "line_source": ["fixed_point", "slow_point"]}
     if make_maps:
         coords.update({gdims[d]: centres[d] for d in range(D)})
     ds = xr.Dataset(
@@ -468,6 +484,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
             "num_unconverged": (("draw",), out["n_unconv"]),
             "num_outside": (("draw",), out["n_out"]),
             "has_line_attractor": (("draw",), out["line"]),
+            "line_attractor_source": (("draw", "line_source"), out["line_source"]),
             "p_num_stable": (("num_stable_value",), counts),
             "p_line_attractor": ((), float(out["line"].mean())),
             "p_stable_in_cell": (tuple(gdims), out["cell"].mean(0).reshape(gshape)),

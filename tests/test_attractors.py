@@ -96,6 +96,22 @@ def test_two_point_attractors_found_with_right_stability():
     assert 0 <= float(res["p_slow"].min()) and float(res["p_slow"].max()) <= 1
 
 
+def test_valley_between_two_point_attractors_is_not_a_line_attractor():
+    """Between two point attractors the flow along the connecting valley is slow and one Jacobian
+    eigenvalue crosses zero at its inflection points (here lam / k = 6 < 2^3, so no fixed point
+    scores as a line attractor). Grid cells there are local minima of |v|; scored as they are,
+    they flagged every draw (the previous criterion gave P(line) = 1.0 on exactly these draws);
+    refined by Newton they flow into the fixed points."""
+    S = 4
+    rng = np.random.default_rng(3)
+    draws = {"k": 1 + 0.05 * rng.normal(size=S), "lam": 6 + 0.1 * rng.normal(size=S),
+             "angle": np.full(S, np.pi / 6)}
+    res = attractors(TwoWells(), draws, bounds=[[-4, 4], [-4, 4]], grid_size=25, num_draws=None)
+    assert float(res["p_line_attractor"]) == 0.0
+    assert not res["line_attractor_source"].values.any()
+    np.testing.assert_allclose(res["p_num_stable"].values, [0, 0, 1])
+
+
 def test_line_attractor_detected_even_when_the_exact_fixed_point_is_far():
     S = 20
     rng = np.random.default_rng(1)
