@@ -159,6 +159,7 @@ def fit(
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; allowed: "
                          f"{sorted(_allowed_options(method))}")
     y = check_y(y)
+    _warn_if_float32(model)
     kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
     info = inspect_program(model, y, kwargs)
     if not info.latent:
@@ -220,6 +221,16 @@ def fit(
     }
     return to_datatree(model, samples, y, sample_stats=stats, model_kwargs=kwargs,
                        log_likelihood=log_lik, attrs=attrs, library=library, info=info)
+
+
+def _warn_if_float32(model) -> None:
+    """Warn when a model conditioned for double precision (``float64_recommended``, the GP
+    models) is fitted in JAX's default float32."""
+    if getattr(model, "float64_recommended", False) and not jax.config.jax_enable_x64:
+        warnings.warn(f"fit: {type(model).__name__} is running in float32, where its collapsed "
+                      "Gaussians lose too much precision (qualitatively wrong attractor posteriors "
+                      "were measured); call jax.config.update('jax_enable_x64', True) at the start "
+                      "of the program", RuntimeWarning, stacklevel=3)
 
 
 def _nonfinite_draws(samples: dict) -> np.ndarray:

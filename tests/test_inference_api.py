@@ -167,6 +167,26 @@ def test_fit_warns_about_nonfinite_draws():
     assert n_nan > 0 and post.attrs["warning_nonfinite_draws_per_chain"] == str([n_nan])
 
 
+def test_gp_models_warn_when_fitted_in_float32():
+    """The GP models' collapsed Gaussians need float64 (measured: qualitatively wrong attractor
+    posteriors in float32); fit says so instead of returning them silently."""
+    import warnings
+
+    from inference.fit import _warn_if_float32
+    from zoo.gpsde import GPSDE
+    from zoo.gpslds import GPSLDS
+
+    for model in (GPSLDS(2, 2, 5, emissions="poisson", dt=0.01), GPSDE(2, 5, dt=0.01)):
+        with jax.enable_x64(False), pytest.warns(RuntimeWarning, match="float32"):
+            _warn_if_float32(model)
+        with jax.enable_x64(True), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _warn_if_float32(model)
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_float32(HMM(num_states=2, obs_dim=3))  # the switching models run in float32
+
+
 def test_datatree_dims_trials_mask_and_loglik():
     model = HMM(num_states=2, obs_dim=3)
     sim = model.simulate(jax.random.key(0), num_steps=8, num_trials=2)
