@@ -5,7 +5,7 @@ and the emission noise r fixed by ``numpyro.handlers.condition`` (with r unknown
 likelihood varies across draws, as PSIS-LOO needs). The truth is computed here,
 independently of the library: the marginal likelihood of y is a dense Gaussian (the AR(1) path
 integrated out by hand), times the priors, on a fine grid; posterior means and the evidence by
-quadrature. Every method's mean must be within 3 Monte Carlo standard errors; SVI within a stated
+quadrature. Every method's mean must be within 3.5 Monte Carlo standard errors (see Z_MCSE); SVI within a stated
 fraction of the posterior sd; SMC's log evidence within 0.15 nats. The same fits are used to check
 that ArviZ reads the results without complaints about dims or groups.
 """
@@ -33,6 +33,12 @@ TRUE = {"dynamics": np.array([[0.7]]), "dynamics_bias": np.zeros(1), "dynamics_n
 UNKNOWN = ("dynamics", "emission_noise")
 FIXED = {k: v for k, v in TRUE.items() if k not in UNKNOWN}
 MCMC = {"nuts": 4, "hmc": 4, "blackjax_nuts": 4, "chees": 16, "mclmc": 4}
+# 12 mean checks (6 methods x 2 parameters), each |mean - truth| < Z_MCSE * MCSE. At 3 MCSE the
+# family-wise false-alarm rate is 3 % even with exact MCSEs; 3.5 (Bonferroni for 0.5 %) is used.
+# This was raised from 3 on 2026-12-01 after blackjax NUTS with seed 1 gave z = -3.44 once the
+# Kalman products changed rounding; over seeds 1-15 its z-values had mean -0.16 and sd 1.18,
+# with 2 of 30 beyond 3 (no bias, slightly heavy tails), NumPyro NUTS over seeds 1-5 within 1.6.
+Z_MCSE = 3.5
 SVI_TOL = 0.25  # SVI (mean-field Gaussian in unconstrained space): mean within 0.25 posterior sd
 
 
@@ -120,7 +126,7 @@ def test_posterior_means_match_quadrature(fits, problem, method):
     for name in UNKNOWN:
         mean, mcse = _mean_and_mcse(post, name)
         assert np.isfinite(mcse) and mcse > 0
-        assert abs(mean - truth[name]) < 3 * mcse, (method, name, mean, truth[name], mcse)
+        assert abs(mean - truth[name]) < Z_MCSE * mcse, (method, name, mean, truth[name], mcse)
         # the sampler explored the posterior width, not a point
         assert 0.7 < float(post.posterior[name].std()) / truth["sd"][name] < 1.3
 
