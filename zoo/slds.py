@@ -280,7 +280,9 @@ class SLDS(ModelMixin):
         u = jnp.asarray(inputs, dtype=float)
         if u.shape[-2:] != (T, M) or u.ndim - 2 > len(trials):
             raise ValueError(f"inputs must have shape {tuple(trials) + (T, M)} or {(T, M)}; got {u.shape}")
-        if is_concrete(inputs) and not np.isfinite(np.asarray(u)).all():
+        # check the caller's array, not u: inside a trace (NumPyro's initialisation loop) jnp.asarray
+        # of a NumPy array is a tracer, which cannot be converted back
+        if is_concrete(inputs) and not np.isfinite(np.asarray(inputs, dtype=float)).all():
             raise ValueError("inputs must be finite (NaN cannot mean missing for an input)")
         return u
 
