@@ -106,10 +106,8 @@ def _jsonable(o):
 def point_fit_states(model, y, key, num_restarts=4, num_em_iters=40, smoothing=2.0):
     """The first two steps of ``slds_initial_params`` (PCA -> smoothing -> AR-HMM EM), returning
     the AR-HMM smoothed state marginals (T, K) as a NumPy array (blocks until done)."""
-    counts = model.emissions == "poisson"
-    x0, _, _ = pca_latents(y, model.latent_dim, counts, model.link)
-    if not counts:  # as in slds_initial_params: counts are smoothed once, before the PCA
-        x0 = _smooth(x0, smoothing)
+    x0, _, _ = pca_latents(y, model.latent_dim, model.emissions == "poisson")
+    x0 = _smooth(x0, smoothing)
     k1, _ = jax.random.split(key)
     fit = fit_arhmm(k1, x0, model.num_states, model.transitions, num_em_iters, num_restarts,
                     model.init_scale)

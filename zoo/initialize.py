@@ -3,9 +3,8 @@
 rSLDS posteriors are multimodal; chains started from the prior wander for a long time. The
 initialisation here is the classic recipe, written on the project's scan kernels:
 
-1. PCA of the (gap-filled, for counts lightly smoothed and transformed to be close to affine
-   in the latents) observations gives a latent path and an emission matrix, rotated to the
-   models' lower-triangular positive-diagonal form;
+1. PCA of the (variance-stabilised, gap-filled) observations gives a latent path and an
+   emission matrix, rotated to the models' lower-triangular positive-diagonal form;
 2. expectation-maximisation of an autoregressive HMM on that path (the E-step is
    :func:`zoo.scans.hmm_smoother`, the M-step weighted least squares, and, for recurrent
    transitions, a few gradient steps of weighted multinomial logistic regression), from several
@@ -55,7 +54,7 @@ def _smooth(y, width: float):
     return out
 
 
-def pca_latents(y, latent_dim: int, counts: bool = False, link: str = "softplus"):
+def pca_latents(y, latent_dim: int, counts: bool = False):
     """PCA latents in lower-triangular form.
 
     Parameters
@@ -63,14 +62,7 @@ def pca_latents(y, latent_dim: int, counts: bool = False, link: str = "softplus"
     y : array (T, N) or (B, T, N), NaN = missing
     latent_dim : int
     counts : bool
-        Spike counts: light temporal smoothing, then a transform that makes the counts close to
-        affine in the latents under the Poisson link (below).
-    link : {"softplus", "exp"}
-        For counts: the softplus link is close to the identity above rates of a few per bin, so
-        the counts are used as they are; for the exp link, the square root (variance
-        stabilising, between the identity and the log). Measured on the Poisson NASCAR
-        (N = 100, T = 1000, three data seeds), the AR-HMM state accuracy from raw counts was
-        0.947 / 0.902 / 0.934 against 0.890 / 0.830 / 0.921 from square roots.
+        Spike counts: square-root transform and light temporal smoothing first.
 
     Returns
     -------
@@ -79,7 +71,7 @@ def pca_latents(y, latent_dim: int, counts: bool = False, link: str = "softplus"
     """
     y = _fill_missing(y)
     if counts:
-        y = _smooth(y if link == "softplus" else np.sqrt(y), 2.0)
+        y = _smooth(np.sqrt(y), 2.0)
     flat = y.reshape(-1, y.shape[-1])
     d = flat.mean(0)
     _, _, vt = np.linalg.svd(flat - d, full_matrices=False)
@@ -303,8 +295,7 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     map_steps : int
         Adam steps of the MAP refinement (0 skips it).
     smoothing : float
-        Width (in steps) of the Gaussian smoothing of the PCA latents before the AR-HMM (for
-        Gaussian emissions; counts are smoothed once, before the PCA).
+        Width (in steps) of the Gaussian smoothing of the PCA latents before the AR-HMM.
 
     Returns
     -------
@@ -313,18 +304,14 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     """
     counts = model.emissions == "poisson"
     D, K = model.latent_dim, model.num_states
-    x0, C, d = pca_latents(y, D, counts, model.link)
+    x0, C, d = pca_latents(y, D, counts)
     # PCA latents carry the emission noise, which can exceed the per-step movement of the
-    # dynamics; a light temporal smoothing lets the AR-HMM see the dynamics (counts were
-    # smoothed before the PCA; smoothing twice blurs the switches: 0.947 -> 0.931 on NASCAR)
-    if not counts:
-        x0 = _smooth(x0, smoothing)
+    # dynamics; a light temporal smoothing lets the AR-HMM see the dynamics
+    x0 = _smooth(x0, smoothing)
     k1, k2 = jax.random.split(key)
     fit = fit_arhmm(k1, x0, K, model.transitions, num_em_iters, num_restarts, model.init_scale)
     rows, cols = np.tril_indices(D, -1)
     Cj = np.asarray(C)
-    if counts and model.link == "softplus":
-        Cj = Cj / model.bin_size  # counts per bin ~ bin_size * (C x + d) where rates are high
     vals = {
         "x": jnp.asarray(x0, dtype=float),
         "init_probs": jnp.exp(fit.log_init),
