@@ -466,6 +466,10 @@ class _ScaledForward(NamedTuple):
     Pt: jax.Array  # (K, K) or (T-1, K, K) column-scaled transition probabilities
     c0: jax.Array  # () log p(y_1)
 
+    def pointwise(self) -> jax.Array:
+        """log p(y_t | y_{1:t-1}), (T,)."""
+        return jnp.concatenate([self.c0[None], jnp.log(self.s) + self.gmax])
+
 
 def _scaled_forward(log_init, log_trans, log_lik, keep: bool = True) -> _ScaledForward:
     """Scaled-probability forward scan of one sequence (the fast path).
@@ -501,7 +505,7 @@ def _scaled_forward(log_init, log_trans, log_lik, keep: bool = True) -> _ScaledF
 def _forward_seq_scaled(log_init, log_trans, log_lik):
     """Per-step log p(y_t | y_{1:t-1}) by the scaled-probability forward scan (fast path)."""
     f = _scaled_forward(log_init, log_trans, log_lik, keep=False)
-    return jnp.concatenate([f.c0[None], jnp.log(f.s) + f.gmax])
+    return f.pointwise()
 
 
 def _scaled_backward(f: _ScaledForward):
@@ -521,8 +525,7 @@ def _scaled_backward(f: _ScaledForward):
 
 
 def _scaled_value(log_init, log_trans, log_lik):
-    f = _scaled_forward(log_init, log_trans, log_lik, keep=False)
-    return f.c0 + jnp.sum(jnp.log(f.s) + f.gmax)
+    return jnp.sum(_forward_seq_scaled(log_init, log_trans, log_lik))
 
 
 def _scaled_expectations(log_init, log_trans, log_lik):
@@ -534,7 +537,7 @@ def _scaled_expectations(log_init, log_trans, log_lik):
         xi = f.p[:-1, :, None] * f.Pt * ws[:, None, :]
     else:
         xi = f.Pt * (f.p[:-1].T @ ws)
-    return f.c0 + jnp.sum(jnp.log(f.s) + f.gmax), f.p * beta, xi
+    return jnp.sum(f.pointwise()), f.p * beta, xi
 
 
 def _exact_value(log_init, log_trans, log_lik):
