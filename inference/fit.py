@@ -20,7 +20,9 @@ __all__ = ["fit", "METHODS", "shard_trials"]
 
 METHODS = ("nuts", "hmc", "svi", "blackjax_nuts", "chees", "mclmc", "smc")
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
-_COMMON_OPTIONS = {"shard_trials", "log_likelihood", "init_svi_steps", "init_svi_learning_rate", "init_guide"}
+_COMMON_OPTIONS = {"shard_trials", "log_likelihood", "init_svi_steps", "init_svi_learning_rate", "init_guide",
+                   "path_reparam"}
+_MCMC_METHODS = ("nuts", "hmc", "blackjax_nuts", "chees", "mclmc")
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -134,7 +136,11 @@ def fit(
         "auto_mvn", "auto_delta" or an AutoGuide), ``num_steps``, ``learning_rate``, ``tol``;
         ChEES ``learning_rate``; MCLMC ``target_acceptance``; SMC ``target_ess``,
         ``num_mcmc_steps``; all: ``shard_trials`` (split y's trial axis over devices),
-        ``log_likelihood`` (False skips the pointwise log-likelihood group).
+        ``log_likelihood`` (False skips the pointwise log-likelihood group); MCMC methods:
+        ``path_reparam`` ("auto", True, False): sample a switching model's path non-centred
+        around its initialisation (``model.path_reference``, :mod:`zoo.reparam`; the same
+        posterior, better geometry), by default whenever the model offers it and ``init`` is
+        "auto" or "pca".
 
     Returns
     -------
@@ -184,8 +190,24 @@ def fit(
                                                          progress_bar, options)
         library = "blackjax"
     else:
-        z0, init_text = initial_positions(model, y_run, kw_run, init, key_init, num_chains, info.latent,
-                                          {**options, "progress_bar": progress_bar})
+        reference = _path_reference(model, y, kwargs, method, init, options.get("path_reparam", "auto"),
+                                    key_init)
+        if reference is None:
+            z0, init_text = initial_positions(model, y_run, kw_run, init, key_init, num_chains, info.latent,
+                                              {**options, "progress_bar": progress_bar})
+        else:
+            values, ref = reference
+            kw_run = {**kw_run, "path_reference": ref}
+            with warnings.catch_warnings():  # only the latent shapes are wanted, not dims
+                warnings.simplefilter("ignore", UserWarning)
+                latent = inspect_program(model, y, kw_run).latent
+            z0, _ = initial_positions(model, y_run, kw_run, {k: v for k, v in values.items() if k in latent},
+                                      key_init, num_chains, latent)
+            init_text = (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast "
+                         f"point estimate), jittered by N(0, 0.01^2) in unconstrained space; the path "
+                         "sampled non-centred around it (path_reference, see zoo.reparam): x = mu(theta) + "
+                         "S(theta) eps with eps (x_whitened) started at 0, and the dynamics offsets "
+                         "through their values at the states' centres (dynamics_bias_centred)")
         t0 = time.perf_counter()
         run_opts = {k: v for k, v in options.items() if k not in _COMMON_OPTIONS}
         if method in ("nuts", "hmc"):
@@ -205,6 +227,8 @@ def fit(
                                           progress_bar=progress_bar, options=run_opts)
             library = "blackjax"
     elapsed = time.perf_counter() - t0
+    # the sampler's own coordinates of a non-centred path are not sites of the model
+    samples = {k: v for k, v in samples.items() if k not in _REFERENCE_COORDINATES}
     bad_draws = _nonfinite_draws(samples)
     if bad_draws.any():
         extra_attrs["warning_nonfinite_draws_per_chain"] = bad_draws.tolist()
@@ -221,6 +245,30 @@ def fit(
     }
     return to_datatree(model, samples, y, sample_stats=stats, model_kwargs=kwargs,
                        log_likelihood=log_lik, attrs=attrs, library=library, info=info)
+
+
+_REFERENCE_COORDINATES = ("x_whitened", "dynamics_bias_centred")
+
+
+def _path_reference(model, y, kwargs: Mapping, method: str, init, path_reparam, key):
+    """(start values in the non-centred coordinates, the path reference) when the path is to be
+    sampled non-centred, else None.
+
+    ``path_reparam``: "auto" (the default) uses it for MCMC methods on zoo models that offer it
+    (``path_reference``), started from their own initialisation; True requires it; False never.
+    """
+    if path_reparam not in ("auto", True, False):
+        raise ValueError(f"path_reparam must be 'auto', True or False; got {path_reparam!r}")
+    able = (method in _MCMC_METHODS and callable(getattr(model, "path_reference", None))
+            and (init in ("auto", "pca")))
+    if path_reparam is True and not able:
+        raise ValueError("path_reparam=True needs an MCMC method, init='auto' or 'pca', and a model with "
+                         "path_reference (the SLDS and rSLDS, not wrapped in handlers)")
+    if path_reparam is False or not able:
+        return None
+    values = model.initial_params(np.asarray(y), key, **kwargs)
+    reference = model.path_reference(np.asarray(y), values, **kwargs)
+    return model.reference_values(values, reference), reference
 
 
 def _warn_if_float32(model) -> None:
