@@ -51,12 +51,14 @@ class SLDS(ModelMixin):
     - inputs: ``input_dynamics`` V_k, ``input_emissions`` F ~ Normal(0, 1)
 
     Identifiability: x is identified only up to an affine map and z up to a permutation. The
-    lower-triangular positive-diagonal top block of C removes rotations, reflections and scaling
-    (as in factor analysis), so chains agree on C, A_k's eigenvalues and the path up to a
-    translation (pinned weakly by the priors on x_1 and d); labels are aligned across chains
-    and draws by Hungarian matching (:mod:`inference.labels`). Quantities invariant to both --
-    eigenvalues of A_k, denoised observations C x_t + d, state occupancy -- are the ones to
-    diagnose (:meth:`invariants`).
+    lower-triangular positive-diagonal top block of C removes rotations and reflections. It does
+    not remove x -> M x + c with M lower triangular with a positive diagonal (C -> C M^{-1} keeps
+    the form): those scalings, shears and translations of the latent space are set only by the
+    priors (on b_k, q_k, R, x_1, d and C), so the posterior spreads along them and C, b_k and q_k
+    are not identified by the data (unlike factor analysis, no unit-variance prior on x fixes
+    the scale). Labels are aligned across chains and draws by Hungarian matching
+    (:mod:`inference.labels`). Quantities invariant to both -- eigenvalues of A_k, denoised
+    observations C x_t + d, state occupancy -- are the ones to diagnose (:meth:`invariants`).
 
     Parameters
     ----------
