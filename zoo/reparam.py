@@ -87,17 +87,19 @@ class GaussianPathReparam(Reparam):
         Li_b = scans.solve_lower(Lq, _offsets(fn.b, z)[..., 1:, :])
         L0 = fn.init_scale_tril[z[..., 0]]
         Li0 = scans.solve_lower(L0, jnp.broadcast_to(eye, L0.shape))
-        Lt = jnp.swapaxes
+        # small (D x D) products as fused broadcast sums, as in the scan kernels (hot path: every
+        # gradient evaluation)
+        mm, mv, tr = scans._mm, scans._mv, scans._t
         H = self.obs_precision.astype(dtype)
         h = self.obs_info.astype(dtype)
-        diag = H.at[..., 0, :, :].add(Lt(Li0, -1, -2) @ Li0)
-        diag = diag.at[..., 1:, :, :].add(Lt(Li, -1, -2) @ Li)
-        diag = diag.at[..., :-1, :, :].add(Lt(Li_A, -1, -2) @ Li_A)
-        off = -(Lt(Li_A, -1, -2) @ Li)  # Lam[t, t+1] = -A_{t+1}^T Q_{t+1}^{-1}
+        diag = H.at[..., 0, :, :].add(mm(tr(Li0), Li0))
+        diag = diag.at[..., 1:, :, :].add(mm(tr(Li), Li))
+        diag = diag.at[..., :-1, :, :].add(mm(tr(Li_A), Li_A))
+        off = -mm(tr(Li_A), Li)  # Lam[t, t+1] = -A_{t+1}^T Q_{t+1}^{-1}
         m0 = fn.init_mean[z[..., 0]]
-        h = h.at[..., 0, :].add(jnp.einsum("...ji,...j->...i", Li0, jnp.einsum("...ij,...j->...i", Li0, m0)))
-        h = h.at[..., 1:, :].add(jnp.einsum("...ji,...j->...i", Li, Li_b))
-        h = h.at[..., :-1, :].add(-jnp.einsum("...ji,...j->...i", Li_A, Li_b))
+        h = h.at[..., 0, :].add(mv(tr(Li0), mv(Li0, m0)))
+        h = h.at[..., 1:, :].add(mv(tr(Li), Li_b))
+        h = h.at[..., :-1, :].add(-mv(tr(Li_A), Li_b))
         return scans.block_tridiagonal_cholesky(diag, off, h)
 
     def transform(self, fn: SwitchingLinearDynamics, eps) -> tuple[jax.Array, jax.Array]:
@@ -117,13 +119,6 @@ class GaussianPathReparam(Reparam):
         x = scans.block_bidiagonal_solve(f, f.rhs_solved + eps)
         log_det = -jnp.sum(jnp.log(jnp.diagonal(f.chol, axis1=-2, axis2=-1)))
         return x, log_det
-
-    def whiten(self, fn: SwitchingLinearDynamics, x) -> jax.Array:
-        """The inverse map: eps = U x - U^{-T} h, (..., T, D)."""
-        f = self.factor(fn)
-        Ux = jnp.einsum("...ji,...j->...i", f.chol, x)
-        Ux = Ux.at[..., :-1, :].add(jnp.einsum("...ij,...j->...i", f.coupling[..., :-1, :, :], x[..., 1:, :]))
-        return Ux - f.rhs_solved
 
     def __call__(self, name, fn, obs):
         if obs is not None:
