@@ -106,7 +106,7 @@ def _jsonable(o):
 def point_fit_states(model, y, key, num_restarts=4, num_em_iters=40, smoothing=2.0):
     """The first two steps of ``slds_initial_params`` (PCA -> smoothing -> AR-HMM EM), returning
     the AR-HMM smoothed state marginals (T, K) as a NumPy array (blocks until done)."""
-    x0, _, _ = pca_latents(y, model.latent_dim, model.emissions == "poisson")
+    x0, _, _ = pca_latents(model, y)
     x0 = _smooth(x0, smoothing)
     k1, _ = jax.random.split(key)
     fit = fit_arhmm(k1, x0, model.num_states, model.transitions, num_em_iters, num_restarts,
@@ -327,9 +327,10 @@ def bench_nuts(data, args):
 # ----------------------------------------------------------------------------------------------
 
 
-def make_funsor_model(model):
+def make_funsor_model(model, frame):
     """The rSLDS (recurrent_only) of ``model`` with z_t enumerated by funsor inside
-    ``contrib.control_flow.scan``; same priors, site names and transforms as ``model``."""
+    ``contrib.control_flow.scan``; same priors, site names and transforms as ``model`` (the
+    centred path, emissions in the data frame ``frame``)."""
     from numpyro.contrib.control_flow import scan as np_scan
 
     K, D, N = model.num_states, model.latent_dim, model.obs_dim
@@ -357,8 +358,7 @@ def make_funsor_model(model):
             return x_t, None
 
         np_scan(step, x[0], x[1:])
-        C = model._emission_matrix()
-        d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
+        C, d = model._frame_emissions(frame)
         pre = x @ C.T + d
         if model.emissions == "poisson":
             numpyro.sample("y", dist.Poisson(model.bin_size * jax.nn.softplus(pre)).to_event(2), obs=y)

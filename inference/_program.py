@@ -95,7 +95,7 @@ def _trace(model, y, model_kwargs):
     except ValueError:
         raise
     except Exception as err:  # a bare shape error from inside JAX: say what went in
-        shapes = {k: np.shape(v) for k, v in model_kwargs.items()}
+        shapes = {k: [np.shape(a) for a in jax.tree.leaves(v)] for k, v in model_kwargs.items()}
         raise ValueError(
             f"the model could not be run on y of shape {np.shape(y)} with model_kwargs shapes "
             f"{shapes}: {type(err).__name__}: {err}"

@@ -174,6 +174,9 @@ def fit(
     log_lik = bool(options.pop("log_likelihood", True))
     sharded = bool(options.pop("shard_trials", False))
     y_run, kw_run = shard_trials(y, kwargs) if sharded else (y, kwargs)
+    if callable(getattr(model, "data_frame", None)):
+        # the SLDS's latent frame (zoo.frame) from the data once, not at every gradient evaluation
+        kw_run = {**kw_run, "frame": model.data_frame(y, kwargs.get("mask"))}
     key_init, key_run = jax.random.split(jax.random.key(seed))
     extra_attrs: dict = {}
     t0 = time.perf_counter()

@@ -102,7 +102,8 @@ def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, 
         ``diverging``, ``energy``, ``n_steps``, ``tree_depth`` (NUTS), ``acceptance_rate``,
         ``step_size``, ``lp``.
     """
-    shapes = (np.shape(y), tuple(sorted((k, np.shape(v)) for k, v in model_kwargs.items())))
+    shapes = (np.shape(y), tuple(sorted((k, tuple(np.shape(a) for a in jax.tree.leaves(v)))
+                                        for k, v in model_kwargs.items())))
     options = dict(options)
     if "dense_mass" in options:  # validated and normalised once, here
         groups = _dense_mass(options["dense_mass"])

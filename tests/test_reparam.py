@@ -59,7 +59,8 @@ def test_block_tridiagonal_cholesky_matches_dense(dtype):
 
 
 def _reference_and_values(m, data, y, **kw):
-    vals = {k: v for k, v in data["params"].items() if k != "emission_matrix"}
+    # the simulated C and d are deterministic sites: substituting them would bypass the free ones
+    vals = {k: v for k, v in data["params"].items() if k not in ("emission_matrix", "emission_bias")}
     vals["x"] = data["x"]
     ref = m.path_reference(y, vals, **kw)
     return ref, {k: v for k, v in m.reference_values(vals, ref).items() if k != "x_whitened"}
@@ -76,7 +77,7 @@ def test_gaussian_path_is_exactly_standard_normal_given_the_parameters():
     y[0, 5, 1] = np.nan
     ref, theta = _reference_and_values(m, data, y, inputs=u)
     theta = {**theta, "dynamics": theta["dynamics"] * 0.9, "dynamics_noise": theta["dynamics_noise"] * 1.7,
-             "emission_rest": theta["emission_rest"] * 1.3, "emission_noise": theta["emission_noise"] * 0.8}
+             "emission_free": theta["emission_free"] * 1.3, "emission_noise": theta["emission_noise"] * 0.8}
 
     def lp(eps):
         return log_density(m, (y,), {"path_reference": ref, "inputs": u}, {**theta, "x_whitened": eps})[0]

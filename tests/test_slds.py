@@ -67,11 +67,13 @@ def test_missing_entries_are_marginalized_not_imputed(small_trials):
     m, data = small_trials
     params = {**data["params"], "x": data["x"]}
     y = np.array(data["y"])
-    full = float(log_density(m, (y,), {}, params)[0])
+    # one frame for both (it is computed from the data, and its scale enters the priors)
+    frame = {"frame": m.data_frame(y)}
+    full = float(log_density(m, (y,), frame, params)[0])
     y_nan = y.copy()
     y_nan[0, 5, 2] = np.nan
     y_nan[2, 7, :] = np.nan
-    got = float(log_density(m, (y_nan,), {}, params)[0])
+    got = float(log_density(m, (y_nan,), frame, params)[0])
     # given x the emissions factorise: dropping entries removes exactly their Gaussian terms
     C = np.asarray(params["emission_matrix"])
     d = np.asarray(params["emission_bias"])
@@ -198,9 +200,7 @@ def test_slds_gaussian_recovers_states_and_dynamics():
         "dynamics": np.stack([0.97 * _rot(np.pi / 10), 0.85 * np.eye(2)]),
         "dynamics_bias": np.array([[0.0, 0.0], [0.3, 0.0]]),
         "dynamics_noise": np.full((K, D), 0.05),
-        "emission_lower": np.array([0.3]),
-        "emission_diag": np.array([1.0, 0.8]),
-        "emission_rest": rng.normal(size=(N - D, D)),
+        "emission_matrix": np.concatenate([[[1.0, 0.0], [0.3, 0.8]], rng.normal(size=(N - D, D))]),
         "emission_bias": rng.normal(size=N),
         "emission_noise": np.full(N, 0.1),
     }

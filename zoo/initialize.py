@@ -3,8 +3,9 @@
 rSLDS posteriors are multimodal; chains started from the prior wander for a long time. The
 initialisation here is the classic recipe, written on the project's scan kernels:
 
-1. PCA of the (variance-stabilised, gap-filled) observations gives a latent path and an
-   emission matrix, rotated to the models' lower-triangular positive-diagonal form;
+1. PCA of the (transformed, gap-filled) observations in the model's data frame
+   (:mod:`zoo.frame`) gives a latent path and emission parameters that satisfy the frame's
+   constraints exactly (free loadings G = 0, free offsets h = 0);
 2. expectation-maximisation of an autoregressive HMM on that path (the E-step is
    :func:`zoo.scans.hmm_smoother`, the M-step weighted least squares, and, for recurrent
    transitions, a few gradient steps of weighted multinomial logistic regression), from several
@@ -54,36 +55,29 @@ def _smooth(y, width: float):
     return out
 
 
-def pca_latents(y, latent_dim: int, counts: bool = False):
-    """PCA latents in lower-triangular form.
+def pca_latents(model, y, mask=None, frame=None):
+    """PCA latents in the model's data frame (:mod:`zoo.frame`).
 
     Parameters
     ----------
+    model : zoo.SLDS or zoo.RSLDS
     y : array (T, N) or (B, T, N), NaN = missing
-    latent_dim : int
-    counts : bool
-        Spike counts: square-root transform and light temporal smoothing first.
+    mask : bool array (T,) or (B, T), optional
+    frame : LatentFrame, optional
+        ``model.data_frame(y, mask)`` when not given.
 
     Returns
     -------
-    x : (..., T, D) latent path; C : (N, D) with lower-triangular top block and positive diagonal;
-    d : (N,) offsets, such that y ~ x C^T + d in the (transformed) space.
+    x : (..., T, D) latent path (principal-component scores in units of the frame's scale);
+    C : (N, D) = s P; d : (N,) = o; such that the transformed observations ~ x C^T + d.
     """
-    y = _fill_missing(y)
-    if counts:
-        y = _smooth(np.sqrt(y), 2.0)
-    flat = y.reshape(-1, y.shape[-1])
-    d = flat.mean(0)
-    _, _, vt = np.linalg.svd(flat - d, full_matrices=False)
-    C = vt[:latent_dim].T  # (N, D), orthonormal columns
-    # rotate so that the top D x D block is lower triangular with a positive diagonal
-    q, r = np.linalg.qr(C[:latent_dim].T)  # C_top^T = q r  ->  C_top = r^T q^T
-    signs = np.sign(np.diag(r))
-    signs[signs == 0] = 1.0
-    rot = q * signs  # C @ rot has top block r^T diag(signs): lower triangular, positive diagonal
-    C = C @ rot
-    x = (y - d) @ C @ np.linalg.inv(C.T @ C)
-    return x, C, d
+    from zoo.frame import frame_observations
+
+    frame = model.data_frame(y, mask) if frame is None else frame
+    v, _ = frame_observations(y, mask, model.emissions, model.link, model.bin_size)
+    P, s, o = (np.asarray(a, float) for a in (frame.basis, frame.scale, frame.offset))
+    x = (np.asarray(v, float) - o) @ P / s
+    return x, s * P, o
 
 
 class ARHMMFit(NamedTuple):
@@ -281,7 +275,8 @@ def map_refine(key, model, y, init_values: dict, num_steps: int = 500, learning_
 
 
 def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int = 4,
-                        num_em_iters: int = 40, map_steps: int = 0, smoothing: float = 2.0) -> dict:
+                        num_em_iters: int = 40, map_steps: int = 0, smoothing: float = 2.0,
+                        frame=None) -> dict:
     """Initial values for every latent site of an SLDS/rSLDS (see the module docstring).
 
     Parameters
@@ -296,6 +291,8 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
         Adam steps of the MAP refinement (0 skips it).
     smoothing : float
         Width (in steps) of the Gaussian smoothing of the PCA latents before the AR-HMM.
+    frame : LatentFrame, optional
+        The model's data frame (``model.data_frame(y, mask)`` when not given).
 
     Returns
     -------
@@ -304,13 +301,12 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     """
     counts = model.emissions == "poisson"
     D, K = model.latent_dim, model.num_states
-    x0, C, d = pca_latents(y, D, counts)
+    x0, C, d = pca_latents(model, y, mask, frame)
     # PCA latents carry the emission noise, which can exceed the per-step movement of the
     # dynamics; a light temporal smoothing lets the AR-HMM see the dynamics
     x0 = _smooth(x0, smoothing)
     k1, k2 = jax.random.split(key)
     fit = fit_arhmm(k1, x0, K, model.transitions, num_em_iters, num_restarts, model.init_scale)
-    rows, cols = np.tril_indices(D, -1)
     Cj = np.asarray(C)
     vals = {
         "x": jnp.asarray(x0, dtype=float),
@@ -318,22 +314,16 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
         "dynamics": fit.A,
         "dynamics_bias": fit.b,
         "dynamics_noise": jnp.maximum(fit.q, 1e-3),
-        "emission_lower": jnp.asarray(Cj[rows, cols]),
-        "emission_diag": jnp.asarray(np.maximum(np.diag(Cj[:D]), 1e-3)),
-        "emission_bias": jnp.asarray(d),
     }
-    if model.obs_dim > D:
-        vals["emission_rest"] = jnp.asarray(Cj[D:])
+    if model.obs_dim > D:  # the frame's own emissions: C = s P, d = o
+        vals["emission_free"] = jnp.zeros((model.obs_dim - D, D))
+        vals["emission_bias_free"] = jnp.zeros(model.obs_dim - D)
     if model.transitions in ("standard", "sticky", "recurrent"):
         vals["trans_probs"] = jnp.exp(fit.log_P)
     if model.transitions in ("recurrent", "recurrent_only"):
         vals["recurrence_weights"] = fit.R
         vals["recurrence_bias"] = fit.r
-    if counts:
-        # the PCA space is sqrt-counts; start the softplus-link bias at the mean rate
-        mean_rate = np.nanmean(np.asarray(y, float).reshape(-1, model.obs_dim), 0) / model.bin_size
-        vals["emission_bias"] = jnp.asarray(np.log(np.expm1(np.maximum(mean_rate, 1e-2))))
-    else:
+    if not counts:
         resid = _fill_missing(y) - (x0 @ Cj.T + d)
         vals["emission_noise"] = jnp.asarray(np.maximum(resid.reshape(-1, model.obs_dim).std(0), 1e-3))
     if map_steps <= 0:

@@ -19,6 +19,7 @@ from zoo._base import (
     sequence_shape,
 )
 from zoo.distributions import SwitchingLinearDynamics, _safe_value
+from zoo.frame import LatentFrame, default_frame, latent_frame
 from zoo.handlers import marginalize
 
 _LINKS = {"softplus": jax.nn.softplus, "exp": jnp.exp}
@@ -45,20 +46,24 @@ class SLDS(ModelMixin):
     - ``dynamics`` A_k ~ Normal(0.85 I, 0.085 / sqrt(D)) elementwise (spectral radius < 1 with
       prior probability about 0.98 per state for D = 2); ``dynamics_bias`` b_k ~
       Normal(0, 0.3); ``dynamics_noise`` q_k ~ HalfNormal(0.2)
-    - ``emission_matrix`` C: entries Normal(0, 1), except that the top D x D block is lower
-      triangular with a positive diagonal (HalfNormal(2)) -- see Identifiability;
-      ``emission_bias`` d ~ Normal(0, 2); Gaussian ``emission_noise`` r ~ HalfNormal(1)
+    - emissions in the data frame (P, P_perp, s, o) of :func:`zoo.frame.latent_frame` -- see
+      Identifiability: ``emission_matrix`` C = s P + P_perp G with ``emission_free`` G
+      ~ Normal(0, s) (N - D, D); ``emission_bias`` d = o + P_perp h with ``emission_bias_free``
+      h ~ Normal(0, 2 s) (N - D,); Gaussian ``emission_noise`` r ~ HalfNormal(1). (Normal(0, 1)
+      loadings and Normal(0, 2) offsets for latents of order one, in the data's units.)
     - inputs: ``input_dynamics`` V_k, ``input_emissions`` F ~ Normal(0, 1)
 
-    Identifiability: x is identified only up to an affine map and z up to a permutation. The
-    lower-triangular positive-diagonal top block of C removes rotations and reflections. It does
-    not remove x -> M x + c with M lower triangular with a positive diagonal (C -> C M^{-1} keeps
-    the form): those scalings, shears and translations of the latent space are set only by the
-    priors (on b_k, q_k, R, x_1, d and C), so the posterior spreads along them and C, b_k and q_k
-    are not identified by the data (unlike factor analysis, no unit-variance prior on x fixes
-    the scale). Labels are aligned across chains and draws by Hungarian matching
-    (:mod:`inference.labels`). Quantities invariant to both -- eigenvalues of A_k, denoised
-    observations C x_t + d, state occupancy -- are the ones to diagnose (:meth:`invariants`).
+    Identifiability: the likelihood identifies x only up to an affine map x -> M x + c and z up
+    to a permutation. The affine map is pinned by anchoring the latent space to the data: with
+    P the leading D principal directions of the (transformed) observations, s their root mean
+    standard deviation and o their mean, the model constrains P^T C = s I and P^T d = P^T o
+    (:mod:`zoo.frame`), so x is the principal-component scores of the noiseless emissions in
+    units of s. Every affine map is fixed, so x, C, d, b_k, q_k and the dynamics are all
+    identified (the frame is computed once from y, :meth:`data_frame`; without data, in the
+    prior predictive, it is the first D observation axes: C = [I; G], d = [0; h]). Labels are
+    aligned across chains and draws by Hungarian matching (:mod:`inference.labels`).
+    Quantities invariant to the labels -- eigenvalues of A_k (:meth:`invariants`), C, denoised
+    observations C x_t + d, state occupancy -- are the ones to diagnose.
 
     Parameters
     ----------
@@ -134,9 +139,8 @@ class SLDS(ModelMixin):
             "dynamics_bias_centred": ["state", "latent"],
             "dynamics_noise": ["state", "latent"],
             "input_dynamics": ["state", "latent", "input"],
-            "emission_lower": ["latent_pair"],
-            "emission_diag": ["latent"],
-            "emission_rest": ["neuron_rest", "latent"],
+            "emission_free": ["neuron_rest", "latent"],
+            "emission_bias_free": ["neuron_rest"],
             "emission_matrix": ["neuron", "latent"],
             "emission_bias": ["neuron"],
             "emission_noise": ["neuron"],
@@ -152,7 +156,6 @@ class SLDS(ModelMixin):
             "state_to": self.num_states,
             "latent": D,
             "latent_in": D,
-            "latent_pair": D * (D - 1) // 2,
             "neuron": N,
             "neuron_rest": N - D,
             "input": self.input_dim,
@@ -209,19 +212,35 @@ class SLDS(ModelMixin):
         )
         return jnp.log(P), None, None
 
-    def _emission_matrix(self):
+    def _frame_emissions(self, frame):
+        """C = s P + P_perp G and d = o + P_perp h in the data frame (see Identifiability)."""
         D, N = self.latent_dim, self.obs_dim
-        rows, cols = np.tril_indices(D, -1)
-        lower = numpyro.sample("emission_lower", dist.Normal(0.0, 1.0).expand([len(rows)]).to_event(1))
-        diag = numpyro.sample("emission_diag", dist.HalfNormal(2.0).expand([D]).to_event(1))
-        top = jnp.zeros((D, D)).at[rows, cols].set(lower) + jnp.diag(diag)
+        s = frame.scale
+        C, d = s * frame.basis, frame.offset
         if N > D:
-            rest = numpyro.sample("emission_rest", dist.Normal(0.0, 1.0).expand([N - D, D]).to_event(2))
-            top = jnp.concatenate([top, rest], axis=0)
-        return numpyro.deterministic("emission_matrix", top)
+            G = numpyro.sample("emission_free", dist.Normal(0.0, s).expand([N - D, D]).to_event(2))
+            h = numpyro.sample("emission_bias_free", dist.Normal(0.0, 2.0 * s).expand([N - D]).to_event(1))
+            C, d = C + frame.complement @ G, d + frame.complement @ h
+        return numpyro.deterministic("emission_matrix", C), numpyro.deterministic("emission_bias", d)
+
+    def data_frame(self, y, mask=None) -> LatentFrame:
+        """The frame that anchors the latent space to the observations (:mod:`zoo.frame`).
+
+        Parameters
+        ----------
+        y : array (T, N) or (B, T, N), NaN = missing
+        mask : bool array (T,) or (B, T), optional
+
+        Returns
+        -------
+        LatentFrame
+            Pass it to the program as ``frame=`` to skip recomputing it (what
+            :func:`inference.fit` does).
+        """
+        return latent_frame(y, self.latent_dim, mask, self.emissions, self.link, self.bin_size)
 
     def __call__(self, y=None, num_steps=None, num_trials=None, mask=None, inputs=None,
-                 path_reference=None):
+                 path_reference=None, frame=None):
         """The NumPyro program.
 
         Parameters
@@ -239,12 +258,17 @@ class SLDS(ModelMixin):
             path non-centred, x = mu(theta) + S(theta) eps with eps the latent site
             ``x_whitened`` and x a deterministic site (same posterior, better NUTS geometry;
             see :mod:`zoo.reparam`). The emission parameters are then sampled before the path.
+        frame : LatentFrame, optional
+            The data frame of :meth:`data_frame` (computed from y when not given; the first D
+            observation axes when y is None).
         """
         K, D, N, M = self.num_states, self.latent_dim, self.obs_dim, self.input_dim
         counts = self.emissions == "poisson"
         y, T, trials = sequence_shape(y, num_steps, num_trials, N, counts)
         mask = check_mask(mask, trials, T)
         inputs = self._check_inputs(inputs, trials, T)
+        if frame is None:
+            frame = default_frame(N, D) if y is None else self.data_frame(y, mask)
 
         pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
         log_P, R, r = self._transition_params(K, inputs)
@@ -267,21 +291,20 @@ class SLDS(ModelMixin):
         if path_reference is None:
             with marginalize(parallel=self.parallel):
                 x = numpyro.sample("x", path)
-            emission = self._emissions(inputs)
+            emission = self._emissions(inputs, frame)
         else:
             # the non-centred path needs the emission parameters first (see zoo.reparam)
-            emission = self._emissions(inputs)
+            emission = self._emissions(inputs, frame)
             x = self._noncentred_path(path.with_parallel(self.parallel), path_reference, emission, y, mask)
         C, d, from_eta = emission
         observe_sequence("y", from_eta(x @ C.T + d), y, mask)
         return x
 
-    def _emissions(self, inputs):
+    def _emissions(self, inputs, frame):
         """Sample the emission parameters: (C (N, D), offsets d (N,) or (..., T, N), eta -> the
         emission distribution of y), with eta = x C^T + d."""
         N, M = self.obs_dim, self.input_dim
-        C = self._emission_matrix()
-        d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
+        C, d = self._frame_emissions(frame)
         if M:
             Fu = numpyro.sample("input_emissions", dist.Normal(0.0, 1.0).expand([N, M]).to_event(2))
             d = d + inputs @ Fu.T
