@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from numpyro import handlers
 
 from inference._program import check_y, inspect_program
 from inference.convert import package_versions, to_datatree
@@ -201,9 +202,11 @@ def fit(
         else:
             values, ref = reference
             kw_run = {**kw_run, "path_reference": ref}
-            with warnings.catch_warnings():  # only the latent shapes are wanted, not dims
+            # only the latent sites are wanted (not dims), read at the start values: a prior draw
+            # of the emission parameters can put float32 rates at 0 and the path at NaN
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                latent = inspect_program(model, y, kw_run).latent
+                latent = inspect_program(handlers.substitute(model, data=values), y, kw_run).latent
             z0, _ = initial_positions(model, y_run, kw_run, {k: v for k, v in values.items() if k in latent},
                                       key_init, num_chains, latent)
             init_text = (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast "

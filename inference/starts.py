@@ -9,6 +9,7 @@ chains were started (recorded in the result's ``initialization`` attribute).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,10 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
         raise ValueError(f"init has values for sites that are not latent sample sites of the model: "
                          f"{unknown}; latent sites are {sorted(latent)}")
     k1, k2 = jax.random.split(key)
-    z = _batched(model, y, kwargs, k1, num_chains, init_to_median)
+    # the structure pass runs the program once outside jit: at the given values, not at the prior
+    # median, whose emission parameters can make float32 rates underflow to 0 (invalid Poisson)
+    first = {k: (v[0] if per_chain else v) for k, v in values.items()}
+    z = _batched(model, y, kwargs, k1, num_chains, partial(_values_then_median, values=first))
     vals = {}
     for name, v in values.items():
         v = jnp.asarray(v, dtype=z[name].dtype)
@@ -53,6 +57,13 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
         noise = JITTER * jax.random.normal(jax.random.fold_in(k2, hash(name) & 0xFFFF), unc[name].shape)
         z[name] = unc[name] + noise
     return z
+
+
+def _values_then_median(site=None, values: Mapping | None = None):
+    """Init strategy: the given constrained value of a latent site, else the prior median."""
+    if site["type"] == "sample" and not site["is_observed"] and site["name"] in values:
+        return jnp.asarray(values[site["name"]])
+    return init_to_median(site)
 
 
 def _constrain_median(model, y, kwargs, z) -> dict:
