@@ -37,6 +37,12 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
     if unknown:
         raise ValueError(f"init has values for sites that are not latent sample sites of the model: "
                          f"{unknown}; latent sites are {sorted(latent)}")
+    # shapes are checked before the program runs at these values (a wrong shape would otherwise
+    # fail somewhere inside the model with a message that does not name the init site)
+    for name, v in values.items():
+        want = (num_chains,) + tuple(latent[name]) if per_chain else tuple(latent[name])
+        if np.shape(v) != want:
+            raise ValueError(f"init value for site {name!r} has shape {np.shape(v)}; expected {want}")
     k1, k2 = jax.random.split(key)
     # the structure pass runs the program once outside jit: at the given values, not at the prior
     # median, whose emission parameters can make float32 rates underflow to 0 (invalid Poisson)
@@ -45,9 +51,6 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
     vals = {}
     for name, v in values.items():
         v = jnp.asarray(v, dtype=z[name].dtype)
-        want = (num_chains,) + tuple(latent[name]) if per_chain else tuple(latent[name])
-        if v.shape != want:
-            raise ValueError(f"init value for site {name!r} has shape {v.shape}; expected {want}")
         vals[name] = v if per_chain else jnp.broadcast_to(v, (num_chains,) + v.shape)
     # unconstrain_fn needs every latent site: pass the median values for the rest
     full = dict(vals)
