@@ -15,20 +15,19 @@ Parts (each writes its figures into ``benchmarks/results/nascar.json`` and ``nas
    ESS on identified quantities (labels aligned to the truth by decode's per-draw permutations):
    eigenvalue moduli and angles of A_k (both eigenvalues of the two rotation states, the
    eigenvalue along the track of the two straights -- the other is confounded with the bias),
-   the emission matrix C (lower-triangular positive-diagonal top block: no rotation freedom), the
+   the emission matrix C (identified: the latent space is anchored to the data frame,
+   ``zoo.frame``), the
    emission noise (Gaussian), per-draw state occupancy, and denoised observations C x_t + d at 50
    time points; divergences; wall time, gradient evaluations (sampling phase), bulk ESS per
    second; the flow field aligned to the true latents by an affine map (MSE on a grid over the
    visited region).
 3. ``funsor``: the same rSLDS written the usual NumPyro way (``contrib.control_flow.scan`` over
-   time with z_t enumerated in parallel, ``config_enumerate``), identical priors, site names and
-   unconstrained spaces, so both run NUTS on the same posterior. Measured: (a) jitted
-   value-and-gradient of each potential at the same point, interleaved repetitions; (b) a short
-   funsor NUTS run (1 chain, ``--funsor-warmup`` + ``--funsor-samples``, from the same start) for
-   its seconds per gradient evaluation inside NUTS. The ESS/s ratio is ours' measured ESS/s over
-   the funsor ESS/s *estimated* as ours' bulk ESS per gradient evaluation times funsor's gradient
-   evaluations per second (the same density and sampler give the same ESS per gradient in
-   expectation); a full 4 x 1000 funsor run is not done.
+   time with z_t enumerated in parallel, centred path), identical priors, site names and data
+   frame. Measured: (a) jitted value-and-gradient of each potential (ours: the non-centred program
+   ``inference.fit`` samples), interleaved repetitions, and the two densities' agreement at one
+   point; (b) for each, one NUTS chain from the same point fit (``--funsor-warmup`` warmup, a
+   compiling sampling call, then a timed sampling call of ``--funsor-samples`` draws): bulk ESS
+   of label-invariant quantities per second of sampling. The ratio is ours' over funsor's.
 
 Run: ``.venv/bin/python benchmarks/nascar.py [--quick] [--parts pointfit,nuts,funsor]
 [--emissions gaussian|poisson]``. ``--emissions poisson`` is the Poisson SLDS (N = 100 neurons,
@@ -369,86 +368,111 @@ def make_funsor_model(model, frame):
     return funsor_rslds
 
 
-def _potentials(model, fmodel, y, z0):
-    from numpyro.infer.util import initialize_model
+def _starts(model, y, seed):
+    """Start values for one chain: ours in the coordinates ``inference.fit`` samples (non-centred
+    path, data frame), funsor's in the model's own (centred) ones, from the same point fit."""
+    from inference._program import inspect_program
+    from inference.fit import _path_reference
+    from inference.starts import initial_positions
 
-    one = jax.tree.map(lambda v: v[0], z0)
-    pot = {}
-    for name, m in (("ours", model), ("funsor", fmodel)):
-        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),))
-        pot[name] = jax.jit(jax.value_and_grad(info.potential_fn))
-    return pot, one
+    key = jax.random.key(seed)
+    frame = model.data_frame(y)
+    centred = model.initial_params(y, key, frame=frame)
+    values, ref = _path_reference(model, y, {}, "nuts", "auto", "auto", key)
+    kw = {"frame": frame, "path_reference": ref}
+    out = {}
+    for name, vals, kwargs in (("ours", values, kw), ("funsor", centred, {"frame": frame})):
+        latent = inspect_program(model, y, kwargs).latent
+        z0, _ = initial_positions(model, y, kwargs, {k: v for k, v in vals.items() if k in latent}, key, 1,
+                                  latent)
+        out[name] = jax.tree.map(lambda v: v[0], z0)
+    return out, kw, frame
+
+
+def _invariant_ess(samples, lp):
+    """Bulk ESS of label-invariant scalars of one chain: the sorted eigenvalue moduli of all A_k,
+    the emission noise scales and the log density."""
+    import arviz as az
+
+    A = np.asarray(samples["dynamics"])  # (S, K, D, D)
+    mods = np.sort(np.abs(np.linalg.eigvals(A)).reshape(A.shape[0], -1), axis=-1)
+    cols = {f"eig_modulus_{i}": mods[:, i] for i in range(mods.shape[1])}
+    if "emission_noise" in samples:
+        for i, v in enumerate(np.asarray(samples["emission_noise"]).T):
+            cols[f"emission_noise_{i}"] = v
+    cols["lp"] = np.asarray(lp)
+    ess = {k: float(az.ess(v[None, :], method="bulk")) for k, v in cols.items()}
+    return ess
 
 
 def bench_funsor(data, args):
-
-    from inference._program import inspect_program
-    from inference.starts import initial_positions
-
     model, y = data["model"], np.asarray(data["y"])
-    fmodel = make_funsor_model(model)
-    info = inspect_program(model, y, {})
-    z0, _ = initial_positions(model, y, {}, "auto", jax.random.key(args.seed), 1, info.latent, {})
-    pot, one = _potentials(model, fmodel, y, z0)
+    starts, kw_ours, frame = _starts(model, y, args.seed)
+    fmodel = make_funsor_model(model, frame)
+    programs = {"ours": (model, kw_ours), "funsor": (fmodel, {})}
     res = {}
-    for name, f in pot.items():
+    for name, (m, kw) in programs.items():
+        from numpyro.infer.util import initialize_model
+
+        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),), model_kwargs=kw)
+        f = jax.jit(jax.value_and_grad(info.potential_fn))
         t0 = time.perf_counter()
-        jax.block_until_ready(f(one))
-        res[name] = {"compile_first_call_s": time.perf_counter() - t0, "samples": []}
-    vals = {name: float(f(one)[0]) for name, f in pot.items()}
-    for _ in range(args.grad_repeats):
-        for name, f in pot.items():
+        jax.block_until_ready(f(starts[name]))
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(args.grad_repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(f(one))
-            res[name]["samples"].append(time.perf_counter() - t0)
-    for v in res.values():
-        s = v.pop("samples")
-        v["median_s"] = statistics.median(s)
-        v["min_s"] = min(s)
-        v["n"] = len(s)
-    ratio_grad = res["funsor"]["median_s"] / res["ours"]["median_s"]
-    print(f"[funsor] value+grad: ours {1e3 * res['ours']['median_s']:.2f} ms, funsor "
-          f"{1e3 * res['funsor']['median_s']:.2f} ms, potentials {vals}", flush=True)
-    # short NUTS runs of both models with the same protocol: 1 chain from the same start, warmup,
-    # one sampling call (compiles the sampling loop), then a second, timed sampling call
-    short = {name: short_nuts(m, y, one, args) for name, m in (("ours", model), ("funsor", fmodel))}
-    per_grad = {k: v["seconds_per_grad_eval_steady"] for k, v in short.items()}
-    out = {"grad_timing": res, "potential_values_at_start": vals, "funsor_over_ours_grad_time": ratio_grad,
-           "short_nuts": short,
-           "funsor_over_ours_seconds_per_grad_in_nuts": per_grad["funsor"] / per_grad["ours"]}
-    return out
+            jax.block_until_ready(f(starts[name]))
+            times.append(time.perf_counter() - t0)
+        res[name] = {"compile_first_call_s": first, "median_s": statistics.median(times), "min_s": min(times),
+                     "n": len(times)}
+    # the densities agree: ours' centred program at funsor's start equals funsor's potential
+    from numpyro.infer.util import initialize_model
+
+    check = {}
+    for name, m in (("ours_centred", model), ("funsor", fmodel)):
+        kw = {"frame": frame} if name == "ours_centred" else {}
+        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),), model_kwargs=kw)
+        check[name] = float(info.potential_fn(starts["funsor"]))
+    print(f"[funsor] value+grad: ours (non-centred) {1e3 * res['ours']['median_s']:.2f} ms, funsor "
+          f"{1e3 * res['funsor']['median_s']:.2f} ms; potentials at funsor's start {check}", flush=True)
+    runs = {name: ess_run(m, y, starts[name], kw, args, name) for name, (m, kw) in programs.items()}
+    ratio = runs["ours"]["ess_bulk_min_per_second"] / runs["funsor"]["ess_bulk_min_per_second"]
+    return {"grad_timing": res, "potentials_at_funsor_start": check,
+            "funsor_over_ours_grad_time": res["funsor"]["median_s"] / res["ours"]["median_s"],
+            "runs": runs, "ratio_ours_over_funsor_ess_per_second": ratio}
 
 
-def short_nuts(m, y, init, args):
+def ess_run(m, y, init, kwargs, args, label):
+    """One chain: warmup, a first sampling call (compiles the sampling loop), then a second,
+    timed sampling call whose draws give the bulk ESS of label-invariant quantities."""
     from numpyro.infer import MCMC, NUTS
 
     yj = jnp.asarray(y)
     mcmc = MCMC(NUTS(m, max_tree_depth=args.max_tree_depth), num_warmup=args.funsor_warmup,
                 num_samples=args.funsor_samples, num_chains=1, progress_bar=False)
-    extra = ("num_steps", "diverging")
+    extra = ("num_steps", "diverging", "potential_energy")
     t0 = time.perf_counter()
-    mcmc.warmup(jax.random.key(args.seed), yj, init_params=init, collect_warmup=True, extra_fields=extra)
-    warm_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    mcmc.warmup(jax.random.key(args.seed), yj, init_params=init, extra_fields=extra, **kwargs)
     t_warm = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra)
-    t_first = time.perf_counter() - t1
-    first_steps = int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
+    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra, **kwargs)
     mcmc.post_warmup_state = mcmc.last_state
-    t2 = time.perf_counter()
-    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra)
-    t_run = time.perf_counter() - t2
+    t1 = time.perf_counter()
+    mcmc.run(mcmc.post_warmup_state.rng_key, yj, extra_fields=extra, **kwargs)
+    t_run = time.perf_counter() - t1
     ex = mcmc.get_extra_fields()
-    run_steps = int(np.asarray(ex["num_steps"]).sum())
+    steps = int(np.asarray(ex["num_steps"]).sum())
+    ess = _invariant_ess(mcmc.get_samples(), -np.asarray(ex["potential_energy"]))
+    worst = min(ess, key=ess.get)
     out = {"chains": 1, "warmup": args.funsor_warmup, "samples": args.funsor_samples,
-           "max_tree_depth": args.max_tree_depth,
-           "warmup_seconds_incl_compile": t_warm, "warmup_grad_evals": warm_steps,
-           "first_sampling_call_seconds_incl_compile": t_first, "first_sampling_call_grad_evals": first_steps,
-           "steady_sampling_seconds": t_run, "steady_sampling_grad_evals": run_steps,
-           "seconds_per_grad_eval_steady": t_run / max(run_steps, 1),
-           "divergences_steady": int(np.asarray(ex["diverging"]).sum())}
-    print(f"[short nuts] {getattr(m, '__name__', type(m).__name__)}: warmup {t_warm:.1f} s / {warm_steps} "
-          f"grads, steady {t_run:.1f} s / {run_steps} grads", flush=True)
+           "max_tree_depth": args.max_tree_depth, "warmup_seconds_incl_compile": t_warm,
+           "sampling_seconds": t_run, "sampling_grad_evals": steps,
+           "seconds_per_grad_eval": t_run / max(steps, 1),
+           "divergences": int(np.asarray(ex["diverging"]).sum()), "ess_bulk": ess,
+           "ess_bulk_min": ess[worst], "ess_bulk_min_quantity": worst,
+           "ess_bulk_min_per_second": ess[worst] / t_run}
+    print(f"[ess run] {label}: warmup {t_warm:.1f} s, sampling {t_run:.1f} s / {steps} grads, min bulk ESS "
+          f"{ess[worst]:.0f} ({worst}), {ess[worst] / t_run:.3f} ESS/s", flush=True)
     return out
 
 
@@ -510,38 +534,29 @@ def report(results, name):
                   for k, v in ids.items()]
         lines += ["", "state_occupancy uses the decoded draws only (fraction of Viterbi steps per state).", ""]
     f = results.get("funsor")
-    if f:
+    if f and "runs" in f:
         g = f["grad_timing"]
         lines += ["## NumPyro funsor enumeration of the same model", "",
-                  "Same priors, site names and unconstrained spaces; potentials at the start agree: "
-                  f"{f['potential_values_at_start']}.", "",
+                  "funsor: the same model written the usual NumPyro way (centred path, z_t enumerated by funsor "
+                  "inside `contrib.control_flow.scan`), same priors, site names and data frame. Ours: the program "
+                  "`inference.fit` samples (non-centred path, `zoo.reparam`). The densities agree: ours' centred "
+                  f"program and funsor's at funsor's start: {f['potentials_at_funsor_start']}.", "",
                   "| implementation | value+grad median (ms) | min (ms) | compile, first call (s) |",
                   "|---|---:|---:|---:|",
-                  *[f"| {k} | {1e3 * v['median_s']:.2f} | {1e3 * v.get('min_s', float('nan')):.2f} | "
+                  *[f"| {k} | {1e3 * v['median_s']:.2f} | {1e3 * v['min_s']:.2f} | "
                     f"{v['compile_first_call_s']:.2f} |" for k, v in g.items()],
-                  "", f"funsor / ours time per gradient evaluation (jitted value+grad, interleaved): "
-                  f"**{f['funsor_over_ours_grad_time']:.2f}**.", "",
-                  "Short NUTS runs, same protocol for both (what was measured): 1 chain from the same start, "
-                  "warmup, one sampling call (compiles), then a second sampling call timed (steady state).", "",
-                  "| model | warmup (s, incl. compile) / grads | steady sampling (s) / grads | ms per grad in NUTS |",
-                  "|---|---|---|---:|"]
-        for k, v in f["short_nuts"].items():
-            lines.append(f"| {k} | {v['warmup_seconds_incl_compile']:.1f} / {v['warmup_grad_evals']} | "
-                         f"{v['steady_sampling_seconds']:.1f} / {v['steady_sampling_grad_evals']} | "
-                         f"{1e3 * v['seconds_per_grad_eval_steady']:.2f} |")
-        lines += ["", f"funsor / ours seconds per gradient evaluation inside NUTS: "
-                  f"**{f['funsor_over_ours_seconds_per_grad_in_nuts']:.2f}**.", ""]
-        if "ratio_ours_over_funsor_ess_per_second" in f:
-            lines += ["ESS/s ratio. The two programs have the same density and the same sampler, so their ESS per "
-                      "gradient evaluation is the same in expectation; the ratio of ESS/s is then the ratio of "
-                      "seconds per gradient evaluation inside NUTS. With ours' min bulk ESS per sampling-phase "
-                      "gradient evaluation from the 4-chain run: ours "
-                      f"{f['ours_ess_per_second_same_estimate']:.3f} ESS/s, funsor "
-                      f"{f['funsor_ess_per_second_estimate']:.3f} ESS/s (both estimated this way): ratio "
-                      f"ours / funsor **{f['ratio_ours_over_funsor_ess_per_second']:.2f}** (target >= 10). "
-                      f"Ours' measured ESS/s of the full 4-chain run (sampling_time, incl. compilation and "
-                      f"warmup): {f['ours_ess_per_second_measured']:.3f}, i.e. "
-                      f"{f['ratio_ours_measured_over_funsor_estimate']:.2f} x funsor's estimate.", ""]
+                  "", "ESS/s, measured for both the same way: 1 chain from the same point fit, warmup, one sampling "
+                  "call (compiles), then a second sampling call, timed, whose draws give the bulk ESS of label-"
+                  "invariant quantities (sorted eigenvalue moduli of all A_k, emission noise, log density).", "",
+                  "| model | warmup s (incl. compile) | sampling s / grads | ms per grad | divergences | "
+                  "min bulk ESS (quantity) | min ESS/s |", "|---|---:|---|---:|---:|---|---:|"]
+        for k, v in f["runs"].items():
+            lines.append(f"| {k} | {v['warmup_seconds_incl_compile']:.1f} | {v['sampling_seconds']:.1f} / "
+                         f"{v['sampling_grad_evals']} | {1e3 * v['seconds_per_grad_eval']:.2f} | {v['divergences']} | "
+                         f"{v['ess_bulk_min']:.0f} ({v['ess_bulk_min_quantity']}) | "
+                         f"{v['ess_bulk_min_per_second']:.3f} |")
+        lines += ["", f"ESS/s ours / funsor: **{f['ratio_ours_over_funsor_ess_per_second']:.2f}** (target >= 10).",
+                  ""]
     t = results.get("targets")
     if t:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -554,24 +569,7 @@ def report(results, name):
     return text
 
 
-def combine(results):
-    """ESS/s ratio from the 4-chain run's ESS per gradient evaluation and the short runs' seconds
-    per gradient evaluation (the parts may come from different invocations)."""
-    n, f = results.get("nuts"), results.get("funsor")
-    if not (n and f):
-        return
-    per_grad = {k: v["seconds_per_grad_eval_steady"] for k, v in f["short_nuts"].items()}
-    ess_per_grad = n["ess_bulk_min_per_grad_eval_sampling"]
-    f["funsor_ess_per_second_estimate"] = ess_per_grad / per_grad["funsor"]
-    f["ours_ess_per_second_same_estimate"] = ess_per_grad / per_grad["ours"]
-    f["ours_ess_per_second_measured"] = n["ess_bulk_min_per_second"]
-    f["ratio_ours_over_funsor_ess_per_second"] = (f["ours_ess_per_second_same_estimate"]
-                                                  / f["funsor_ess_per_second_estimate"])
-    f["ratio_ours_measured_over_funsor_estimate"] = n["ess_bulk_min_per_second"] / f["funsor_ess_per_second_estimate"]
-
-
 def targets(results):
-    combine(results)
     t = {}
     pf, n, f = results.get("pointfit"), results.get("nuts"), results.get("funsor")
     ref = SSM_REFERENCE["T2000_seconds"] if results["T"] == 2000 else None
@@ -594,10 +592,10 @@ def targets(results):
             t[f"4-chain NUTS within 10x ssm's point fit (<= {10 * ref:.0f} s)"] = {
                 "measured": f"{n['wall_seconds_fit_incl_init_and_compile']:.0f} s",
                 "met": n["wall_seconds_fit_incl_init_and_compile"] <= 10 * ref}
-    if f:
-        ratio = f.get("ratio_ours_over_funsor_ess_per_second", f["funsor_over_ours_seconds_per_grad_in_nuts"])
-        t["ESS/s ours / funsor >= 10"] = {"measured": f"{ratio:.2f} (estimated from seconds per gradient "
-                                                      "evaluation inside NUTS, see above)", "met": ratio >= 10}
+    if f and "runs" in f:
+        ratio = f["ratio_ours_over_funsor_ess_per_second"]
+        t["ESS/s ours / funsor >= 10"] = {"measured": f"{ratio:.2f} (1 chain each, min bulk ESS of "
+                                                      "label-invariant quantities per second)", "met": ratio >= 10}
     return t
 
 
@@ -617,8 +615,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--pointfit-long", type=int, default=0,
                     help="also time the point fit at T = 10,000 with this many seeds")
-    ap.add_argument("--funsor-warmup", type=int, default=30)
-    ap.add_argument("--funsor-samples", type=int, default=20)
+    ap.add_argument("--funsor-warmup", type=int, default=200)
+    ap.add_argument("--funsor-samples", type=int, default=200)
     ap.add_argument("--grad-repeats", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="data and NUTS seed")
     ap.add_argument("--name", default=None)
