@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro import handlers
 from numpyro.distributions import constraints
 from scipy.optimize import linear_sum_assignment
 
@@ -382,7 +383,8 @@ def _starts(model, y, seed):
     kw = {"frame": frame, "path_reference": ref}
     out = {}
     for name, vals, kwargs in (("ours", values, kw), ("funsor", centred, {"frame": frame})):
-        latent = inspect_program(model, y, kwargs).latent
+        # read at the start values (a prior draw of Poisson emissions can underflow float32 rates)
+        latent = inspect_program(handlers.substitute(model, data=vals), y, kwargs).latent
         z0, _ = initial_positions(model, y, kwargs, {k: v for k, v in vals.items() if k in latent}, key, 1,
                                   latent)
         out[name] = jax.tree.map(lambda v: v[0], z0)
