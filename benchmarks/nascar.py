@@ -370,19 +370,19 @@ def make_funsor_model(model, frame):
 
 
 def _starts(model, y, seed):
-    """Start values for one chain: ours in the coordinates ``inference.fit`` samples (non-centred
-    path, data frame), funsor's in the model's own (centred) ones, from the same point fit."""
+    """Start values for one chain from one point fit: ours in the coordinates ``inference.fit``
+    samples (non-centred path, data frame), funsor's in the model's own (centred) ones."""
     from inference._program import inspect_program
-    from inference.fit import _path_reference
     from inference.starts import initial_positions
 
     key = jax.random.key(seed)
     frame = model.data_frame(y)
     centred = model.initial_params(y, key, frame=frame)
-    values, ref = _path_reference(model, y, {}, "nuts", "auto", "auto", key)
+    ref = model.path_reference(y, centred)
     kw = {"frame": frame, "path_reference": ref}
     out = {}
-    for name, vals, kwargs in (("ours", values, kw), ("funsor", centred, {"frame": frame})):
+    for name, vals, kwargs in (("ours", model.reference_values(centred, ref), kw),
+                               ("funsor", centred, {"frame": frame})):
         # read at the start values (a prior draw of Poisson emissions can underflow float32 rates)
         latent = inspect_program(handlers.substitute(model, data=vals), y, kwargs).latent
         z0, _ = initial_positions(model, y, kwargs, {k: v for k, v in vals.items() if k in latent}, key, 1,
@@ -408,16 +408,17 @@ def _invariant_ess(samples, lp):
 
 
 def bench_funsor(data, args):
+    from numpyro.infer.util import initialize_model
+
     model, y = data["model"], np.asarray(data["y"])
     starts, kw_ours, frame = _starts(model, y, args.seed)
     fmodel = make_funsor_model(model, frame)
-    programs = {"ours": (model, kw_ours), "funsor": (fmodel, {})}
+    programs = {"ours": (model, kw_ours), "funsor": (fmodel, {}), "ours_centred": (model, {"frame": frame})}
+    potentials = {name: initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),),
+                                         model_kwargs=kw).potential_fn for name, (m, kw) in programs.items()}
     res = {}
-    for name, (m, kw) in programs.items():
-        from numpyro.infer.util import initialize_model
-
-        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),), model_kwargs=kw)
-        f = jax.jit(jax.value_and_grad(info.potential_fn))
+    for name in ("ours", "funsor"):
+        f = jax.jit(jax.value_and_grad(potentials[name]))
         t0 = time.perf_counter()
         jax.block_until_ready(f(starts[name]))
         first = time.perf_counter() - t0
@@ -429,16 +430,11 @@ def bench_funsor(data, args):
         res[name] = {"compile_first_call_s": first, "median_s": statistics.median(times), "min_s": min(times),
                      "n": len(times)}
     # the densities agree: ours' centred program at funsor's start equals funsor's potential
-    from numpyro.infer.util import initialize_model
-
-    check = {}
-    for name, m in (("ours_centred", model), ("funsor", fmodel)):
-        kw = {"frame": frame} if name == "ours_centred" else {}
-        info = initialize_model(jax.random.key(0), m, model_args=(jnp.asarray(y),), model_kwargs=kw)
-        check[name] = float(info.potential_fn(starts["funsor"]))
+    check = {name: float(potentials[name](starts["funsor"])) for name in ("ours_centred", "funsor")}
     print(f"[funsor] value+grad: ours (non-centred) {1e3 * res['ours']['median_s']:.2f} ms, funsor "
           f"{1e3 * res['funsor']['median_s']:.2f} ms; potentials at funsor's start {check}", flush=True)
-    runs = {name: ess_run(m, y, starts[name], kw, args, name) for name, (m, kw) in programs.items()}
+    runs = {name: ess_run(programs[name][0], y, starts[name], programs[name][1], args, name)
+            for name in ("ours", "funsor")}
     ratio = runs["ours"]["ess_bulk_min_per_second"] / runs["funsor"]["ess_bulk_min_per_second"]
     return {"grad_timing": res, "potentials_at_funsor_start": check,
             "funsor_over_ours_grad_time": res["funsor"]["median_s"] / res["ours"]["median_s"],
