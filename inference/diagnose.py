@@ -3,13 +3,20 @@
 State-indexed variables are first aligned across chains and draws (:func:`inference.align.
 align_labels`), then rank-normalised split R-hat, bulk and tail ESS (``arviz_stats``), the
 divergence count and the E-BFMI are computed. The verdict is ``"fail"`` for NaN/inf draws,
-R-hat > 1.05, more than 1 % divergent transitions or ESS < 100; ``"warning"`` for R-hat > 1.01,
-any divergence, ESS < 400, E-BFMI < 0.3 or an SVI fit that did not converge; ``"ok"`` otherwise.
-Every problem is listed in ``warnings`` and emitted as a ``RuntimeWarning``: nothing is silent.
+R-hat > 1.05, more than 1 % divergent transitions, ESS < 100, a stuck chain (its log density, or
+every draw of every variable, constant over all its draws) or a collapsed SMC run (fewer than
+10 % unique particles, or a final weight ESS below 10 % of the particles); ``"warning"`` for
+R-hat > 1.01, any divergence, ESS < 400, E-BFMI < 0.3, more than 10 % of NUTS trees at the
+depth cap (``max_tree_depth`` from the fit's ``options``, default 10), a low SMC acceptance rate
+or an SVI fit that did not converge; ``"ok"`` otherwise. Every problem is listed in
+``warnings`` and emitted as a ``RuntimeWarning``: nothing is silent. Sampler-specific figures
+(tree depth, SMC tempering steps, weight ESS, unique particles and acceptance, the SVI loss) are
+in ``sampler`` and printed with the verdict.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,6 +33,11 @@ RHAT_FAIL, RHAT_WARN = 1.05, 1.01
 ESS_FAIL, ESS_WARN = 100, 400
 DIVERGENT_FAIL = 0.01
 BFMI_WARN = 0.3
+TREE_DEPTH_WARN = 0.10  # fraction of NUTS transitions at the depth cap
+SMC_UNIQUE_FAIL = 0.10  # fraction of unique particles after the final resampling
+SMC_ESS_FAIL = 0.10  # final weight ESS as a fraction of the particles
+SMC_ACCEPT_WARN = 0.10  # mean acceptance rate of the SMC move steps
+DEFAULT_MAX_TREE_DEPTH = 10  # NumPyro's and BlackJAX's default, used when the options omit it
 
 
 @dataclass
@@ -46,6 +58,16 @@ class Diagnostics:
         The posterior after label alignment.
     permutations : array (chain, draw, K)
         Label permutations applied (empty when there are no state variables).
+    stuck_chains : list of int
+        Chains whose log density (``sample_stats.lp``) or every draw of every variable is
+        constant over all their draws.
+    sampler : dict
+        Sampler-specific figures: ``tree_depth`` (``max_tree_depth``, ``fraction_at_max``,
+        ``per_chain``, ``mean_depth``) for NUTS; ``smc`` (``num_steps``, ``num_particles``,
+        ``final_ess``, ``final_ess_fraction``, ``unique_particles``, ``unique_fraction``,
+        ``acceptance_mean``, ``acceptance_min``, ``ess_per_step`` when recorded,
+        ``log_evidence``); ``svi`` (``guide``, ``num_steps``, ``final_loss``, ``converged``,
+        and a loss-trace summary when the trace is recorded).
     """
 
     verdict: str
@@ -56,9 +78,12 @@ class Diagnostics:
     bfmi: np.ndarray | None = None
     aligned: xr.Dataset | None = None
     permutations: np.ndarray | None = None
+    stuck_chains: list = field(default_factory=list)
+    sampler: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"verdict: {self.verdict}"] + [f"  - {w}" for w in self.warnings]
+        lines += _sampler_lines(self.sampler)
         return "\n".join(lines + [self.table.to_string()])
 
     __repr__ = __str__
@@ -69,6 +94,204 @@ def _worst(ds: xr.Dataset, name: str, fn) -> float:
         return float("nan")
     v = np.asarray(ds[name].values, dtype=float)
     return float(fn(v)) if v.size else float("nan")
+
+
+def _attr_value(attrs, key: str, default=None):
+    """A root attribute, JSON-decoded when it was stored as JSON text (``to_datatree`` stores
+    dicts and lists that way)."""
+    v = attrs.get(key, default)
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _chain_draw(da: xr.DataArray) -> np.ndarray:
+    """Values with (chain, draw) leading, the rest flattened: (C, S, -1)."""
+    v = np.asarray(da.transpose("chain", "draw", ...).values, dtype=float)
+    return v.reshape(v.shape[:2] + (-1,))
+
+
+def _stuck_chains(ds: xr.Dataset, ss: xr.Dataset | None, C: int, S: int) -> list[tuple[int, str]]:
+    """Chains whose log density, or every draw of every variable, is constant over all draws."""
+    if S < 2:
+        return []
+    lp = _chain_draw(ss["lp"]) if ss is not None and "lp" in ss and {"chain", "draw"} <= set(ss["lp"].dims) \
+        else None
+    values = [_chain_draw(da) for da in ds.data_vars.values() if {"chain", "draw"} <= set(da.dims)]
+    out = []
+    for c in range(C):
+        if lp is not None and np.all(np.isfinite(lp[c])) and np.all(lp[c] == lp[c, :1]):
+            out.append((c, f"its log density is constant ({float(lp[c, 0, 0]):.6g}) over all {S} draws"))
+        elif values and all(np.array_equal(v[c], np.broadcast_to(v[c, :1], v[c].shape), equal_nan=True)
+                            for v in values):
+            out.append((c, f"every draw of every variable is identical over all {S} draws"))
+    return out
+
+
+def _tree_depth(ss: xr.Dataset, attrs, method: str) -> dict | None:
+    """Fraction of NUTS transitions whose tree reached the depth cap."""
+    if "tree_depth" in ss:
+        depth = np.asarray(ss["tree_depth"].transpose("chain", "draw").values, dtype=float)
+    elif "n_steps" in ss and method in ("nuts", "blackjax_nuts"):
+        n = np.maximum(np.asarray(ss["n_steps"].transpose("chain", "draw").values, dtype=float), 1)
+        depth = np.floor(np.log2(n)) + 1  # the NumPyro backend's definition
+    else:
+        return None
+    if depth.size == 0:
+        return None
+    opts = _attr_value(attrs, "options", {})
+    cap = opts.get("max_tree_depth", DEFAULT_MAX_TREE_DEPTH) if isinstance(opts, dict) else \
+        DEFAULT_MAX_TREE_DEPTH
+    if isinstance(cap, list | tuple):  # NumPyro accepts (warmup, sampling) caps
+        cap = cap[-1]
+    cap = int(cap)
+    at = depth >= cap
+    return {"max_tree_depth": cap, "fraction_at_max": float(at.mean()),
+            "per_chain": [float(f) for f in at.mean(axis=1)], "mean_depth": float(np.nanmean(depth)),
+            "max_depth_seen": int(np.nanmax(depth))}
+
+
+def _unique_draws(ds: xr.Dataset) -> tuple[int, int]:
+    """(unique draws, draws) over all variables jointly: the distinct particles of an SMC run."""
+    rows = [_chain_draw(da).reshape(-1, int(np.prod(_chain_draw(da).shape[2:])))
+            for da in ds.data_vars.values() if {"chain", "draw"} <= set(da.dims)]
+    if not rows:
+        return 0, 0
+    flat = np.concatenate(rows, axis=1)
+    flat = np.where(np.isnan(flat), np.inf, flat)  # NaN rows compare equal to each other
+    return int(len(np.unique(flat, axis=0))), int(flat.shape[0])
+
+
+def _smc(ds: xr.Dataset, attrs) -> tuple[dict, list[tuple[str, str]]]:
+    """SMC's own diagnostics from the DataTree (see inference.smc.run_smc) and their problems."""
+    problems: list[tuple[str, str]] = []
+    unique, n = _unique_draws(ds)
+    n_particles = int(attrs.get("num_samples", n) or n)
+    info: dict = {"num_particles": n_particles, "unique_particles": unique,
+                  "unique_fraction": unique / max(n, 1)}
+    steps = _attr_value(attrs, "smc_iterations")
+    if steps is not None:
+        info["num_steps"] = int(steps)
+    if "log_evidence" in attrs:
+        info["log_evidence"] = float(attrs["log_evidence"])
+    ess = _attr_value(attrs, "smc_ess")
+    if ess is not None:
+        info["final_ess"] = float(ess)
+        info["final_ess_fraction"] = float(ess) / max(n_particles, 1)
+    per_step = _attr_value(attrs, "smc_ess_per_step")
+    if isinstance(per_step, list) and per_step:
+        info["ess_per_step"] = [float(e) for e in per_step]
+    acc = _attr_value(attrs, "smc_acceptance")
+    if isinstance(acc, list) and acc:
+        a = np.asarray(acc, dtype=float)
+        info["acceptance_mean"] = float(np.mean(a))
+        info["acceptance_min"] = float(np.min(a))
+        info["acceptance_per_step"] = a.tolist()
+    missing = [k for k, name in (("final_ess", "smc_ess"), ("num_steps", "smc_iterations"),
+                                 ("acceptance_mean", "smc_acceptance"), ("ess_per_step", "smc_ess_per_step"))
+               if k not in info]
+    if missing:
+        info["not_recorded"] = missing
+    if n and info["unique_fraction"] < SMC_UNIQUE_FAIL:
+        problems.append(("fail", f"SMC collapsed: only {unique} of {n} particles are distinct "
+                                 f"({100 * info['unique_fraction']:.1f} % < {100 * SMC_UNIQUE_FAIL:.0f} %)"))
+    if "final_ess" in info and not (info["final_ess_fraction"] >= SMC_ESS_FAIL):
+        problems.append(("fail", f"SMC weight degeneracy: the final weights' ESS is {info['final_ess']:.1f} "
+                                 f"of {n_particles} particles (< {100 * SMC_ESS_FAIL:.0f} %)"))
+    if "ess_per_step" in info:
+        frac = np.asarray(info["ess_per_step"]) / max(n_particles, 1)
+        low = np.flatnonzero(~(frac >= SMC_ESS_FAIL))
+        if low.size:
+            first = f"first: step {int(low[0]) + 1}, ESS {info['ess_per_step'][low[0]]:.1f}"
+            problems.append(("warning", f"SMC weight ESS below {100 * SMC_ESS_FAIL:.0f} % of the particles "
+                                        f"at {low.size} tempering step(s) ({first})"))
+    if "acceptance_mean" in info:
+        if info["acceptance_mean"] == 0:
+            problems.append(("fail", "SMC move steps never accepted a proposal: the particles were only "
+                                     "resampled, never moved"))
+        elif info["acceptance_mean"] < SMC_ACCEPT_WARN:
+            problems.append(("warning", f"SMC mean acceptance rate {info['acceptance_mean']:.3f} < "
+                                        f"{SMC_ACCEPT_WARN}: the move steps barely move the particles"))
+    return info, problems
+
+
+def _svi(post: xr.DataTree, attrs) -> tuple[dict, list[tuple[str, str]]]:
+    """SVI's record in the DataTree (inference.svi_method.fit_svi) and its problems."""
+    problems: list[tuple[str, str]] = []
+    info: dict = {}
+    for key, name in (("guide", "svi_guide"), ("num_steps", "svi_steps"), ("final_loss", "svi_final_loss"),
+                      ("converged", "svi_converged"), ("seconds", "svi_time")):
+        if name in attrs:
+            info[key] = _attr_value(attrs, name)
+    losses = _attr_value(attrs, "svi_losses")
+    if losses is None:
+        for group in ("svi", "sample_stats"):
+            if group in post.children and "loss" in post[group].to_dataset():
+                losses = np.asarray(post[group].to_dataset()["loss"].values).ravel().tolist()
+                break
+    if isinstance(losses, list) and losses:
+        tr = np.asarray(losses, dtype=float)
+        k = max(1, len(tr) // 10)
+        last, prev = tr[-k:], tr[-2 * k:-k] if len(tr) >= 2 * k else tr[:k]
+        info["loss_trace"] = {"length": int(len(tr)), "initial": float(tr[0]), "final": float(tr[-1]),
+                              "min": float(np.nanmin(tr)), "last_10pct_mean": float(np.mean(last)),
+                              "last_10pct_sd": float(np.std(last)),
+                              "relative_change_last_10pct": float((np.mean(prev) - np.mean(last))
+                                                                  / max(abs(np.mean(last)), 1e-12))}
+        if not np.all(np.isfinite(tr)):
+            bad = int((~np.isfinite(tr)).sum())
+            problems.append(("fail", f"the SVI loss trace has {bad} NaN/inf values"))
+    else:
+        info["loss_trace"] = "not recorded"
+    fl = info.get("final_loss")
+    if fl is not None and not np.isfinite(float(fl)):
+        problems.append(("fail", f"the SVI final loss is {fl}"))
+    if not int(info.get("converged", 1)):
+        problems.append(("warning", "the SVI optimisation did not converge"))
+    return info, problems
+
+
+def _sampler_lines(sampler: dict) -> list[str]:
+    lines = []
+    td = sampler.get("tree_depth")
+    if td:
+        per = " ".join(f"{100 * f:.0f}" for f in td["per_chain"])
+        lines.append(f"tree depth: {100 * td['fraction_at_max']:.1f} % of transitions at max_tree_depth="
+                     f"{td['max_tree_depth']} (per chain {per} %), mean depth {td['mean_depth']:.1f}")
+    smc = sampler.get("smc")
+    if smc:
+        parts = []
+        if "num_steps" in smc:
+            parts.append(f"{smc['num_steps']} tempering steps")
+        if "final_ess" in smc:
+            parts.append(f"final weight ESS {smc['final_ess']:.1f} of {smc['num_particles']}")
+        if "ess_per_step" in smc:
+            parts.append(f"weight ESS per step min {min(smc['ess_per_step']):.1f}")
+        parts.append(f"{smc['unique_particles']} unique particles ({100 * smc['unique_fraction']:.0f} %)")
+        if "acceptance_mean" in smc:
+            parts.append(f"acceptance mean {smc['acceptance_mean']:.2f} (min {smc['acceptance_min']:.2f})")
+        if "log_evidence" in smc:
+            parts.append(f"log evidence {smc['log_evidence']:.2f}")
+        if smc.get("not_recorded"):
+            parts.append("not recorded: " + ", ".join(smc["not_recorded"]))
+        lines.append("SMC: " + "; ".join(parts))
+    svi = sampler.get("svi")
+    if svi:
+        parts = [f"{k} {svi[k]}" for k in ("guide", "num_steps", "final_loss", "converged") if k in svi]
+        tr = svi.get("loss_trace")
+        if isinstance(tr, dict):
+            parts.append(f"loss {tr['initial']:.4g} -> {tr['final']:.4g} (min {tr['min']:.4g}; last 10 %: "
+                         f"mean {tr['last_10pct_mean']:.4g}, sd {tr['last_10pct_sd']:.3g}, relative change "
+                         f"{tr['relative_change_last_10pct']:.2g})")
+        else:
+            parts.append("loss trace not recorded")
+        lines.append("SVI: " + "; ".join(parts))
+    return lines
 
 
 def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: bool = True) -> Diagnostics:
@@ -131,8 +354,13 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
             elif np.isfinite(e) and e < ESS_WARN:
                 problems.append(("warning", f"{label} ESS {e:.0f} < {ESS_WARN}"))
     n_div, frac, bfmi = 0, 0.0, None
-    if "sample_stats" in post.children:
-        ss = post["sample_stats"].to_dataset()
+    sampler: dict = {}
+    ss = post["sample_stats"].to_dataset() if "sample_stats" in post.children else None
+    full = post["posterior"].to_dataset()
+    stuck = _stuck_chains(full, ss, C, S) if method not in ("svi", "smc") else []
+    # first in the list: a stuck chain explains the R-hat and ESS failures above it
+    problems[:0] = [("fail", f"chain {c} is stuck: {why}") for c, why in stuck]
+    if ss is not None:
         if "diverging" in ss:
             n_div = int(np.asarray(ss["diverging"].values).sum())
             frac = n_div / max(np.asarray(ss["diverging"].values).size, 1)
@@ -145,8 +373,20 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
             if np.any(bfmi < BFMI_WARN):
                 problems.append(("warning", f"E-BFMI {np.nanmin(bfmi):.2f} < {BFMI_WARN}: poor energy "
                                             "exploration"))
-    if method == "svi" and not int(post.attrs.get("svi_converged", 1)):
-        problems.append(("warning", "the SVI optimisation did not converge"))
+        td = _tree_depth(ss, post.attrs, method) if method in ("nuts", "blackjax_nuts", "") else None
+        if td is not None:
+            sampler["tree_depth"] = td
+            if td["fraction_at_max"] > TREE_DEPTH_WARN:
+                problems.append(("warning", f"{100 * td['fraction_at_max']:.1f} % of transitions hit the "
+                                            f"maximum tree depth {td['max_tree_depth']} (> "
+                                            f"{100 * TREE_DEPTH_WARN:.0f} %): trajectories are cut short; "
+                                            "raise max_tree_depth or reparametrise"))
+    if method == "smc":
+        sampler["smc"], found = _smc(full, post.attrs)
+        problems += found
+    if method == "svi":
+        sampler["svi"], found = _svi(post, post.attrs)
+        problems += found
     if method in ("svi", "smc"):
         problems.append(("note", f"{method}: draws are not a Markov chain; R-hat/ESS not computed"))
     levels = [lvl for lvl, _ in problems]
@@ -156,4 +396,5 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
         for lvl, m in problems:
             if lvl != "note":
                 warnings.warn(f"diagnose: {m}", RuntimeWarning, stacklevel=2)
-    return Diagnostics(verdict, table, msgs, n_div, frac, bfmi, aligned, perms)
+    return Diagnostics(verdict, table, msgs, n_div, frac, bfmi, aligned, perms,
+                       [c for c, _ in stuck], sampler)
