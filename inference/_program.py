@@ -1,38 +1,23 @@
-"""What the inference layer needs to know about a NumPyro program that follows the model protocol.
+"""What the inference layer needs to know about a program: its sites, read from one trace, and
+the names the model protocol (:mod:`zoo.protocol`) gives them.
 
-The zoo's models expose ``dims``, ``coords(data)`` and ``sequence_sites``; a plain NumPyro
-callable, or a model wrapped in NumPyro handlers (``condition``, ``block``, ...), may not. The
-helpers here unwrap handlers to find the protocol attributes and fall back to shapes read from
-a trace when they are missing.
+A plain NumPyro program, or a zoo model wrapped in NumPyro handlers, goes through
+:func:`zoo.protocol.as_model`; sites the model does not name get ``<name>_dim_i`` dims.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from numpyro import handlers
 
-__all__ = ["ProgramInfo", "inspect_program", "unwrap", "check_y"]
+from zoo.protocol import as_model
 
-
-def unwrap(model: Callable) -> Any:
-    """The innermost object carrying the model protocol (``dims``), following handler ``.fn``.
-
-    Returns the model itself when no wrapped object has ``dims``.
-    """
-    obj = model
-    for _ in range(50):
-        if hasattr(obj, "dims") and not callable(obj.dims):
-            return obj
-        inner = getattr(obj, "fn", None)
-        if inner is None:
-            break
-        obj = inner
-    return model
+__all__ = ["ProgramInfo", "inspect_program", "check_y"]
 
 
 def check_y(y) -> np.ndarray:
@@ -145,9 +130,9 @@ def inspect_program(model: Callable, y: np.ndarray, model_kwargs: Mapping | None
     """
     model_kwargs = dict(model_kwargs or {})
     tr = _trace(model, y, model_kwargs)
-    proto = unwrap(model)
-    mdims = dict(getattr(proto, "dims", None) or {})
-    seq = tuple(getattr(proto, "sequence_sites", ()) or ())
+    proto = as_model(model)
+    mdims = dict(proto.dims)
+    seq = tuple(proto.sequence_sites)
     batched = np.ndim(y) == 3
     latent, det, observed, cond, collapsed = {}, {}, [], {}, []
     for name, site in tr.items():
@@ -174,7 +159,7 @@ def inspect_program(model: Callable, y: np.ndarray, model_kwargs: Mapping | None
         known = mdims if name in mdims else {name: ["time", "obs"]}
         dims[name] = site_dims(name, np.shape(y), known, seq or (name,), batched, missing)
     warn_missing_dims(missing)
-    coords = _coords(proto, y)
+    coords = {k: np.asarray(v) for k, v in proto.coords({"y": y}).items()}
     return ProgramInfo(latent, det, observed, cond, collapsed, dims, coords, seq, batched)
 
 
@@ -187,15 +172,6 @@ def warn_missing_dims(missing: list) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _coords(proto, y) -> dict:
-    if hasattr(proto, "coords") and callable(proto.coords):
-        try:
-            return {k: np.asarray(v) for k, v in proto.coords({"y": y}).items()}
-        except Exception:  # pragma: no cover - a model's coords must not break inference
-            warnings.warn("model.coords(data) failed; using integer coordinates", UserWarning)
-    return {}
 
 
 def coords_for(dims_by_var: Mapping, shapes: Mapping, coords: Mapping) -> dict:

@@ -25,10 +25,10 @@ from inference._program import (
     coords_for,
     inspect_program,
     site_dims,
-    unwrap,
     warn_missing_dims,
 )
 from zoo.handlers import pointwise
+from zoo.protocol import as_model
 
 __all__ = ["to_datatree", "pointwise_log_likelihood", "package_versions"]
 
@@ -201,8 +201,7 @@ def to_datatree(
     if len(lead) != 1 or any(len(v) < 2 for v in lead):
         raise ValueError(f"every entry of samples needs the same leading (chain, draw) axes; got {lead}")
     info = info or inspect_program(model, y, model_kwargs)
-    proto = unwrap(model)
-    mdims = dict(getattr(proto, "dims", None) or {})
+    mdims = dict(as_model(model).dims)
     all_dims = {**mdims, **dict(info.dims), **dict(dims or {})}
     post = {k: np.asarray(v) for k, v in samples.items()}
     missing: list = []

@@ -27,6 +27,7 @@ from numpyro.distributions import constraints
 from numpyro.infer.autoguide import AutoGuide, AutoGuideList, AutoNormal
 from numpyro.infer.initialization import init_to_median
 
+from zoo.protocol import as_model
 from zoo.scans import linear_recurrence
 
 __all__ = ["MarkovGaussian", "MarkovGaussianGuide", "structured_guide", "path_sites"]
@@ -281,13 +282,11 @@ def structured_guide(model: Callable, *, sites: Sequence[str] | None = None, y=N
         An ``AutoGuideList`` (or a single ``MarkovGaussianGuide`` when every latent site is a path,
         or ``param_guide`` alone when there is no path).
     """
-    from inference._program import unwrap
-
     if sites is None:
         if y is None:
             raise ValueError("give y (and model_kwargs) or sites to find the path sites")
         tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(y, **dict(model_kwargs or {}))
-        seq = getattr(unwrap(model), "sequence_sites", None)
+        seq = as_model(model).sequence_sites or None  # a plain program: any path site
         paths = path_sites(tr, seq)
         others = [n for n, s in tr.items()
                   if s["type"] == "sample" and not s["is_observed"] and n not in paths]

@@ -25,6 +25,7 @@ from numpyro.infer.util import potential_energy, unconstrain_fn
 from tqdm.auto import tqdm
 
 from inference._program import inspect_program
+from inference.backends import Backend, RunResult
 from inference.blackjax_backend import log_density_fns
 from zoo.handlers import temper
 
@@ -133,3 +134,12 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
     text = f"{num_particles} particles drawn exactly from the prior, tempered to the posterior in " \
            f"{len(schedule) - 1} adaptive steps"
     return samples, {"lp": np.asarray(lp)[None]}, text, attrs
+
+
+def _run(problem, key, settings) -> RunResult:
+    _, key_run = jax.random.split(key)
+    return RunResult(*run_smc(problem.model, problem.y, problem.run_kwargs, key_run, settings.num_samples,
+                              settings.progress_bar, settings.options))
+
+
+BACKENDS = {"smc": Backend("blackjax", frozenset(SMC_OPTIONS), _run, chains=False)}

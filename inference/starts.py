@@ -8,16 +8,21 @@ chains were started (recorded in the result's ``initialization`` attribute).
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from collections.abc import Callable, Mapping
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_sample
 from numpyro.infer.util import initialize_model, unconstrain_fn
 
-__all__ = ["initial_positions", "INIT_CHOICES"]
+from zoo.protocol import as_model
+
+__all__ = ["initial_positions", "mcmc_start", "path_reference", "INIT_CHOICES"]
 
 INIT_CHOICES = ("auto", "prior", "median", "svi", "pca")
 JITTER = 0.01
@@ -57,7 +62,9 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
     unc = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(
         {**_constrain_median(model, y, kwargs, z), **full})
     for name in vals:
-        noise = JITTER * jax.random.normal(jax.random.fold_in(k2, hash(name) & 0xFFFF), unc[name].shape)
+        # a stable per-site stream: Python's hash() of a str is salted per process
+        site_key = jax.random.fold_in(k2, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+        noise = JITTER * jax.random.normal(site_key, unc[name].shape)
         z[name] = unc[name] + noise
     return z
 
@@ -135,19 +142,18 @@ def initial_positions(model: Callable, y, model_kwargs: Mapping, init, key, num_
                    f"by N(0, {JITTER}^2) in unconstrained space; other sites at the prior median")
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES} or a dict of site values; got {init!r}")
-    has_own = callable(getattr(model, "initial_params", None))
+    own = None
+    if init in ("auto", "pca"):
+        own = as_model(model).initial_params(np.asarray(y), key, **model_kwargs)
     if init == "auto":
-        init = "pca" if has_own else "median"
+        init = "median" if own is None else "pca"
     if init == "pca":
-        if not has_own:
-            raise ValueError("init='pca' needs a model with an initial_params(y, key, **model_kwargs) "
-                             "method; use init='svi', 'median' or 'prior'")
-        values = model.initial_params(np.asarray(y), key, **model_kwargs)
-        values = {k: v for k, v in dict(values).items() if k in latent}
+        if own is None:
+            raise ValueError("init='pca' needs a model with its own initial_params(y, key, **model_kwargs) "
+                             "(a point estimate); use init='svi', 'median' or 'prior'")
+        values = {k: v for k, v in dict(own).items() if k in latent}
         z = _from_values(model, y, model_kwargs, jax.random.fold_in(key, 7), num_chains, values, latent)
-        return z, (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast "
-                   f"point estimate) for {sorted(values)}, jittered by N(0, {JITTER}^2) in "
-                   "unconstrained space")
+        return z, _own_text(num_chains, values)
     if init == "prior":
         return _batched(model, y, model_kwargs, key, num_chains, init_to_sample), \
             f"each of {num_chains} chain(s) started from its own prior draw"
@@ -156,3 +162,97 @@ def initial_positions(model: Callable, y, model_kwargs: Mapping, init, key, num_
             (f"each of {num_chains} chain(s) started at the prior median (init_to_median, 15 prior "
              "draws per chain)")
     return _svi_start(model, y, model_kwargs, key, num_chains, options)
+
+
+def path_reference(model, y, model_kwargs: Mapping, values: Mapping | None, path_reparam) -> dict | None:
+    """The reference a switching model's path is sampled non-centred around (:mod:`zoo.reparam`),
+    or None.
+
+    Parameters
+    ----------
+    model : zoo.protocol.Model
+    y : array (T, N) or (B, T, N)
+    model_kwargs : mapping
+        The user's model arguments.
+    values : mapping or None
+        The model's own point estimate (:meth:`zoo.protocol.Model.initial_params`); None when
+        there is none or chains start otherwise.
+    path_reparam : {"auto", True, False}
+        "auto" uses it when the model offers it; True requires it; False never.
+
+    Raises
+    ------
+    ValueError
+        For a bad ``path_reparam``, or True where the model or the start cannot give one.
+    """
+    if path_reparam not in ("auto", True, False):
+        raise ValueError(f"path_reparam must be 'auto', True or False; got {path_reparam!r}")
+    if path_reparam is False:
+        return None
+    reference = None if values is None else model.path_reference(np.asarray(y), values, **model_kwargs)
+    if reference is None and path_reparam is True:
+        raise ValueError("path_reparam=True needs an MCMC method, init='auto' or 'pca', and a model with "
+                         "a path reference (the SLDS and rSLDS, not wrapped in handlers)")
+    return reference
+
+
+# the sampler's own coordinates of a non-centred path, not sites of the model
+REFERENCE_COORDINATES = ("x_whitened", "dynamics_bias_centred")
+
+
+def mcmc_start(problem, settings, key) -> tuple[dict, str, dict]:
+    """Chain starts for an MCMC backend, the non-centred path included.
+
+    Parameters
+    ----------
+    problem : inference.backends.Problem
+    settings : inference.backends.Settings
+    key : jax.random key
+
+    Returns
+    -------
+    positions : dict name -> array (num_chains, ...)
+        Unconstrained starting points.
+    description : str
+        How the chains were started.
+    run_kwargs : dict
+        The program's arguments for the run (with ``path_reference`` when the path is
+        non-centred).
+    """
+    opts, C, init = settings.options, settings.num_chains, settings.init
+    model, y_host, kwargs = problem.model, problem.y_host, problem.model_kwargs
+    own = None
+    if isinstance(init, str) and init in ("auto", "pca"):
+        own = model.initial_params(y_host, key, **kwargs)
+    ref = path_reference(model, y_host, kwargs, own, opts.get("path_reparam", "auto"))
+    if ref is None:
+        if own is None:
+            z0, text = initial_positions(model, problem.y, problem.run_kwargs, init, key, C,
+                                         problem.info.latent, {**opts, "progress_bar": settings.progress_bar})
+            return z0, text, dict(problem.run_kwargs)
+        values = {k: v for k, v in dict(own).items() if k in problem.info.latent}
+        z0 = _from_values(model, problem.y, problem.run_kwargs, jax.random.fold_in(key, 7), C, values,
+                          problem.info.latent)
+        return z0, _own_text(C, values), dict(problem.run_kwargs)
+    values = model.reference_values(own, ref)
+    run_kwargs = {**problem.run_kwargs, "path_reference": ref}
+    # only the latent sites are wanted (not dims), read at the start values: a prior draw
+    # of the emission parameters can put float32 rates at 0 and the path at NaN
+    from inference._program import inspect_program
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        latent = inspect_program(handlers.substitute(model, data=values), y_host, run_kwargs).latent
+    z0, _ = initial_positions(model, problem.y, run_kwargs,
+                              {k: v for k, v in values.items() if k in latent}, key, C, latent)
+    text = (f"all {C} chain(s) started from model.initial_params (PCA of y and a fast point estimate), "
+            f"jittered by N(0, {JITTER}^2) in unconstrained space; the path sampled non-centred around it "
+            "(path_reference, see zoo.reparam): x = mu(theta) + S(theta) eps with eps (x_whitened) "
+            "started at 0, and the dynamics offsets through their values at the states' centres "
+            "(dynamics_bias_centred)")
+    return z0, text, run_kwargs
+
+
+def _own_text(num_chains: int, values: Mapping) -> str:
+    return (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast point "
+            f"estimate) for {sorted(values)}, jittered by N(0, {JITTER}^2) in unconstrained space")

@@ -9,9 +9,10 @@ import numpy as np
 from numpyro.infer import Predictive
 
 from inference._program import ProgramInfo
+from inference.backends import Backend, RunResult
 from inference.svi import run_svi
 
-__all__ = ["fit_svi"]
+__all__ = ["fit_svi", "BACKENDS"]
 
 
 def fit_svi(model: Callable, y, model_kwargs: Mapping, key, num_samples: int, progress_bar: bool,
@@ -56,3 +57,13 @@ def fit_svi(model: Callable, y, model_kwargs: Mapping, key, num_samples: int, pr
     text = (f"SVI guide {res.guide_name} initialised at the prior median; {res.num_steps} Adam steps "
             f"({'converged' if res.converged else 'NOT converged'}); {num_samples} independent guide draws")
     return samples, {}, text, attrs
+
+
+def _run(problem, key, settings) -> RunResult:
+    _, key_run = jax.random.split(key)
+    return RunResult(*fit_svi(problem.model, problem.y, problem.run_kwargs, key_run, settings.num_samples,
+                              settings.progress_bar, settings.options, problem.info))
+
+
+SVI_OPTIONS = frozenset({"guide", "num_steps", "learning_rate", "num_particles", "tol"})
+BACKENDS = {"svi": Backend("numpyro", SVI_OPTIONS, _run, chains=False)}

@@ -147,10 +147,12 @@ def test_fit_samples_the_path_noncentred_and_reports_the_model_sites():
     assert post["posterior"]["x"].dims == ("chain", "draw", "trial", "time", "latent")
     assert np.isfinite(post["posterior"]["x"].values).all()
     assert "non-centred" in post.attrs["initialization"]
-    from inference.fit import _path_reference
+    from inference.starts import path_reference
 
-    assert _path_reference(m, y, {}, "nuts", "auto", False, jax.random.key(0)) is None
-    assert _path_reference(m, y, {}, "svi", "auto", "auto", jax.random.key(0)) is None
+    values = m.initial_params(y, jax.random.key(0))
+    assert path_reference(m, y, {}, values, False) is None
+    assert path_reference(m, y, {}, None, "auto") is None  # no point estimate (init="prior", ...)
+    assert set(path_reference(m, y, {}, values, "auto")) == {"states", "path", "centres"}
     with pytest.raises(ValueError, match="path_reparam"):
         inference.fit(m, y, "nuts", num_chains=1, num_warmup=5, num_samples=5, progress_bar=False,
                       path_reparam="yes")

@@ -10,6 +10,7 @@ import numpy as np
 from numpyro import handlers
 
 from zoo.distributions import DelayedPath
+from zoo.protocol import Model
 
 
 def is_concrete(x) -> bool:
@@ -83,9 +84,9 @@ def sequence_shape(y, num_steps, num_trials, obs_dim, counts=False):
     return None, T, trials
 
 
-class ModelMixin:
-    """The model protocol's shared parts. Subclasses define ``__call__``, ``dims`` and
-    ``sequence_sites`` (names of the sites that hold whole sequences)."""
+class ModelMixin(Model):
+    """Shared implementation of the model protocol (:class:`zoo.protocol.Model`): simulation.
+    Subclasses define ``__call__``, ``dims`` and ``sequence_sites``."""
 
     sequence_sites: tuple[str, ...] = ("x", "y")
 
@@ -131,20 +132,3 @@ class ModelMixin:
             elif not site["infer"].get("collapsed"):
                 out["params"][name] = site["value"]
         return out
-
-    def coords(self, data=None) -> dict:
-        """Coordinates for the named dims, from data (dict with ``y`` or an array)."""
-        y = data.get("y") if isinstance(data, Mapping) else data
-        coords: dict = {}
-        if y is not None:
-            shape = np.shape(y)
-            coords["time"] = np.arange(shape[-2])
-            coords["neuron"] = np.arange(shape[-1])
-            if len(shape) == 3:
-                coords["trial"] = np.arange(shape[0])
-        for dim, size in self.dim_sizes().items():
-            coords.setdefault(dim, np.arange(size))
-        return coords
-
-    def dim_sizes(self) -> dict:  # pragma: no cover - overridden
-        return {}

@@ -1,0 +1,180 @@
+"""The model protocol: what every zoo model provides, and what the inference layer relies on.
+
+A model is a frozen dataclass holding the structure (sizes and choices) that is itself the
+NumPyro program. :class:`Model` lists everything :mod:`inference` may ask of it; the optional
+parts have defaults here, so the inference layer calls them without probing. A user's plain
+NumPyro program (or a zoo model wrapped in NumPyro handlers such as ``condition``) is fitted
+through the :class:`Program` adapter, which :func:`as_model` builds.
+
+Required: ``__call__(y=None, *, num_steps=None, num_trials=None, **model_kwargs)`` (the program;
+y is (T, N) or (B, T, N) with NaN missing, or None for the prior predictive) and ``dims`` (named
+dims of every site, for ArviZ).
+
+Optional, with the defaults below: ``sequence_sites`` (sites holding whole sequences, which gain
+a ``trial`` dim when y is batched), ``continuous_time``, ``float64_recommended``, ``dim_sizes``,
+``coords``, ``initial_params`` (a point estimate to start chains from), ``prepare`` (program
+arguments derived from the data once, e.g. the SLDS's latent frame), ``path_reference`` and
+``reference_values`` (a non-centred path), ``blocked_sampler`` (the model's exact blocked
+posterior sampler, see :mod:`inference.blocked`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpyro.primitives import Messenger
+
+__all__ = ["Model", "Program", "as_model"]
+
+
+class Model(abc.ABC):
+    """Abstract base of every zoo model (the model protocol)."""
+
+    sequence_sites: tuple[str, ...] = ("x", "y")
+    continuous_time: bool = False
+    float64_recommended: bool = False
+
+    @abc.abstractmethod
+    def __call__(self, y=None, *args, **kwargs):
+        """The NumPyro program."""
+
+    @property
+    @abc.abstractmethod
+    def dims(self) -> dict[str, list[str]]:
+        """Named dims of every site (without chain, draw and trial)."""
+
+    def dim_sizes(self) -> dict[str, int]:
+        """Sizes of the model's own dims (not ``time``, ``neuron`` or ``trial``)."""
+        return {}
+
+    def coords(self, data=None) -> dict[str, np.ndarray]:
+        """Coordinates for the named dims, from data (a dict with ``y``, or an array).
+
+        Parameters
+        ----------
+        data : mapping or array (T, N) or (B, T, N), optional
+
+        Returns
+        -------
+        dict dim -> array
+        """
+        y = data.get("y") if isinstance(data, Mapping) else data
+        coords: dict = {}
+        if y is not None:
+            shape = np.shape(y)
+            coords["time"] = np.arange(shape[-2])
+            coords["neuron"] = np.arange(shape[-1])
+            if len(shape) == 3:
+                coords["trial"] = np.arange(shape[0])
+        for dim, size in self.dim_sizes().items():
+            coords.setdefault(dim, np.arange(size))
+        return coords
+
+    def initial_params(self, y, key, **model_kwargs) -> dict | None:
+        """A point estimate of the latent sites (constrained) to start chains from, or None when
+        the model has none (chains then start at the prior median)."""
+        return None
+
+    def prepare(self, y, model_kwargs: Mapping) -> dict:
+        """Program arguments derived from the data once, before inference (default: none).
+
+        Parameters
+        ----------
+        y : array (T, N) or (B, T, N)
+        model_kwargs : mapping
+            The user's model arguments (``mask``, ``inputs``).
+
+        Returns
+        -------
+        dict
+            Extra keyword arguments for the program.
+        """
+        return {}
+
+    def path_reference(self, y, values: Mapping, key=None, **model_kwargs) -> dict | None:
+        """The reference a non-centred path is built around (:mod:`zoo.reparam`), or None."""
+        return None
+
+    def reference_values(self, values: Mapping, reference: Mapping) -> dict:
+        """Site values of the non-centred program from values of the plain one."""
+        return dict(values)
+
+    def blocked_sampler(self) -> Any:
+        """The model's exact blocked posterior sampler (:mod:`inference.blocked`), or None."""
+        return None
+
+
+@dataclass(frozen=True, eq=True)
+class Program(Model):
+    """Adapter giving a plain NumPyro program the model protocol.
+
+    Calls go to ``fn``; the protocol's properties come from the zoo model that ``fn`` wraps in
+    NumPyro handlers, if any (a conditioned model keeps its names), else the defaults. The
+    model-specific helpers (``initial_params``, ``prepare``, ``path_reference``) keep their
+    defaults: they assume the unwrapped program.
+
+    Parameters
+    ----------
+    fn : callable
+        The NumPyro program, called as ``fn(y, **model_kwargs)``.
+    """
+
+    fn: Callable
+
+    @property
+    def inner(self) -> Model | None:
+        """The zoo model wrapped by ``fn``'s NumPyro handlers, or None."""
+        obj = self.fn
+        while isinstance(obj, Messenger):
+            obj = obj.fn
+        return obj if isinstance(obj, Model) else None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    @property
+    def dims(self) -> dict[str, list[str]]:
+        return dict(self.inner.dims) if self.inner is not None else {}
+
+    @property
+    def sequence_sites(self) -> tuple[str, ...]:
+        return tuple(self.inner.sequence_sites) if self.inner is not None else ()
+
+    @property
+    def continuous_time(self) -> bool:
+        return bool(self.inner.continuous_time) if self.inner is not None else False
+
+    @property
+    def float64_recommended(self) -> bool:
+        return bool(self.inner.float64_recommended) if self.inner is not None else False
+
+    def dim_sizes(self) -> dict[str, int]:
+        return self.inner.dim_sizes() if self.inner is not None else {}
+
+
+def as_model(program: Callable) -> Model:
+    """The model protocol of ``program``: the zoo model itself, or a :class:`Program` adapter.
+
+    Parameters
+    ----------
+    program : callable
+        A zoo model, a zoo model wrapped in NumPyro handlers, or any NumPyro program.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ValueError
+        When ``program`` is not callable.
+    """
+    if isinstance(program, Model):
+        return program
+    if not callable(program):
+        raise ValueError(f"model must be a zoo model or a NumPyro program (a callable); got {program!r}")
+    return Program(program)
