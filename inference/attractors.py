@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-__all__ = ["attractors", "plot_attractors", "KINDS"]
+__all__ = ["attractors", "plot_attractors", "attractor_probabilities", "by_chain", "indicator_mcse",
+           "KINDS", "MCSE_METHOD"]
 
 KINDS = ("stable", "unstable", "saddle", "marginal")
 
@@ -53,36 +54,176 @@ KINDS = ("stable", "unstable", "saddle", "marginal")
 # ----------------------------------------------------------------------------------------------
 
 
-def _draws_from(post) -> dict:
-    """A dict of numpy arrays with one leading sample axis."""
+def _draws_with_chains(post) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(draws with one leading sample axis, chain index per sample, draw index within its chain,
+    chain labels). A dict of arrays is one chain."""
     if hasattr(post, "children") and "posterior" in getattr(post, "children", {}):
         ds = post["posterior"].to_dataset() if hasattr(post["posterior"], "to_dataset") else post["posterior"]
         out = {}
+        C = D = None
         for name, var in ds.data_vars.items():
             v = var.transpose("chain", "draw", ...).values
+            C, D = v.shape[:2]
             out[name] = v.reshape((-1,) + v.shape[2:])
-        return out
+        if C is None:
+            raise ValueError("post has an empty 'posterior' group")
+        labels = np.asarray(ds["chain"].values) if "chain" in ds.coords else np.arange(C)
+        return out, np.repeat(np.arange(C), D), np.tile(np.arange(D), C), labels
     if isinstance(post, xr.Dataset):
-        return _draws_from(xr.DataTree.from_dict({"posterior": post}))
+        return _draws_with_chains(xr.DataTree.from_dict({"posterior": post}))
     if isinstance(post, Mapping):
         out = {k: np.asarray(v) for k, v in post.items()}
         sizes = {v.shape[0] for v in out.values() if v.ndim > 0}
         if len(sizes) != 1:
             raise ValueError("post must be a dict of arrays sharing one leading sample axis; got "
                              f"leading sizes {sorted(sizes)}")
-        return out
+        S = sizes.pop()
+        return out, np.zeros(S, int), np.arange(S), np.arange(1)
     raise ValueError("post must be a DataTree with a 'posterior' group, an xarray.Dataset of draws, "
                      f"or a dict of arrays with a leading sample axis; got {type(post).__name__}")
 
 
-def _thin(draws: dict, num_draws):
-    S = next(iter(draws.values())).shape[0]
-    if num_draws is None or num_draws >= S:
-        return draws, S
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+def _draws_from(post) -> dict:
+    """A dict of numpy arrays with one leading sample axis (chains concatenated)."""
+    return _draws_with_chains(post)[0]
+
+
+def _thin_by_chain(draws: dict, chain: np.ndarray, num_draws):
+    """Evenly spaced draws from every chain: ``ceil(num_draws / num_chains)`` per chain (all when
+    ``num_draws`` is None or not smaller than the number of draws). Returns (draws, index)."""
+    S = len(chain)
+    if num_draws is None:
+        return draws, np.arange(S)
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int | np.integer) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer; got {num_draws!r}")
-    idx = np.linspace(0, S - 1, num_draws).round().astype(int)
-    return {k: v[idx] for k, v in draws.items()}, num_draws
+    if num_draws >= S:
+        return draws, np.arange(S)
+    chains = np.unique(chain)
+    per = -(-int(num_draws) // len(chains))
+    idx = []
+    for c in chains:
+        pos = np.flatnonzero(chain == c)
+        k = min(per, len(pos))
+        idx.append(pos[np.linspace(0, len(pos) - 1, k).round().astype(int)])
+    idx = np.concatenate(idx)
+    return {k: v[idx] for k, v in draws.items()}, idx
+
+
+def _thin(draws: dict, num_draws):
+    """Evenly thinned draws of one chain (kept for callers of the single-axis form)."""
+    S = next(iter(draws.values())).shape[0]
+    thinned, idx = _thin_by_chain(draws, np.zeros(S, int), num_draws)
+    return thinned, len(idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# Monte Carlo error of the probabilities
+# ----------------------------------------------------------------------------------------------
+
+MCSE_METHOD = ("arviz_stats.mcse(method='mean') of the per-draw 0/1 indicator with its (chain, draw) "
+               "structure (ESS from the chains' autocorrelation); 0 when the indicator is constant; "
+               "with fewer than 4 draws per chain the independent-draws value sqrt(p (1 - p) / n)")
+
+
+def indicator_mcse(indicator) -> float:
+    """Monte Carlo standard error of the mean of a 0/1 indicator of shape (chain, draw).
+
+    See :data:`MCSE_METHOD`: ArviZ's MCSE of the mean (it accounts for autocorrelation within
+    chains and disagreement between them); exactly 0 for a constant indicator; the
+    independent-draws formula when the chains are too short for ArviZ (fewer than 4 draws).
+    """
+    ind = np.asarray(indicator, dtype=float)
+    if ind.ndim == 1:
+        ind = ind[None]
+    if ind.size == 0:
+        return float("nan")
+    p = float(ind.mean())
+    if ind.min() == ind.max():
+        return 0.0
+    if ind.shape[1] >= 4:
+        import arviz_stats as azs
+
+        with np.errstate(all="ignore"):
+            v = float(azs.mcse(xr.Dataset({"i": (("chain", "draw"), ind)}), method="mean")["i"])
+        if np.isfinite(v):
+            return v
+    return float(np.sqrt(p * (1 - p) / ind.size))
+
+
+def _per_chain(values: np.ndarray, chain: np.ndarray, chains: np.ndarray) -> np.ndarray:
+    """(chain, n) array of a per-sample quantity; chains of unequal length padded with NaN."""
+    groups = [values[chain == c] for c in chains]
+    n = max(len(g) for g in groups)
+    out = np.full((len(chains), n), np.nan)
+    for i, g in enumerate(groups):
+        out[i, :len(g)] = g
+    return out
+
+
+def _probability(indicator: np.ndarray, chain: np.ndarray, chains: np.ndarray):
+    """(pooled probability, its MCSE, per-chain probabilities) of a per-sample 0/1 indicator."""
+    grid = _per_chain(indicator.astype(float), chain, chains)
+    per = np.nanmean(grid, axis=1)
+    if np.isnan(grid).any():  # unequal chains: ArviZ needs a rectangle; drop the ragged tail
+        grid = grid[:, : int(np.min(np.sum(~np.isnan(grid), 1)))]
+    return float(np.mean(indicator)), indicator_mcse(grid), per
+
+
+def attractor_probabilities(result: xr.Dataset):
+    """Each attractor probability with its Monte Carlo standard error and per-chain values.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        The output of :func:`attractors` (older results without chain information are read as
+        one chain).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per quantity: ``quantity`` ("P(line attractor)", "P(number of stable fixed
+        points = n)", ...), ``probability`` (pooled over chains), ``mcse`` (see
+        :data:`MCSE_METHOD`), ``per_chain`` (list, one value per chain), ``num_draws``.
+    """
+    import pandas as pd
+
+    line = np.asarray(result["has_line_attractor"].values, bool)
+    nstab = np.asarray(result["num_stable"].values, int)
+    chain = np.asarray(result["chain_index"].values) if "chain_index" in result.coords else \
+        np.zeros(len(line), int)
+    chains = np.unique(chain)
+    rows = []
+    p, se, per = _probability(line, chain, chains)
+    rows.append({"quantity": "P(line attractor)", "probability": p, "mcse": se,
+                 "per_chain": [float(v) for v in per], "num_draws": int(len(line))})
+    values = result["num_stable_value"].values if "num_stable_value" in result.coords else \
+        np.arange(nstab.max() + 1 if nstab.size else 1)
+    for n in values:
+        p, se, per = _probability(nstab == int(n), chain, chains)
+        rows.append({"quantity": f"P(number of stable fixed points = {int(n)})", "probability": p,
+                     "mcse": se, "per_chain": [float(v) for v in per], "num_draws": int(len(line))})
+    return pd.DataFrame(rows)
+
+
+def by_chain(result: xr.Dataset, name: str) -> xr.DataArray:
+    """A per-draw variable of an :func:`attractors` result with dims (chain, draw, ...): the
+    draws analysed from each chain side by side (chains of unequal length padded with NaN)."""
+    da = result[name]
+    if "draw" not in da.dims:
+        raise ValueError(f"{name} is not a per-draw variable (dims {da.dims})")
+    chain = np.asarray(result["chain_index"].values) if "chain_index" in result.coords else \
+        np.zeros(result.sizes["draw"], int)
+    chains = np.unique(chain)
+    parts = []
+    for c in chains:
+        sel = np.flatnonzero(chain == c)
+        drop = [v for v in ("draw", "chain_index", "draw_index") if v in da.coords]
+        part = da.isel(draw=sel).drop_vars(drop)
+        parts.append(part.assign_coords(draw=np.arange(len(sel))))
+    out = xr.concat(parts, dim="chain", join="outer")
+    labels = result["chain"].values if "chain" in result.coords and result.sizes.get("chain") == len(chains) \
+        else chains
+    return out.assign_coords(chain=labels).transpose("chain", "draw", ...)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +340,9 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     grid : tuple of 1-D arrays, optional
         Cell edges per latent dimension for the maps (overrides ``bounds``/``grid_size``).
     num_draws : int, optional
-        Evenly thinned number of draws to analyse (None: all).
+        Number of draws to analyse (None: all): ``ceil(num_draws / num_chains)`` evenly spaced
+        draws from every chain, so each chain keeps its own draws (for per-chain probabilities
+        and the Monte Carlo standard errors).
     eps : float, optional
         Speed threshold of slow points, |v(x)| < eps, in latent units per time unit; default
         5 % of the median posterior-mean speed over the grid.
@@ -250,8 +393,19 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         Aggregates: ``p_num_stable`` (num_stable_value), ``p_line_attractor``,
         ``p_stable_in_cell`` and ``p_slow`` (grid_0, grid_1, ...),
         ``flow_mean`` (grid..., latent), ``speed_mean`` (grid...).
+        Chain structure: the ``draw`` axis holds the analysed draws chain after chain, with
+        coordinates ``chain_index`` (which chain) and ``draw_index`` (the draw's index in that
+        chain of ``post``); :func:`by_chain` reshapes a per-draw variable to (chain, draw).
+        Uncertainty of the probabilities: ``p_line_attractor_mcse`` and ``p_num_stable_mcse``
+        (Monte Carlo standard errors, method in ``attrs["mcse_method"]``, see
+        :data:`MCSE_METHOD`), ``p_line_attractor_chain`` (chain) and ``p_num_stable_chain``
+        (chain, num_stable_value): the same probabilities in each chain alone.
+        :func:`attractor_probabilities` lists them as a table.
     """
-    draws, S = _thin(_draws_from(post), num_draws)
+    all_draws, chain_all, draw_all, chain_labels = _draws_with_chains(post)
+    draws, keep_idx = _thin_by_chain(all_draws, chain_all, num_draws)
+    chain_of, draw_of = chain_all[keep_idx], draw_all[keep_idx]
+    S = len(keep_idx)
     continuous = getattr(model, "continuous_time", True)
     seq = set(getattr(model, "sequence_sites", ("x", "y")))
     path = draws.get("x")
@@ -465,9 +619,14 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         tau = 1.0 / np.abs(out["re"])
     gdims = [f"grid_{d}" for d in range(D)] if make_maps else ["grid_0"]
     gshape = tuple(len(c) for c in centres) if make_maps else (1,)
+    chains_present = np.unique(chain_of)
     coords = {"draw": np.arange(S), "latent": np.arange(D), "mode": np.arange(D),
               "num_stable_value": np.arange(len(counts)),
-              "line_source": ["fixed_point", "slow_point"]}
+              "line_source": ["fixed_point", "slow_point"],
+              "chain": np.asarray(chain_labels)[chains_present],
+              "chain_index": ("draw", chain_of), "draw_index": ("draw", draw_of)}
+    p_line, se_line, per_line = _probability(out["line"].astype(bool), chain_of, chains_present)
+    stab = [_probability(num_stable == n, chain_of, chains_present) for n in range(len(counts))]
     if make_maps:
         coords.update({gdims[d]: centres[d] for d in range(D)})
     ds = xr.Dataset(
@@ -487,6 +646,11 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
             "line_attractor_source": (("draw", "line_source"), out["line_source"]),
             "p_num_stable": (("num_stable_value",), counts),
             "p_line_attractor": ((), float(out["line"].mean())),
+            "p_line_attractor_mcse": ((), se_line),
+            "p_line_attractor_chain": (("chain",), per_line),
+            "p_num_stable_mcse": (("num_stable_value",), np.array([t[1] for t in stab])),
+            "p_num_stable_chain": (("chain", "num_stable_value"),
+                                   np.stack([t[2] for t in stab], -1).reshape(len(chains_present), -1)),
             "p_stable_in_cell": (tuple(gdims), out["cell"].mean(0).reshape(gshape)),
             "p_slow": (tuple(gdims), out["slow"].mean(0).reshape(gshape)),
             "flow_mean": (tuple(gdims) + ("latent",), out["flow"].mean(0).reshape(gshape + (D,))),
@@ -495,6 +659,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         coords=coords,
         attrs={"kinds": ", ".join(f"{i}={k}" for i, k in enumerate(KINDS)) + ", -1=padding",
                "eps": float(eps), "line_score": float(line_score), "rate_tol": float(rate_tol),
+               "mcse_method": MCSE_METHOD, "num_chains": int(len(chains_present)),
                "tol": float(abs_tol), "max_distance": float("nan") if max_distance is None else
                float(max_distance), "continuous_time": int(bool(continuous)), "num_draws": S,
                "bounds": np.stack([lo, hi], -1).ravel().tolist(),

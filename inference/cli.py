@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.io import OutputError, atomic_write, check_outputs
+
 __all__ = ["main", "build_parser", "load_data", "load_posterior", "make_model", "map_start",
            "SYSTEMS", "MODELS"]
 
@@ -143,6 +145,12 @@ def load_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, d
     else:
         raise UsageError(f"{path}: unknown file type {suffix!r}; use .nc (NetCDF), .npy or .npz")
     y = _check_array("y", np.asarray(y), str(path))
+    if y.size and np.isnan(y).all():
+        raise UsageError(f"{path}: y has no observed values (every entry is NaN); NaN marks missing "
+                         "observations, so there is nothing to fit")
+    if np.isinf(y).any():
+        raise UsageError(f"{path}: y contains {int(np.isinf(y).sum())} inf value(s); use NaN for missing "
+                         "observations")
     if inputs is not None:
         inputs = _check_array("inputs", np.asarray(inputs), str(path))
         if inputs.ndim != y.ndim or inputs.shape[:-1] != y.shape[:-1]:
@@ -281,13 +289,7 @@ def make_model(name: str, kwargs: Mapping):
 def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapping) -> dict:
     """Constructor arguments for MODEL from the command-line options and the data."""
     N = int(y.shape[-1])
-    emissions = args.emissions
-    if emissions == "auto":
-        emissions = attrs.get("emissions")
-        if emissions not in ("gaussian", "poisson"):
-            seen = y[~np.isnan(y)]
-            emissions = "poisson" if seen.size and np.all(seen >= 0) and np.all(seen == np.round(seen)) \
-                else "gaussian"
+    emissions = choose_emissions(y, args.emissions, attrs, check=False)
     I = 0 if inputs is None else int(inputs.shape[-1])
     K = args.num_states
     D = args.latent_dim
@@ -320,7 +322,73 @@ def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapp
     for opt in ("kernel", "approx"):
         if model != "gpsde" and getattr(args, opt) != getattr(_DEFAULTS, opt):
             raise UsageError(f"--{opt} applies to gpsde only")
+    if kw.get("emissions") == "poisson":
+        check_counts(y)
     return kw
+
+
+COUNT_LIKE = 0.9  # auto emissions: this fraction of non-negative integers makes y look like counts
+
+
+def _bad_count_report(y: np.ndarray) -> str:
+    """Where y fails to be non-negative integer counts (for messages)."""
+    obs = ~np.isnan(y)
+    neg = obs & (y < 0)
+    frac = obs & (y != np.round(y))
+    parts = []
+    for label, mask in (("negative", neg), ("non-integer", frac)):
+        n = int(mask.sum())
+        if n:
+            idx = tuple(int(i) for i in np.argwhere(mask)[0])
+            parts.append(f"{n} {label} value(s) (first y[{', '.join(map(str, idx))}] = {y[idx]:g})")
+    return " and ".join(parts)
+
+
+def check_counts(y: np.ndarray) -> None:
+    """Refuse y for a Poisson (count) model unless every observed value is a non-negative integer.
+
+    Raises
+    ------
+    UsageError
+        Naming ``y``, how many values are negative or non-integer, and the first of each.
+    """
+    report = _bad_count_report(np.asarray(y, float))
+    if report:
+        raise UsageError(f"y holds counts for a Poisson model, which must be non-negative integers; "
+                         f"found {report}")
+
+
+def choose_emissions(y: np.ndarray, emissions: str, attrs: Mapping, check: bool = True) -> str:
+    """The emission family for ``--emissions`` (``"auto"``, ``"gaussian"`` or ``"poisson"``).
+
+    ``auto`` takes the data file's ``emissions`` attribute; without one, Poisson when every
+    observed value is a non-negative integer and Gaussian when y is clearly not count data. Data
+    that are mostly counts (at least ``COUNT_LIKE`` of the values non-negative integers) with some
+    negative or non-integer values are refused rather than silently fitted with Gaussian
+    emissions: the choice must then be made explicitly. Poisson emissions (chosen either way)
+    require valid counts (:func:`check_counts`; skipped with ``check=False``).
+    """
+    if emissions not in ("auto", "gaussian", "poisson"):
+        raise UsageError(f"--emissions must be auto, gaussian or poisson; got {emissions!r}")
+    if emissions == "auto":
+        declared = attrs.get("emissions")
+        if declared in ("gaussian", "poisson"):
+            emissions = declared
+        else:
+            seen = y[~np.isnan(y)]
+            countlike = (seen >= 0) & (seen == np.round(seen))
+            if seen.size and countlike.all():
+                emissions = "poisson"
+            elif seen.size and countlike.mean() >= COUNT_LIKE:
+                raise UsageError(
+                    f"y looks like counts ({100 * countlike.mean():.1f} % non-negative integers) but has "
+                    f"{_bad_count_report(y)}: fix the data for a Poisson model, or pass --emissions "
+                    "gaussian if y is not count data")
+            else:
+                emissions = "gaussian"
+    if check and emissions == "poisson":
+        check_counts(y)
+    return emissions
 
 
 class _DEFAULTS:
@@ -380,17 +448,78 @@ def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learn
     return {k: np.asarray(v) for k, v in dict(guide.median(res.params), **fixed).items()}
 
 
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_site_groups(v) -> bool:
+    return isinstance(v, list) and all(isinstance(g, list) and g and all(isinstance(n, str) for n in g)
+                                       for g in v)
+
+
+# the value type of each inference.fit option (-o KEY=VALUE), checked before any work is done
+OPTION_TYPES: dict = {
+    **{k: ("an integer >= 1", lambda v: _is_int(v, 1))
+       for k in ("max_tree_depth", "num_steps", "thinning", "max_leapfrog_steps", "num_mcmc_steps",
+                 "max_iterations", "num_particles", "init_svi_steps")},
+    **{k: ("a number in (0, 1)", lambda v: _is_num(v) and 0 < v < 1)
+       for k in ("target_accept_prob", "target_ess")},
+    **{k: ("a positive number", lambda v: _is_num(v) and v > 0)
+       for k in ("trajectory_length", "learning_rate", "initial_step_size", "init_svi_learning_rate",
+                 "num_integration_steps")},
+    "tol": ("a positive number or null", lambda v: v is None or (_is_num(v) and v > 0)),
+    **{k: ("true or false", lambda v: isinstance(v, bool)) for k in ("log_likelihood", "shard_trials")},
+    "dense_mass": ("true, false or a JSON list of lists of site names (e.g. [[\"a\",\"b\"]])",
+                   lambda v: isinstance(v, bool) or _is_site_groups(v)),
+    "path_reparam": ("auto, true or false", lambda v: isinstance(v, bool) or v == "auto"),
+    **{k: ("a name", lambda v: isinstance(v, str) and v != "") for k in ("guide", "init_guide")},
+}
+
+
 def _parse_options(items: Sequence[str]) -> dict:
+    """``-o KEY=VALUE`` options: values parsed as JSON (else kept as text) and checked against
+    :data:`OPTION_TYPES`, so a bad value is refused before any work with a message naming the
+    option and the expected type."""
     out = {}
     for item in items or []:
         if "=" not in item:
             raise UsageError(f"--option expects KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
+        k = k.strip()
         try:
-            out[k.strip()] = json.loads(v)
+            out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k] = v
+    for k, v in out.items():
+        if k in OPTION_TYPES:
+            expected, ok = OPTION_TYPES[k]
+            if not ok(v):
+                raise UsageError(f"-o {k}: expected {expected}; got {json.dumps(v)}")
     return out
+
+
+def _check_option_names(model, method: str, options: Mapping) -> None:
+    """Refuse options the method (``"auto"`` resolved for this model) does not take, before any
+    work (``inference.fit`` checks again; this only moves the message ahead of MAP starts)."""
+    if not options:
+        return
+    try:
+        from inference.fit import allowed_options, resolve_method
+        from zoo.protocol import as_model
+
+        resolved = resolve_method(as_model(model), method)
+        allowed = set(allowed_options(resolved))
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover - fit checks
+        return
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        via = f" ('{method}' is '{resolved}' for this model)" if resolved != method else ""
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} for method '{resolved}'{via}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
 
 
 def _fit_model(model, y, inputs, args, *, method: str, num_chains: int, num_warmup: int, num_samples: int,
@@ -464,11 +593,22 @@ def load_posterior(path: str | os.PathLike):
 
 
 def attractor_summary(result) -> str:
-    """A few lines summarising an :func:`inference.attractors` result."""
-    p_line = float(result["p_line_attractor"])
-    lines = [f"P(line attractor) = {p_line:.3f}   ({int(result.attrs.get('num_draws', 0))} posterior draws)"]
-    for n, p in zip(result["num_stable_value"].values, result["p_num_stable"].values, strict=True):
-        lines.append(f"P(number of stable fixed points = {int(n)}) = {float(p):.3f}")
+    """A few lines summarising an :func:`inference.attractors` result: each probability with its
+    Monte Carlo standard error and its value in each chain (``inference.attractors.
+    attractor_probabilities``)."""
+    from inference.attractors import attractor_probabilities
+
+    table = attractor_probabilities(result)
+    n_chains = len(table["per_chain"].iloc[0])
+    lines = []
+    for i, row in enumerate(table.itertuples()):
+        text = f"{row.quantity} = {row.probability:.3f} ± {row.mcse:.3f} (MCSE)"
+        if n_chains > 1:
+            text += "; per chain " + " ".join(f"{v:.2f}" for v in row.per_chain)
+        if i == 0:
+            text += f"   ({int(result.attrs.get('num_draws', row.num_draws))} posterior draws, {n_chains} " \
+                    f"chain{'s' if n_chains > 1 else ''})"
+        lines.append(text)
     score = result["line_attractor_score"].values
     if np.isfinite(score).any():
         best = np.nanmax(np.where(np.isfinite(score), score, -np.inf), axis=1)
@@ -525,14 +665,22 @@ def _set_x64(flag: bool | None, default: bool) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def _outputs_ok(args, outputs, inputs=()) -> list[Path]:
+    """Check the command's output paths before any work (see :mod:`inference.io`)."""
+    try:
+        return check_outputs(outputs, inputs=inputs, overwrite=getattr(args, "overwrite", False))
+    except OutputError as err:
+        raise UsageError(str(err)) from None
+
+
 def cmd_simulate(args) -> int:
-    ds = simulate_system(args.system, seed=args.seed, num_steps=args.num_steps, num_trials=args.num_trials,
-                         num_neurons=args.num_neurons, emissions=args.emissions, bin_size=args.bin_size)
     out = Path(args.out)
     if out.suffix.lower() != ".nc":
         raise UsageError(f"--out must name a .nc file; got {args.out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(out)
+    _outputs_ok(args, [("--out", out)])
+    ds = simulate_system(args.system, seed=args.seed, num_steps=args.num_steps, num_trials=args.num_trials,
+                         num_neurons=args.num_neurons, emissions=args.emissions, bin_size=args.bin_size)
+    atomic_write(out, ds.to_netcdf)
     _say(args, f"wrote {out}: " + ", ".join(f"{k} {dict(v.sizes)}" for k, v in ds.data_vars.items()))
     return 0
 
@@ -542,20 +690,21 @@ def cmd_fit(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".nc":
         raise UsageError(f"--out must name a .nc file; got {args.out}")
+    _outputs_ok(args, [("--out", out)], inputs=[args.data])
+    options = _parse_options(args.option)
     _set_x64(args.jax_x64, args.model in ("gpslds", "gpsde"))
     kw = _model_kwargs_from_args(args.model, args, y, inputs, attrs)
     model = make_model(_CLASSES[args.model], kw)
+    _check_option_names(model, args.method, options)
     _say(args, f"model: {type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in kw.items())})")
     _say(args, f"data: y {y.shape}" + (f", inputs {inputs.shape}" if inputs is not None else ""))
-    options = _parse_options(args.option)
     t0 = time.perf_counter()
     post = _fit_model(model, y, inputs, args, method=args.method, num_chains=args.num_chains,
                       num_warmup=args.num_warmup, num_samples=args.num_samples, init=args.init,
                       options=options, seed=args.seed, map_steps=args.map_steps)
     _store_model(post, model)
     post.attrs["zoo_data"] = str(args.data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    post.to_netcdf(out)
+    atomic_write(out, post.to_netcdf)
     _say(args, f"fitted in {time.perf_counter() - t0:.1f} s; wrote {out}")
     _say(args, f"next: zoo diagnose {out}" + (f"; zoo attractors {out} --out figure.png"
                                               if type(model).__name__ in _DYNAMICS_MODELS else ""))
@@ -573,7 +722,10 @@ def cmd_diagnose(args) -> int:
     print(f"{args.posterior}: method {post.attrs.get('method', '?')}, "
           f"{sizes.get('chain', '?')} chain(s) x {sizes.get('draw', '?')} draws")
     print(dg)
-    return 1 if (args.strict and dg.verdict == "fail") else 0
+    if dg.verdict == "fail" and args.strict:
+        print("exit status 1: the verdict is 'fail' (--no-strict exits 0)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_attractors(args) -> int:
@@ -583,17 +735,22 @@ def cmd_attractors(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out must name a .png, .pdf or .svg figure; got {args.out}")
+    outputs = [("--out", out)]
+    if args.out_nc:
+        if Path(args.out_nc).suffix.lower() != ".nc":
+            raise UsageError(f"--out-nc must name a .nc file; got {args.out_nc}")
+        outputs.append(("--out-nc", Path(args.out_nc)))
+    _outputs_ok(args, outputs, inputs=[args.posterior])
     _set_x64(args.jax_x64, type(model).__name__ in ("GPSLDS", "GPSDE"))
     if getattr(model, "latent_dim", 2) != 2:
         raise UsageError(f"the attractor figure needs a 2-D latent space; this model has latent_dim="
                          f"{model.latent_dim}")
     res = _run_attractors(model, post, args.num_draws, args.grid_size, args.seed)
     print(attractor_summary(res))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    attractor_figure(res, out, title=f"{type(model).__name__}: {args.posterior}")
+    atomic_write(out, lambda p: attractor_figure(res, p, title=f"{type(model).__name__}: {args.posterior}"))
     _say(args, f"wrote {out}")
     if args.out_nc:
-        res.to_netcdf(args.out_nc)
+        atomic_write(args.out_nc, res.to_netcdf)
         _say(args, f"wrote {args.out_nc}")
     return 0
 
@@ -607,6 +764,9 @@ DEMO_SIZES = {
 }
 
 
+DEMO_OUTPUTS = ("data.nc", "posterior.nc", "attractors.nc", "attractors.png", "latents.png", "summary.json")
+
+
 def cmd_demo(args) -> int:
     """Line-attractor analysis of a synthetic hypothalamus-like recording with a GP-SLDS."""
     import jax
@@ -617,14 +777,16 @@ def cmd_demo(args) -> int:
     t_start = time.perf_counter()
     sz = DEMO_SIZES["quick" if args.quick else "full"]
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} exists and is not a directory")
+    _outputs_ok(args, [("--out-dir", out_dir / name) for name in DEMO_OUTPUTS])
     _say(args, "zoo demo: is there a line attractor in this population recording, and how sure are we?")
     _say(args, f"1/4 simulating {sz['num_trials']} trials x {sz['duration']} s of a line attractor driven by "
                "input pulses (zoo.systems.line_attractor, 30 Poisson neurons) ...")
     steps = int(round(sz["duration"] / 0.01)) // sz["bin_size"]
     data = simulate_system("line_attractor", seed=args.seed, num_steps=steps, num_trials=sz["num_trials"],
                            bin_size=sz["bin_size"])
-    data.to_netcdf(out_dir / "data.nc")
+    atomic_write(out_dir / "data.nc", data.to_netcdf)
     y, inputs = data["y"].values, data["inputs"].values
     model = make_model("GPSLDS", {"num_regimes": 2, "latent_dim": 2, "obs_dim": int(y.shape[-1]),
                                   "emissions": "poisson", "input_dim": 1, "dt": float(data.attrs["dt"]),
@@ -639,7 +801,7 @@ def cmd_demo(args) -> int:
     t_fit = time.perf_counter() - t0
     _store_model(post, model)
     post.attrs["zoo_data"] = str(out_dir / "data.nc")
-    post.to_netcdf(out_dir / "posterior.nc")
+    atomic_write(out_dir / "posterior.nc", post.to_netcdf)
     print(f"fit: {t_fit:.0f} s ({post.attrs['initialization']})")
     print("3/4 diagnostics (inference.diagnose):")
     with warnings.catch_warnings():
@@ -659,17 +821,21 @@ def cmd_demo(args) -> int:
     res = _run_attractors(model, post, sz["num_draws"], sz["grid_size"], args.seed)
     print(attractor_summary(res))
     print("truth: a line attractor (eigenvalues 0 and -4 1/s), no isolated stable fixed point")
-    res.to_netcdf(out_dir / "attractors.nc")
-    attractor_figure(res, out_dir / "attractors.png",
-                     title="GP-SLDS on zoo.systems.line_attractor: flow field and attractor posterior")
-    _latents_figure(post, data, out_dir / "latents.png")
-    with open(out_dir / "summary.json", "w") as fh:
-        json.dump({"p_line_attractor": float(res["p_line_attractor"]),
-                   "p_num_stable": dict(zip(res["num_stable_value"].values.tolist(),
-                                            res["p_num_stable"].values.tolist(), strict=True)),
-                   "verdict": dg.verdict, "warnings": dg.warnings, "fit_seconds": t_fit,
-                   "total_seconds": time.perf_counter() - t_start, "quick": bool(args.quick),
-                   "sizes": sz}, fh, indent=2)
+    atomic_write(out_dir / "attractors.nc", res.to_netcdf)
+    atomic_write(out_dir / "attractors.png", lambda p: attractor_figure(
+        res, p, title="GP-SLDS on zoo.systems.line_attractor: flow field and attractor posterior"))
+    atomic_write(out_dir / "latents.png", lambda p: _latents_figure(post, data, p))
+    from inference.attractors import attractor_probabilities
+
+    probs = attractor_probabilities(res)
+    summary = {"p_line_attractor": float(res["p_line_attractor"]),
+               "p_num_stable": dict(zip(res["num_stable_value"].values.tolist(),
+                                        res["p_num_stable"].values.tolist(), strict=True)),
+               "probabilities": probs.to_dict(orient="records"),
+               "verdict": dg.verdict, "warnings": dg.warnings, "fit_seconds": t_fit,
+               "total_seconds": time.perf_counter() - t_start, "quick": bool(args.quick), "sizes": sz}
+    atomic_write(out_dir / "summary.json",
+                 lambda p: Path(p).write_text(json.dumps(summary, indent=2, default=float)))
     print(f"wrote {out_dir}/: data.nc, posterior.nc, attractors.nc, attractors.png, latents.png, "
           "summary.json")
     print(f"done in {time.perf_counter() - t_start:.0f} s")
@@ -770,45 +936,81 @@ def _positive_float(text: str) -> float:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None) or the help text already
+    explains it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == []
+        if empty or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def fit_defaults() -> dict:
+    """``inference.fit``'s defaults for method, num_chains, num_warmup and num_samples: the CLI
+    uses the same ones."""
+    import inspect
+
+    from inference.fit import fit
+
+    params = inspect.signature(fit).parameters
+    return {k: params[k].default for k in ("method", "num_chains", "num_warmup", "num_samples")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``zoo`` argument parser."""
     from inference.fit import METHODS
 
+    fd = fit_defaults()
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or chatter")
+    common.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bars or chatter (warnings are still shown)")
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (never the input files)")
     p = _Parser(prog="zoo", description="Bayesian state-space models of latent dynamics: simulate, fit, "
-                "diagnose and find attractors. Usage errors exit with status 2.")
+                "diagnose and find attractors. Usage errors exit with status 2. Output files are "
+                "never overwritten without --overwrite, and are written to a temporary name first.",
+                formatter_class=_HelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("simulate", parents=[common], help="simulate a built-in system into a NetCDF file",
+    s = sub.add_parser("simulate", parents=[common, writes],
+                       formatter_class=_HelpFormatter, help="simulate a built-in system into a NetCDF file",
                        description="Simulate a built-in system; writes y (trial, time, neuron) or (time, "
                        "neuron), x, z and inputs where they exist, with attrs naming the system.")
     s.add_argument("system", choices=SYSTEMS, metavar="SYSTEM", help=f"one of {', '.join(SYSTEMS)}")
     s.add_argument("--out", required=True, help="output .nc file")
     s.add_argument("--num-steps", type=_positive_int, default=None,
                    help="time steps per trial (after binning); default: the system's own length")
-    s.add_argument("--num-trials", type=_positive_int, default=1)
-    s.add_argument("--num-neurons", type=_positive_int, default=None)
+    s.add_argument("--num-trials", type=_positive_int, default=1, help="trials")
+    s.add_argument("--num-neurons", type=_positive_int, default=None,
+                   help="observed dimension (default: the system's own, 10 for nascar)")
     s.add_argument("--emissions", choices=("gaussian", "poisson"), default=None,
                    help="default: gaussian for nascar, poisson otherwise")
     s.add_argument("--bin-size", type=_positive_int, default=1,
                    help="continuous-time systems: sum counts over this many simulation steps")
-    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
     s.set_defaults(func=cmd_simulate)
 
-    f = sub.add_parser("fit", parents=[common], help="fit a model to a data file",
+    f = sub.add_parser("fit", parents=[common, writes],
+                       formatter_class=_HelpFormatter, help="fit a model to a data file",
                        description="Fit MODEL to y (and inputs) read from a .nc, .npy or .npz file; .npy/"
                        ".npz arrays must be ordered (time, neuron) or (trial, time, neuron). Writes the "
                        "posterior DataTree (ArviZ groups) to a NetCDF file.")
     f.add_argument("model", choices=MODELS, metavar="MODEL", help=f"one of {', '.join(MODELS)}")
     f.add_argument("data", help="data file (.nc, .npy, .npz)")
     f.add_argument("--out", required=True, help="output posterior .nc file")
-    f.add_argument("--method", choices=METHODS, default="nuts")
-    f.add_argument("--num-chains", type=_positive_int, default=2)
-    f.add_argument("--num-warmup", type=_nonneg_int, default=300)
-    f.add_argument("--num-samples", type=_positive_int, default=300)
-    f.add_argument("--seed", type=_nonneg_int, default=0)
+    f.add_argument("--method", choices=METHODS, default=fd["method"], help="sampler (as inference.fit)")
+    f.add_argument("--num-chains", type=_positive_int, default=fd["num_chains"],
+                   help="chains (as inference.fit)")
+    f.add_argument("--num-warmup", type=_nonneg_int, default=fd["num_warmup"],
+                   help="warmup steps per chain (as inference.fit)")
+    f.add_argument("--num-samples", type=_positive_int, default=fd["num_samples"],
+                   help="draws per chain (as inference.fit)")
+    f.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
     f.add_argument("--init", choices=("auto", "map", "prior", "median", "svi", "pca"), default="auto",
                    help="chain starts; auto = the model's PCA start (switching models) or a MAP "
                         "estimate (GP models)")
@@ -820,7 +1022,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discrete states (hmm 3, slds/rslds 4) or GP-SLDS regimes (2)")
     g.add_argument("--latent-dim", type=_positive_int, default=None, help="latent dimension (2)")
     g.add_argument("--emissions", choices=("auto", "gaussian", "poisson"), default="auto",
-                   help="auto: the data file's attribute, else poisson for non-negative integer data")
+                   help="auto: the data file's 'emissions' attribute, else poisson when every value of y is "
+                        "a non-negative integer; y that is mostly counts with some negative or "
+                        "non-integer values is refused (choose explicitly)")
     g.add_argument("--transitions", choices=("standard", "sticky", "recurrent", "recurrent_only"),
                    default=None, help="hmm/slds: standard|sticky; rslds: recurrent|recurrent_only")
     g.add_argument("--dt", type=_positive_float, default=None,
@@ -831,7 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="double precision (default: on for gpslds/gpsde, off otherwise)")
     f.set_defaults(func=cmd_fit)
 
-    a = sub.add_parser("attractors", parents=[common], help="posterior probability of attractors + figure",
+    a = sub.add_parser("attractors", parents=[common, writes],
+                       formatter_class=_HelpFormatter, help="posterior probability of attractors + figure",
                        description="Fixed points, line attractors and slow-point maps for each posterior "
                        "draw; prints P(line attractor) and P(number of stable fixed points = n) and draws "
                        "the maps over the posterior-mean flow field.")
@@ -840,25 +1045,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out-nc", default=None, help="also write the attractor Dataset to this .nc file")
     a.add_argument("--num-draws", type=_positive_int, default=100, help="posterior draws analysed")
     a.add_argument("--grid-size", type=_positive_int, default=20, help="cells per latent dimension")
-    a.add_argument("--seed", type=_nonneg_int, default=0)
+    a.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
     a.add_argument("--jax-x64", action=argparse.BooleanOptionalAction, default=None,
                    help="double precision (default: on for gpslds/gpsde, off otherwise)")
     a.set_defaults(func=cmd_attractors)
 
-    d = sub.add_parser("diagnose", parents=[common], help="R-hat, ESS, divergences, E-BFMI with a verdict",
+    d = sub.add_parser("diagnose", parents=[common],
+                       formatter_class=_HelpFormatter, help="R-hat, ESS, divergences, E-BFMI with a verdict",
                        description="Label-aligned convergence diagnostics of a posterior file.")
     d.add_argument("posterior", help="posterior .nc file")
-    d.add_argument("--strict", action="store_true", help="exit with status 1 when the verdict is 'fail'")
+    d.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="exit with status 1 when the verdict is 'fail' (--no-strict: exit 0 whatever "
+                        "the verdict)")
     d.set_defaults(func=cmd_diagnose)
 
-    m = sub.add_parser("demo", parents=[common], help="the main job: a line-attractor analysis end to end",
+    m = sub.add_parser("demo", parents=[common, writes],
+                       formatter_class=_HelpFormatter,
+                       help="the main job: a line-attractor analysis end to end",
                        description="Simulate a line attractor driven by input pulses, fit a GP-SLDS with "
                        "NUTS, print diagnostics and the attractor posterior, write the posterior (NetCDF) "
                        "and figures.")
     m.add_argument("--out-dir", default="zoo-demo-output",
-                   help="output directory (default ./zoo-demo-output)")
+                   help="output directory; its files " + ", ".join(DEMO_OUTPUTS) + " must not exist yet "
+                        "(or pass --overwrite)")
     m.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test; results not meaningful)")
-    m.add_argument("--seed", type=_nonneg_int, default=0)
+    m.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -867,8 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "quiet", False):
-        warnings.filterwarnings("ignore")
+    # --quiet silences progress bars and chatter only: warnings (NaN draws, float32, ...) still show
     try:
         return int(args.func(args) or 0)
     except (UsageError, FileNotFoundError, ValueError) as err:
@@ -878,6 +1088,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:  # e.g. no HDF5 backend for NetCDF-4 files
         msg = " ".join(str(err).split())
         print(f"zoo {args.command}: error: a package is missing: {msg}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a write that failed (disk full, permissions): the old file is intact
+        msg = " ".join(str(err).split())
+        print(f"zoo {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
 

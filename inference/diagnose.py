@@ -137,7 +137,7 @@ def _tree_depth(ss: xr.Dataset, attrs, method: str) -> dict | None:
     """Fraction of NUTS transitions whose tree reached the depth cap."""
     if "tree_depth" in ss:
         depth = np.asarray(ss["tree_depth"].transpose("chain", "draw").values, dtype=float)
-    elif "n_steps" in ss and method in ("nuts", "blackjax_nuts"):
+    elif "n_steps" in ss and method == "nuts":
         n = np.maximum(np.asarray(ss["n_steps"].transpose("chain", "draw").values, dtype=float), 1)
         depth = np.floor(np.log2(n)) + 1  # the NumPyro backend's definition
     else:
@@ -373,7 +373,7 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
             if np.any(bfmi < BFMI_WARN):
                 problems.append(("warning", f"E-BFMI {np.nanmin(bfmi):.2f} < {BFMI_WARN}: poor energy "
                                             "exploration"))
-        td = _tree_depth(ss, post.attrs, method) if method in ("nuts", "blackjax_nuts", "") else None
+        td = _tree_depth(ss, post.attrs, method)
         if td is not None:
             sampler["tree_depth"] = td
             if td["fraction_at_max"] > TREE_DEPTH_WARN:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
+import xarray as xr
 
 from inference.attractors import attractors, plot_attractors
 from zoo.gpslds import GPSLDS
@@ -211,3 +212,62 @@ def test_bad_input_and_plot():
     assert ax.get_title().startswith("P(line attractor)")
     with pytest.raises(ValueError, match="which"):
         plot_attractors(res, which="nope")
+
+
+def _two_chain_linear_posterior(D=8):
+    """Chain 0: a line attractor in every draw; chain 1: in every other draw (l1 = -3 otherwise)."""
+    rng = np.random.default_rng(4)
+    l1 = 0.01 * rng.normal(size=(2, D))
+    l1[1, 1::2] = -3.0
+    post = xr.Dataset({"l1": (("chain", "draw"), l1), "l2": (("chain", "draw"), np.full((2, D), -4.0)),
+                       "b": (("chain", "draw", "latent"), np.tile([0.05, 0.0], (2, D, 1)))},
+                      coords={"chain": [0, 1], "draw": np.arange(D)})
+    return xr.DataTree.from_dict({"posterior": post}), l1
+
+
+def test_probabilities_keep_chains_with_mcse_and_per_chain_values(tmp_path):
+    import arviz_stats as azs
+
+    from inference.attractors import MCSE_METHOD, attractor_probabilities, by_chain, indicator_mcse
+
+    post, l1 = _two_chain_linear_posterior()
+    res = attractors(Linear(), post, bounds=[[-3, 3], [-3, 3]], grid_size=6, num_draws=None, eps=0.1)
+    truth = np.abs(l1) < 1.0  # line attractor draws, (chain, draw)
+    # the chain structure is kept: which chain and which draw of it each analysed draw is
+    np.testing.assert_array_equal(res["chain_index"].values, np.repeat([0, 1], 8))
+    np.testing.assert_array_equal(res["draw_index"].values, np.tile(np.arange(8), 2))
+    line = by_chain(res, "has_line_attractor")
+    assert line.dims == ("chain", "draw") and line.shape == (2, 8)
+    np.testing.assert_array_equal(line.values, truth)
+    # pooled probability (unchanged name), per chain, and its MCSE from ArviZ on the 0/1 indicator
+    assert float(res["p_line_attractor"]) == pytest.approx(0.75)
+    np.testing.assert_allclose(res["p_line_attractor_chain"].values, [1.0, 0.5])
+    expected = float(azs.mcse(xr.Dataset({"i": (("chain", "draw"), truth.astype(float))}), method="mean")["i"])
+    assert float(res["p_line_attractor_mcse"]) == pytest.approx(expected)
+    assert 0 < expected < 0.5
+    assert res.attrs["mcse_method"] == MCSE_METHOD and res.attrs["num_chains"] == 2
+    # P(number of stable fixed points = n): one stable node in every draw of both chains
+    np.testing.assert_allclose(res["p_num_stable_chain"].sum("num_stable_value"), 1.0)
+    assert res["p_num_stable_mcse"].dims == ("num_stable_value",)
+    table = attractor_probabilities(res)
+    assert table["quantity"].iloc[0] == "P(line attractor)"
+    assert table["per_chain"].iloc[0] == pytest.approx([1.0, 0.5])
+    assert table["mcse"].iloc[0] == pytest.approx(expected)
+    # the result still round-trips through NetCDF and the CLI prints the uncertainty
+    res.to_netcdf(tmp_path / "res.nc")
+    back = xr.open_dataset(tmp_path / "res.nc")
+    from inference.cli import attractor_summary
+
+    text = attractor_summary(back)
+    assert text.startswith(f"P(line attractor) = 0.750 ± {expected:.3f} (MCSE); per chain 1.00 0.50")
+    # indicator MCSE: constant -> 0; too few draws for ArviZ -> the independent-draws formula
+    assert indicator_mcse(np.ones((2, 10))) == 0.0
+    assert indicator_mcse(np.array([[1, 0], [1, 1]])) == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
+
+
+def test_num_draws_thins_each_chain_evenly():
+    post, _ = _two_chain_linear_posterior()
+    res = attractors(Linear(), post, bounds=[[-3, 3], [-3, 3]], grid_size=4, num_draws=4, eps=0.1)
+    np.testing.assert_array_equal(res["chain_index"].values, [0, 0, 1, 1])
+    np.testing.assert_array_equal(res["draw_index"].values, [0, 7, 0, 7])
+    assert res.sizes["draw"] == 4 and res.sizes["chain"] == 2

@@ -128,7 +128,8 @@ def nascar_file(tmp_path_factory):
 def test_fit_hmm_from_netcdf_and_npz_then_diagnose(nascar_file, tmp_path, capsys):
     out = tmp_path / "hmm.nc"
     code, stdout, _ = run(capsys, "fit", "hmm", nascar_file, "--out", out, "--num-states", 2, "--num-chains", 2,
-                          "--num-warmup", 20, "--num-samples", 10, "-o", "max_tree_depth=4", "--quiet")
+                          "--num-warmup", 20, "--num-samples", 10, "-o", "max_tree_depth=4", "--quiet",
+                          "--method", "nuts")
     assert code == 0 and stdout == ""
     post = xr.open_datatree(out)
     assert post.attrs["zoo_model"] == "HMM" and post.attrs["method"] == "nuts"
@@ -139,8 +140,10 @@ def test_fit_hmm_from_netcdf_and_npz_then_diagnose(nascar_file, tmp_path, capsys
     assert post["observed_data"]["y"].shape == (40, 10)
     assert "max_tree_depth" in post.attrs["options"]
     code, stdout, _ = run(capsys, "diagnose", out)
-    assert code == 0
+    assert code == (1 if "verdict: fail" in stdout else 0)  # 10 draws per chain: ESS fails
     assert "verdict:" in stdout and "rhat_max" in stdout and "means" in stdout
+    assert "tree depth:" in stdout and "max_tree_depth=4" in stdout
+    assert run(capsys, "diagnose", out, "--no-strict")[0] == 0
     # the HMM has no latent dynamics to analyse: a usage error, not a traceback
     code, _, err = run(capsys, "attractors", out, "--out", tmp_path / "f.png")
     assert code == 2 and "latent dynamics" in err
@@ -254,14 +257,15 @@ def test_attractors_from_demo_posterior(demo_dir, tmp_path, capsys):
 
 
 def test_diagnose_from_demo_posterior(demo_dir, capsys):
-    code, out, _ = run(capsys, "diagnose", demo_dir / "posterior.nc")
+    code, out, _ = run(capsys, "diagnose", demo_dir / "posterior.nc", "--no-strict")
     assert code == 0
     assert "nuts, 2 chain(s) x" in out and "verdict:" in out
     for var in ("x", "diffusion", "emission_matrix"):
         assert var in out
-    # --strict turns a failing verdict into exit status 1 (tiny quick-mode chains do fail)
-    code, out, _ = run(capsys, "diagnose", demo_dir / "posterior.nc", "--strict")
-    assert code == (1 if "verdict: fail" in out else 0)
+    # a failing verdict exits with status 1 by default (tiny quick-mode chains do fail)
+    for extra in ([], ["--strict"]):
+        code, out, _ = run(capsys, "diagnose", demo_dir / "posterior.nc", *extra)
+        assert code == (1 if "verdict: fail" in out else 0)
 
 
 @pytest.mark.parametrize("sub", ["attractors", "diagnose"])
@@ -295,3 +299,224 @@ def test_console_script_usage_errors_exit_2():
     assert none.returncode == 2 and "required" in none.stderr
     ok = subprocess.run([exe, "demo", "--help"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "--quick" in ok.stdout and "--out-dir" in ok.stdout
+
+
+# ------------------------------------------------------------------ nothing lost: outputs checked first
+
+
+def _no_work(*_args, **_kwargs):
+    raise AssertionError("simulation or sampling started before the output paths were checked")
+
+
+def _fake_posterior(method="nuts", C=2, S=50, stuck=False, seed=0):
+    """A small posterior DataTree as ``zoo fit`` writes it (an SLDS the CLI can rebuild)."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(C, S))
+    lp = -0.5 * a**2
+    if stuck:
+        a[1] = a[1, 0]
+        lp[1] = lp[1, 0]
+    dt = xr.DataTree.from_dict({
+        "posterior": xr.Dataset({"a": (("chain", "draw"), a)}),
+        "sample_stats": xr.Dataset({"lp": (("chain", "draw"), lp),
+                                    "diverging": (("chain", "draw"), np.zeros((C, S), bool))})})
+    dt.attrs.update({"method": method, "zoo_model": "SLDS",
+                     "zoo_model_kwargs": json.dumps({"num_states": 2, "latent_dim": 2, "obs_dim": 3})})
+    return dt
+
+
+def _tiny_dataset(*_args, **_kwargs):
+    return xr.Dataset({"y": (("time", "neuron"), np.ones((5, 3)))}, attrs={"system": "fake"})
+
+
+def test_simulate_refuses_to_overwrite_before_simulating(tmp_path, capsys, monkeypatch):
+    import inference.cli as cli
+
+    out = tmp_path / "x.nc"
+    out.write_bytes(b"precious")
+    monkeypatch.setattr(cli, "simulate_system", _no_work)
+    code, _, err = run(capsys, "simulate", "nascar", "--out", out)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    # a folder that cannot be created: refused before simulating too
+    code, _, err = run(capsys, "simulate", "nascar", "--out", out / "sub" / "y.nc")
+    assert code == 2 and "not a directory" in err
+    monkeypatch.setattr(cli, "simulate_system", _tiny_dataset)
+    code, _, _ = run(capsys, "simulate", "nascar", "--out", out, "--overwrite", "--quiet")
+    assert code == 0 and xr.open_dataset(out).attrs["system"] == "fake"
+
+
+def test_fit_never_writes_over_its_input_or_an_existing_file(tmp_path, capsys, monkeypatch):
+    import inference
+
+    monkeypatch.setattr(inference, "fit", _no_work)
+    data = tmp_path / "data.nc"
+    xr.Dataset({"y": (("time", "neuron"), np.random.default_rng(0).normal(size=(20, 3)))}).to_netcdf(data)
+    before = data.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "fit", "hmm", data, "--out", data, *extra)
+        assert code == 2 and "input" in err and err.count("\n") == 1, err
+        assert data.read_bytes() == before
+    other = tmp_path / "post.nc"
+    other.write_bytes(b"old posterior")
+    code, _, err = run(capsys, "fit", "hmm", data, "--out", other)
+    assert code == 2 and "already exists" in err
+    assert other.read_bytes() == b"old posterior"
+
+
+def test_interrupted_fit_write_keeps_the_old_posterior(tmp_path, capsys, monkeypatch):
+    import inference.cli as cli
+
+    data = tmp_path / "y.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(20, 3)))
+    out = tmp_path / "post.nc"
+    out.write_bytes(b"old posterior")
+    monkeypatch.setattr(cli, "_fit_model", lambda *a, **k: _fake_posterior())
+
+    def killed_write(self, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"CDF\x01 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.DataTree, "to_netcdf", killed_write)
+    with pytest.raises(KeyboardInterrupt):
+        main(["fit", "hmm", str(data), "--out", str(out), "--overwrite", "--quiet"])
+    assert out.read_bytes() == b"old posterior"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post.nc", "y.npy"]
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "_fit_model", lambda *a, **k: _fake_posterior())
+    code, _, _ = run(capsys, "fit", "hmm", data, "--out", out, "--overwrite", "--quiet")
+    assert code == 0 and xr.open_datatree(out).attrs["zoo_model"] == "HMM"
+
+
+def test_attractors_and_demo_refuse_existing_outputs_before_any_work(tmp_path, capsys, monkeypatch):
+    import inference.cli as cli
+
+    post = tmp_path / "post.nc"
+    _fake_posterior().to_netcdf(post)
+    fig = tmp_path / "fig.png"
+    fig.write_bytes(b"old figure")
+    monkeypatch.setattr(cli, "_run_attractors", _no_work)
+    code, _, err = run(capsys, "attractors", post, "--out", fig)
+    assert code == 2 and "already exists" in err and fig.read_bytes() == b"old figure"
+    code, _, err = run(capsys, "attractors", post, "--out", tmp_path / "new.png", "--out-nc", post, "--overwrite")
+    assert code == 2 and "input" in err
+    code, _, err = run(capsys, "attractors", post, "--out", tmp_path / "new.png", "--out-nc", tmp_path / "r.txt")
+    assert code == 2 and ".nc" in err
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    (out_dir / "summary.json").write_text("{}")
+    monkeypatch.setattr(cli, "simulate_system", _no_work)
+    code, _, err = run(capsys, "demo", "--quick", "--out-dir", out_dir)
+    assert code == 2 and "summary.json" in err and "already exists" in err
+    assert (out_dir / "summary.json").read_text() == "{}"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["summary.json"]
+
+
+# ------------------------------------------------------------------ bad input refused clearly
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("negative_count", [], "negative"),
+    ("fractional_count", [], "non-integer"),
+    ("declared_poisson", [], "negative"),
+    ("explicit_poisson", ["--emissions", "poisson"], "non-integer"),
+    ("all_nan", [], "every entry is NaN"),
+])
+def test_bad_counts_and_empty_data_refused_naming_y(case, extra, message, tmp_path, capsys, monkeypatch):
+    import inference
+
+    monkeypatch.setattr(inference, "fit", _no_work)
+    y = np.random.default_rng(1).poisson(3.0, size=(40, 3)).astype(float)
+    path = tmp_path / "y.npy"
+    if case == "negative_count":
+        y[7, 1] = -1  # one corrupted count must not turn the model Gaussian
+    elif case in ("fractional_count", "explicit_poisson"):
+        y[3, 2] = 2.5
+    elif case == "declared_poisson":
+        y[:] = -y
+        path = tmp_path / "y.nc"
+        xr.Dataset({"y": (("time", "neuron"), y)}, attrs={"emissions": "poisson"}).to_netcdf(path)
+    elif case == "all_nan":
+        y[:] = np.nan
+    if path.suffix == ".npy":
+        np.save(path, y)
+    code, _, err = run(capsys, "fit", "hmm", path, "--out", tmp_path / "p.nc", *extra)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err and " y" in err
+    assert not (tmp_path / "p.nc").exists()
+
+
+def test_real_valued_data_still_gets_gaussian_emissions():
+    from inference.cli import choose_emissions
+
+    y = np.random.default_rng(0).normal(size=(30, 3))
+    assert choose_emissions(y, "auto", {}) == "gaussian"
+    assert choose_emissions(np.abs(np.round(y * 3)), "auto", {}) == "poisson"
+    assert choose_emissions(np.abs(np.round(y * 3)), "gaussian", {}) == "gaussian"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("max_tree_depth=abc", "-o max_tree_depth: expected an integer >= 1; got \"abc\""),
+    ("max_tree_depth=2.5", "max_tree_depth: expected an integer"),
+    ("target_accept_prob=1.5", "target_accept_prob: expected a number in (0, 1)"),
+    ("dense_mass=maybe", "dense_mass: expected true, false or"),
+])
+def test_bad_option_values_name_the_option_and_type(option, message, tmp_path, capsys, monkeypatch):
+    import inference
+
+    monkeypatch.setattr(inference, "fit", _no_work)
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).normal(size=(20, 3)))
+    code, _, err = run(capsys, "fit", "hmm", tmp_path / "y.npy", "--out", tmp_path / "p.nc", "--method", "nuts",
+                       "-o", option)
+    assert code == 2 and message in err, err
+
+
+def test_quiet_silences_chatter_but_not_warnings(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import inference.cli as cli
+
+    def fit_with_warnings(*_a, **_k):
+        warnings.warn("fit: 3 draws have NaN/inf values", RuntimeWarning, stacklevel=1)
+        warnings.warn("fit: GPSLDS is running in float32", RuntimeWarning, stacklevel=1)
+        return _fake_posterior()
+
+    monkeypatch.setattr(cli, "_fit_model", fit_with_warnings)
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).normal(size=(20, 3)))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        code, out, _ = run(capsys, "fit", "hmm", tmp_path / "y.npy", "--out", tmp_path / "p.nc", "--quiet")
+    assert code == 0 and out == ""
+    messages = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert any("NaN" in m for m in messages) and any("float32" in m for m in messages)
+
+
+def test_diagnose_exits_nonzero_on_fail_by_default(tmp_path, capsys):
+    bad, good = tmp_path / "bad.nc", tmp_path / "good.nc"
+    _fake_posterior(stuck=True).to_netcdf(bad)
+    _fake_posterior(S=400).to_netcdf(good)
+    code, out, err = run(capsys, "diagnose", bad)
+    assert code == 1 and "verdict: fail" in out and "chain 1 is stuck" in out and "--no-strict" in err
+    assert run(capsys, "diagnose", bad, "--strict")[0] == 1
+    code, out, _ = run(capsys, "diagnose", bad, "--no-strict")
+    assert code == 0 and "verdict: fail" in out
+    code, out, _ = run(capsys, "diagnose", good)
+    assert code == 0 and "verdict: fail" not in out
+
+
+def test_fit_defaults_match_inference_fit_and_help_shows_defaults(capsys):
+    import inspect
+
+    from inference.cli import build_parser
+    from inference.fit import fit
+
+    args = build_parser().parse_args(["fit", "hmm", "d.npy", "--out", "p.nc"])
+    params = inspect.signature(fit).parameters
+    for name in ("method", "num_chains", "num_warmup", "num_samples"):
+        assert getattr(args, name) == params[name].default, name
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {params['num_samples'].default})" in text
+    assert f"(default: {params['num_chains'].default})" in text and "--overwrite" in text
