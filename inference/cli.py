@@ -2,11 +2,11 @@
 
 ::
 
-    zoo simulate SYSTEM --out data.nc [--num-steps T --num-trials B --seed S ...]
-    zoo fit MODEL data.nc --method nuts --out posterior.nc [model and sampler options]
+    zoo simulate SYSTEM --out data.nc [--num-steps T --num-trials B --seed S --overwrite ...]
+    zoo fit MODEL data.nc --out posterior.nc [--method auto ... model and sampler options]
     zoo attractors posterior.nc --out figure.png [--num-draws --grid-size --out-nc]
-    zoo diagnose posterior.nc
-    zoo demo [--out-dir DIR --quick --quiet]
+    zoo diagnose posterior.nc [--no-strict]
+    zoo demo [--out-dir DIR --quick --quiet --overwrite]
 
 Data files
     NetCDF (xarray) with a variable ``y`` with dims ``(time, neuron)`` or ``(trial, time,
@@ -20,8 +20,16 @@ Posterior files
     attributes ``zoo_model`` (class name) and ``zoo_model_kwargs`` (constructor arguments as JSON)
     let ``zoo attractors`` and ``zoo diagnose`` rebuild the model.
 
+Output files
+    Checked before any simulation or sampling (:mod:`inference.io`): an existing file is never
+    replaced without ``--overwrite``, a command never writes over its own input (not even with
+    ``--overwrite``), and the folder must be creatable. Each file is written under a temporary
+    name in its folder and renamed into place, so an interrupted run leaves the old file intact.
+
 Usage errors (unknown subcommand, model, system or option; missing or unreadable file; data of the
-wrong shape; bad option values) print one line to stderr and exit with status 2.
+wrong shape; bad option values; an output that exists or is an input) print one line to stderr and
+exit with status 2. ``zoo diagnose`` exits with status 1 when the verdict is "fail" (``--no-strict``:
+0). ``--quiet`` silences progress bars and chatter, never warnings.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ __all__ = [
     "HMMEmissions",
     "SwitchingLinearDynamics",
     "GaussMarkov",
+    "StateConditionedPath",
+    "StateConditionedSwitchingPath",
     "LinearGaussianEmission",
     "LinearGaussianSSM",
     "DelayedPath",
@@ -95,6 +97,49 @@ def _mvn_logpdf_tril(x, mean, scale_tril):
     return -0.5 * jnp.sum(w**2, -1) - half_logdet - 0.5 * x.shape[-1] * _LOG_2PI
 
 
+def _mvn_logpdf_tril_bc(x, mean, scale_tril):
+    """:func:`_mvn_logpdf_tril` with the factor broadcast to the batch dims of x - mean."""
+    shape = jnp.broadcast_shapes(x.shape, mean.shape)[:-1] + scale_tril.shape[-2:]
+    return _mvn_logpdf_tril(x, mean, jnp.broadcast_to(scale_tril, shape))
+def _chain_log_prob(log_init, log_trans, states, mask=None):
+    """log p(z) = log_init[z_1] + sum_t log_trans_t[z_{t-1}, z_t] of given state paths.
+
+    Parameters
+    ----------
+    log_init : array (K,) or (..., K)
+    log_trans : array (K, K) or (..., T-1, K, K)
+    states : int array (..., T)
+    mask : bool array (..., T), optional
+        Steps that exist; the terms of padded steps are zero.
+
+    Returns
+    -------
+    array (...,)
+    """
+    z = jnp.asarray(states)
+    K = log_init.shape[-1]
+    lead = log_trans.shape[:-3] if log_trans.ndim > 2 else ()
+    batch = jnp.broadcast_shapes(z.shape[:-1], log_init.shape[:-1], lead)
+    z = jnp.broadcast_to(z, batch + z.shape[-1:])
+    first = jnp.take_along_axis(jnp.broadcast_to(log_init, batch + (K,)), z[..., :1], -1)[..., 0]
+    if log_trans.ndim == 2:
+        steps = log_trans[z[..., :-1], z[..., 1:]]
+    else:
+        lt = jnp.broadcast_to(log_trans, batch + log_trans.shape[-3:])
+        rows = jnp.take_along_axis(lt, z[..., :-1, None, None], axis=-2)[..., 0, :]  # (..., T-1, K)
+        steps = jnp.take_along_axis(rows, z[..., 1:, None], axis=-1)[..., 0]
+    if mask is not None:
+        first = jnp.where(mask[..., 0], first, 0.0)
+        steps = jnp.where(mask[..., 1:], steps, 0.0)
+    return first + jnp.sum(steps, -1)
+
+
+def _select_states(per_state, states):
+    """per_state (..., T, K) at the given states (..., T) -> (..., T)."""
+    z = jnp.broadcast_to(states, per_state.shape[:-1])
+    return jnp.take_along_axis(per_state, z[..., None], axis=-1)[..., 0]
+
+
 def masked_log_prob(base: dist.Distribution, value):
     """Elementwise log density with NaN entries of ``value`` contributing exactly zero.
 
@@ -152,6 +197,12 @@ class SwitchingSequence(dist.Distribution):
 
     def sample_with_states(self, key, sample_shape=()):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def given_states(self, states) -> dist.Distribution:
+        """The distribution of the sequence given its discrete states (int batch_shape + (T,)),
+        whose ``log_prob`` is the joint log p(z, value); see :class:`zoo.handlers.
+        condition_states`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be conditioned on its states")
 
     # -- shared machinery
     def with_parallel(self, parallel: bool) -> SwitchingSequence:
@@ -420,6 +471,51 @@ class SwitchingLinearDynamics(SwitchingSequence):
         z, x = jax.vmap(jax.vmap(one), in_axes=(0, None, None))(keys, b, r)
         return z.reshape(sample_shape + batch + (T,)), x.reshape(sample_shape + batch + (T, D))
 
+    def _gauss_markov_given(self, states) -> StateConditionedPath:
+        """The Gauss-Markov path given the states (the transitions as if not recurrent)."""
+        T, D = self.event_shape
+        K, batch = self.num_states, self.batch_shape
+        # parameters may be NumPy arrays; traced state indices can only index JAX arrays
+        A, b, L = map(jnp.asarray, (self.A, self.b, self.scale_tril))
+        init_mean, init_L = jnp.asarray(self.init_mean), jnp.asarray(self.init_scale_tril)
+        z0, zs = states[..., 0], states[..., 1:]
+        L0 = init_L[z0]
+        Lq = L[zs]
+        if b.ndim == 2:
+            bt = b[zs]
+        else:
+            bb = jnp.broadcast_to(b, batch + (T, K, D))[..., 1:, :, :]  # b_t for the step into t
+            bt = jnp.take_along_axis(bb, zs[..., None, None], axis=-2)[..., 0, :]
+        return StateConditionedPath(
+            init_mean[z0], L0 @ jnp.swapaxes(L0, -1, -2), A[zs], bt, Lq @ jnp.swapaxes(Lq, -1, -2),
+            states, jnp.asarray(self.log_init), jnp.asarray(self.log_P), T, batch, self.step_mask,
+        )
+
+    def given_states(self, states):
+        """The distribution of the path given the discrete states z.
+
+        Parameters
+        ----------
+        states : int array batch_shape + (T,)
+
+        Returns
+        -------
+        StateConditionedPath or StateConditionedSwitchingPath
+            Non-recurrent transitions (``R is None``): the Gauss-Markov path x | z (a
+            :class:`GaussMarkov`, so :class:`zoo.handlers.collapse` integrates it out), whose
+            ``log_prob`` is log p(z, x | theta) and ``states_log_prob()`` log p(z | theta).
+            Recurrent transitions: :class:`StateConditionedSwitchingPath`, whose ``log_prob``
+            is log p(z, x | theta) (not Gaussian in x).
+        """
+        z = jnp.asarray(states)
+        T = self.event_shape[0]
+        if not jnp.issubdtype(z.dtype, jnp.integer) or z.shape != self.batch_shape + (T,):
+            raise ValueError(f"states must be an integer array of shape batch_shape + (T,) = "
+                             f"{self.batch_shape + (T,)}; got {z.dtype} {z.shape}")
+        if self.R is None:
+            return self._gauss_markov_given(z)
+        return StateConditionedSwitchingPath(self, z)
+
 
 # ----------------------------------------------------------------------------------------------
 # Linear-Gaussian paths and their collapse
@@ -427,18 +523,24 @@ class SwitchingLinearDynamics(SwitchingSequence):
 
 
 class GaussMarkov(dist.Distribution):
-    """Gauss-Markov path x_1 ~ N(m0, P0), x_t = F x_{t-1} + b + N(0, Q).
+    """Gauss-Markov path x_1 ~ N(m0, P0), x_t = F_t x_{t-1} + b_t + N(0, Q_t).
 
     Parameters
     ----------
-    m0 : array (D,)
-    P0 : array (D, D)
-    F : array (D, D) or (T-1, D, D)
-    b : array (D,) or (T-1, D)
-    Q : array (D, D) or (T-1, D, D)
+    m0 : array (D,) or batch_shape + (D,)
+    P0 : array (D, D) or batch_shape + (D, D)
+    F : array (D, D) or (T-1, D, D), or either with batch_shape in front
+    b : array (D,) or (T-1, D), or either with batch_shape in front
+    Q : array (D, D) or (T-1, D, D), or either with batch_shape in front
+        Time-varying parameters carry the T-1 transitions into steps 2..T.
     num_steps : int
+        T.
     batch_shape : tuple
-        Trial shape, () or (B,); trials share the parameters.
+        Trial shape, () or (B,). The trials share the parameters when ``m0`` is (D,); when ``m0``
+        is batch_shape + (D,), every parameter has the batch_shape in front (per-trial
+        parameters, e.g. a path given each trial's discrete states).
+    mask : bool array batch_shape + (T,), optional
+        Steps that exist (trials padded at the end): padded steps add nothing to ``log_prob``.
 
     Under the :class:`zoo.handlers.collapse` handler the path is not sampled: a
     :class:`DelayedPath` stands for it, and a :class:`LinearGaussianEmission` of it becomes the
@@ -446,40 +548,174 @@ class GaussMarkov(dist.Distribution):
     """
 
     support = constraints.real_vector
-    pytree_data_fields = ("m0", "P0", "F", "b", "Q")
+    pytree_data_fields = ("m0", "P0", "F", "b", "Q", "step_mask")
 
-    def __init__(self, m0, P0, F, b, Q, num_steps, batch_shape=(), validate_args=None):
+    def __init__(self, m0, P0, F, b, Q, num_steps, batch_shape=(), mask=None, validate_args=None):
+        batch_shape = tuple(batch_shape)
+        pb = jnp.shape(m0)[:-1]
+        if pb not in ((), batch_shape):
+            raise ValueError(f"m0 must have shape (D,) or batch_shape + (D,) = {batch_shape + (-1,)}; "
+                             f"got {jnp.shape(m0)}")
+        nb, T = len(pb), num_steps
+        for name, val, per_trial in (("P0", P0, (2,)), ("F", F, (2, 3)), ("b", b, (1, 2)), ("Q", Q, (2, 3))):
+            if jnp.ndim(val) - nb not in per_trial or jnp.shape(val)[:nb] != pb:
+                raise ValueError(f"{name} must have {pb} in front of its per-trial shape when m0 has "
+                                 f"shape {jnp.shape(m0)}; got {jnp.shape(val)} (num_steps={T})")
         self.m0, self.P0, self.F, self.b, self.Q = m0, P0, F, b, Q
-        super().__init__(tuple(batch_shape), (num_steps, m0.shape[-1]), validate_args=validate_args)
+        self.step_mask = mask
+        super().__init__(batch_shape, (num_steps, jnp.shape(m0)[-1]), validate_args=validate_args)
+
+    def _param_batch_ndim(self) -> int:
+        """Number of leading batch dims of the parameters: 0 (shared) or len(batch_shape)."""
+        return jnp.ndim(self.m0) - 1
 
     def _tv(self):
-        T = self.event_shape[0]
-        p = scans._canonical_lgssm(T, self.m0, self.P0, self.F, self.b, self.Q,
-                                   jnp.zeros((1, self.m0.shape[0])), jnp.zeros(1), jnp.eye(1))
-        return p
+        """Parameters with an explicit time axis: m0 (P..., D), P0 (P..., D, D), F (P..., T-1,
+        D, D), b (P..., T-1, D), Q (P..., T-1, D, D), with P... the parameters' batch dims."""
+        T, D = self.event_shape
 
-    def log_prob(self, value):
-        p = self._tv()
-        lp0 = _mvn_logpdf_tril(value[..., 0, :], p.m0, jnp.linalg.cholesky(p.P0))
-        mean = jnp.einsum("tij,...tj->...ti", p.F, value[..., :-1, :]) + p.b
-        lp = _mvn_logpdf_tril(value[..., 1:, :], mean, jnp.linalg.cholesky(p.Q))
+        dtype = jnp.result_type(self.m0, self.P0, self.F, self.b, self.Q, jnp.float32)
+
+        def canon(m0, P0, F, b, Q):
+            p = scans._canonical_lgssm(T, m0, P0, F, b, Q, jnp.zeros((1, D), dtype), jnp.zeros(1, dtype),
+                                       jnp.eye(1, dtype=dtype), dtype)
+            return p.m0, p.P0, p.F, p.b, p.Q
+
+        for _ in range(self._param_batch_ndim()):
+            canon = jax.vmap(canon)
+        return canon(self.m0, self.P0, self.F, self.b, self.Q)
+
+    def states_log_prob(self):
+        """log p(z | theta) of the discrete states the path is conditioned on, shape
+        ``batch_shape``: none here (zero); see :class:`StateConditionedPath`."""
+        return jnp.zeros(self.batch_shape, jnp.result_type(self.m0, jnp.float32))
+
+    def path_log_prob(self, value):
+        """The Gaussian path density log N(value | m0, P0, F, b, Q), padded steps excluded.
+
+        Parameters
+        ----------
+        value : array (..., T, D), ... ending with batch_shape
+
+        Returns
+        -------
+        array (...,)
+        """
+        m0, P0, F, b, Q = self._tv()
+        lp0 = _mvn_logpdf_tril_bc(value[..., 0, :], m0, jnp.linalg.cholesky(P0))
+        mean = jnp.einsum("...tij,...tj->...ti", F, value[..., :-1, :]) + b
+        lp = _mvn_logpdf_tril_bc(value[..., 1:, :], mean, jnp.linalg.cholesky(Q))
+        if self.step_mask is not None:
+            lp0 = jnp.where(self.step_mask[..., 0], lp0, 0.0)
+            lp = jnp.where(self.step_mask[..., 1:], lp, 0.0)
         return lp0 + jnp.sum(lp, -1)
 
-    def sample(self, key, sample_shape=()):
-        p = self._tv()
-        T, D = self.event_shape
-        shape = tuple(sample_shape) + self.batch_shape
-        n = max(math.prod(shape), 1)
+    def log_prob(self, value):
+        """log p(z, x) = ``states_log_prob()`` + ``path_log_prob(value)``, shape (...,)."""
+        return self.states_log_prob() + self.path_log_prob(value)
 
-        def one(k):
+    def sample(self, key, sample_shape=()):
+        m0, P0, F, b, Q = self._tv()
+        T, D = self.event_shape
+        sample_shape, batch = tuple(sample_shape), self.batch_shape
+        ns, nbt = max(math.prod(sample_shape), 1), max(math.prod(batch), 1)
+
+        def one(k, m0, P0, F, b, Q):
             k0, k1 = jax.random.split(k)
-            x0 = p.m0 + jnp.linalg.cholesky(p.P0) @ jax.random.normal(k0, (D,), p.m0.dtype)
-            eps = jax.random.normal(k1, (T - 1, D), p.m0.dtype)
-            noise = jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(p.Q), eps)
-            xs = scans.linear_recurrence(p.F, p.b + noise, x0, parallel=False)
+            x0 = m0 + jnp.linalg.cholesky(P0) @ jax.random.normal(k0, (D,), m0.dtype)
+            eps = jax.random.normal(k1, (T - 1, D), m0.dtype)
+            noise = jnp.einsum("tij,tj->ti", jnp.linalg.cholesky(Q), eps)
+            xs = scans.linear_recurrence(F, b + noise, x0, parallel=False)
             return jnp.concatenate([x0[None], xs])
 
-        return jax.vmap(one)(jax.random.split(key, n)).reshape(shape + (T, D))
+        keys = jax.random.split(key, ns * nbt).reshape((ns, nbt) + jax.random.split(key, 1).shape[1:])
+        params = (m0, P0, F, b, Q)
+        if self._param_batch_ndim():
+            params = tuple(p.reshape((nbt,) + p.shape[len(batch):]) for p in params)
+            inner = jax.vmap(one)
+        else:
+            inner = jax.vmap(one, in_axes=(0,) + (None,) * 5)
+        x = jax.vmap(inner, in_axes=(0,) + (None,) * 5)(keys, *params)
+        return x.reshape(sample_shape + batch + (T, D))
+
+
+class StateConditionedPath(GaussMarkov):
+    """Path of a (non-recurrent) switching linear dynamical system given its discrete states.
+
+    Given z_{1:T}, x_1 ~ N(init_mean[z_1], init_scale_tril[z_1] init_scale_tril[z_1]^T) and
+    x_t = A[z_t] x_{t-1} + b_t[z_t] + N(0, Q[z_t]): a Gauss-Markov path with time-varying (and,
+    with trials, per-trial) parameters, which :class:`zoo.handlers.collapse` integrates out and
+    :class:`zoo.handlers.decode` draws exactly. Built by
+    :meth:`SwitchingLinearDynamics.given_states`.
+
+    ``log_prob(x)`` is the joint log p(z, x | theta) = :meth:`states_log_prob` + the Gaussian
+    path density; under collapse the site contributes :meth:`states_log_prob` alone.
+
+    Parameters
+    ----------
+    m0, P0, F, b, Q : arrays
+        As :class:`GaussMarkov`: batch_shape + (D,), (D, D), (T-1, D, D), (T-1, D), (T-1, D, D).
+    states : int array batch_shape + (T,)
+        The discrete states z.
+    log_init : array (K,)
+        Log initial state probabilities.
+    log_trans : array (K, K)
+        Log transition probabilities.
+    num_steps : int
+    batch_shape : tuple
+    mask : bool array batch_shape + (T,), optional
+        Steps that exist (trials padded at the end); padded steps contribute nothing.
+    """
+
+    pytree_data_fields = ("states", "log_init", "log_trans")
+
+    def __init__(self, m0, P0, F, b, Q, states, log_init, log_trans, num_steps, batch_shape=(),
+                 mask=None, validate_args=None):
+        self.states, self.log_init, self.log_trans = states, log_init, log_trans
+        super().__init__(m0, P0, F, b, Q, num_steps, batch_shape, mask, validate_args)
+
+    def states_log_prob(self):
+        """log p(z | theta) = log_init[z_1] + sum_t log_trans[z_{t-1}, z_t] over existing
+        steps, shape ``batch_shape``."""
+        return _chain_log_prob(self.log_init, self.log_trans, self.states, self.step_mask)
+
+
+class StateConditionedSwitchingPath(dist.Distribution):
+    """Path of a recurrent switching linear dynamical system given its discrete states.
+
+    The transitions p(z_t | z_{t-1}, x_{t-1}) depend on the path, so x given z is not Gaussian
+    and :class:`zoo.handlers.collapse` leaves it alone. Built by
+    :meth:`SwitchingLinearDynamics.given_states`.
+
+    ``log_prob(x)`` = log p(z, x | theta) = log_init[z_1] + log N(x_1 | z_1)
+    + sum_t [log p(z_t | z_{t-1}, x_{t-1}) + log N(x_t | A_{z_t} x_{t-1} + b_t[z_t], Q_{z_t})],
+    padded steps excluded; shape (...,) for x (..., T, D).
+
+    Parameters
+    ----------
+    dynamics : SwitchingLinearDynamics
+        The switching path (with recurrent transitions).
+    states : int array batch_shape + (T,)
+        The discrete states z.
+    """
+
+    support = constraints.real_vector
+    pytree_data_fields = ("dynamics", "states")
+
+    def __init__(self, dynamics: SwitchingLinearDynamics, states, validate_args=None):
+        self.dynamics, self.states = dynamics, states
+        super().__init__(dynamics.batch_shape, dynamics.event_shape, validate_args=validate_args)
+
+    def log_prob(self, value):
+        dyn = self.dynamics
+        gauss = jnp.sum(_select_states(dyn._masked_state_log_likelihoods(value), self.states), -1)
+        return gauss + _chain_log_prob(dyn.log_init, dyn.log_transitions(value), self.states, dyn.step_mask)
+
+    def sample(self, key, sample_shape=()):
+        """A draw of the Gauss-Markov part given the states (x_t = A_{z_t} x_{t-1} + b + noise),
+        which ignores how the transition probabilities depend on x: not an exact draw of
+        p(x | z, theta); good enough as a starting value."""
+        return self.dynamics._gauss_markov_given(self.states).sample(key, sample_shape)
 
 
 class DelayedPath:
@@ -514,7 +750,8 @@ class LinearGaussianEmission(dist.Distribution):
     ----------
     x : array (..., T, D) or DelayedPath
     H : array (N, D)
-    d : array (N,)
+    d : array (N,) or (..., T, N)
+        Offsets (time-varying ones carry inputs).
     R : array (N, N)
         Emission covariance; NaN entries of an observed y are missing.
     """
@@ -556,14 +793,20 @@ class LinearGaussianSSM(dist.Distribution):
     """Observed sequence of a linear-Gaussian state-space model, path integrated out.
 
     ``log_prob`` is the Kalman-filter marginal likelihood (NaN entries missing); the path's
-    exact posterior is available through :meth:`path_posterior`.
+    exact posterior is available through :meth:`path_posterior`. Trials run through one Kalman
+    filter each, with their own parameters where the prior has per-trial parameters or the
+    emission offsets are per trial.
 
     Parameters
     ----------
     prior : GaussMarkov
-        The latent path's prior (parameters m0, P0, F, b, Q; trial batch shape).
-    H, d, R : arrays (N, D), (N,), (N, N)
-        Emission parameters.
+        The latent path's prior (parameters m0, P0, F, b, Q, shared or per trial; trial batch
+        shape).
+    H : array (N, D)
+    d : array (N,), (T, N) or batch_shape + (T, N)
+        Emission offsets (time-varying ones carry inputs).
+    R : array (N, N)
+        Emission covariance.
     parallel : bool
         Sequential or associative-scan Kalman filter.
     """
@@ -581,17 +824,62 @@ class LinearGaussianSSM(dist.Distribution):
         p = self.prior
         return (p.m0, p.P0, p.F, p.b, p.Q, self.H, self.d, self.R)
 
+    def _per_trial(self, fn, value, key=None):
+        """``fn(y, key, m0, P0, F, b, Q, H, d, R)`` of one trial's parameters, mapped over the
+        trials when their parameters differ; leaves of the result have shape value.shape[:-2]
+        in front."""
+        batch = self.batch_shape
+        nb = len(batch)
+        T, N = self.event_shape
+        per_trial_d = jnp.ndim(self.d) > 2
+        if nb == 0 or (self.prior._param_batch_ndim() == 0 and not per_trial_d):
+            return fn(value, key, *self._params())
+        nbt = math.prod(batch)
+        m0, P0, F, b, Q = self.prior._tv()
+        d = jnp.broadcast_to(self.d, batch + (T, N))
+        prior = tuple(jnp.broadcast_to(a, batch + a.shape[a.ndim - s:]).reshape((nbt,) + a.shape[a.ndim - s:])
+                      for a, s in ((m0, 1), (P0, 2), (F, 3), (b, 2), (Q, 3)))
+        value = jnp.broadcast_to(value, jnp.broadcast_shapes(value.shape, batch + (T, N)))
+        lead = value.shape[: value.ndim - 2 - nb]
+        y = value.reshape(lead + (nbt, T, N))
+        keys = None if key is None else jax.random.split(key, nbt)
+        out = jax.vmap(lambda yy, k, m0, P0, F, b, Q, d: fn(yy, k, m0, P0, F, b, Q, self.H, d, self.R),
+                       in_axes=(len(lead), None if key is None else 0, 0, 0, 0, 0, 0, 0))(
+            y, keys, *prior, d.reshape((nbt, T, N)))
+        # the trial axis comes first: move it behind the sample dims and unflatten it
+        s = len(lead)
+        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, s).reshape(lead + batch + a.shape[s + 1:]), out)
+
+    def _filter(self, value):
+        return self._per_trial(lambda y, k, *p: scans.kalman_filter(y, *p, parallel=self.parallel), value)
+
     def log_prob(self, value):
-        return scans.kalman_filter(value, *self._params(), parallel=self.parallel).log_likelihood
+        return self._filter(value).log_likelihood
 
     def pointwise_log_prob(self, value):
-        return scans.kalman_filter(value, *self._params(), parallel=self.parallel).pointwise
+        return self._filter(value).pointwise
 
     def path_posterior(self, value, key) -> PathPosterior:
-        """Exact posterior of the integrated-out path given the observations."""
-        sm = scans.kalman_smoother(value, *self._params(), parallel=self.parallel)
-        draw = scans.kalman_sample(key, value, *self._params(), parallel=self.parallel)
-        return PathPosterior(draw, sm.smoothed_means, sm.smoothed_covariances)
+        """Exact posterior of the integrated-out path given the observations.
+
+        Parameters
+        ----------
+        value : array (..., T, N)
+            Observations, NaN = missing.
+        key : jax.random key
+
+        Returns
+        -------
+        PathPosterior
+            One exact draw (..., T, D), smoothed means (..., T, D) and covariances
+            (..., T, D, D).
+        """
+        def one(y, k, *p):
+            sm = scans.kalman_smoother(y, *p, parallel=self.parallel)
+            draw = scans.kalman_sample(k, y, *p, parallel=self.parallel)
+            return PathPosterior(draw, sm.smoothed_means, sm.smoothed_covariances)
+
+        return self._per_trial(one, value, key)
 
     def sample_with_intermediates(self, key, sample_shape=()):
         k1, k2 = jax.random.split(key)

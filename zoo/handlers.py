@@ -7,6 +7,8 @@ mask, scale) and work under MCMC, SVI and Predictive.
 
 - :class:`marginalize` -- discrete states of switching sites summed out by the forward algorithm,
   sequentially or with a parallel scan.
+- :class:`condition_states` -- switching sites given their discrete states: the path x | z (a
+  Gauss-Markov path for non-recurrent transitions, which :class:`collapse` then integrates out).
 - :class:`decode` -- exact posterior of the discrete states (FFBS draw, smoothed marginals,
   Viterbi path) and of collapsed linear-Gaussian paths, given the other sites' values.
 - :class:`collapse` -- a Gauss-Markov path with linear-Gaussian emissions integrated out by the
@@ -33,7 +35,7 @@ from zoo.distributions import (
     pointwise_log_prob,
 )
 
-__all__ = ["marginalize", "decode", "collapse", "temper", "pointwise"]
+__all__ = ["marginalize", "condition_states", "decode", "collapse", "temper", "pointwise"]
 
 
 def _is_sample(msg) -> bool:
@@ -62,6 +64,35 @@ class marginalize(Messenger):
     def process_message(self, msg):
         if _is_sample(msg) and isinstance(msg["fn"], SwitchingSequence):
             msg["fn"] = msg["fn"].with_parallel(self.parallel)
+
+
+class condition_states(Messenger):
+    """Condition switching sites on given discrete states.
+
+    Every unobserved :class:`~zoo.distributions.SwitchingSequence` sample site named in
+    ``states`` gets ``fn.given_states(states[name])``: its log density becomes the joint
+    log p(z, value | theta) instead of the marginal log sum_z p(z, value | theta). For the
+    (non-recurrent) SLDS this is a :class:`~zoo.distributions.StateConditionedPath`, a
+    Gauss-Markov path that :class:`collapse` integrates out when applied outside this handler:
+    ``collapse(condition_states(program, states={"x": z}))`` has the log density
+    log p(theta) + log p(z | theta) + log p(y | theta, z), and :class:`decode` of it draws
+    x | z, theta, y exactly.
+
+    Parameters
+    ----------
+    fn : callable, optional
+    states : dict of str to int array
+        Site name -> states of shape batch_shape + (T,).
+    """
+
+    def __init__(self, fn=None, states=None):
+        self.states = dict(states or {})
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if (_is_sample(msg) and not msg["is_observed"] and msg["name"] in self.states
+                and isinstance(msg["fn"], SwitchingSequence)):
+            msg["fn"] = msg["fn"].given_states(self.states[msg["name"]])
 
 
 def _site_key(key, name: str):
@@ -111,15 +142,19 @@ class decode(Messenger):
 
 
 class _CollapsedPrior(Distribution):
-    """Placeholder for an integrated-out path: contributes zero; its prior lives in the
-    marginal of the emission that consumes it."""
+    """Placeholder for an integrated-out path: its Gaussian prior lives in the marginal of the
+    emission that consumes it; it contributes the log probability of the discrete states the
+    path is conditioned on (``prior.states_log_prob()``: log p(z | theta) for a
+    :class:`~zoo.distributions.StateConditionedPath`, zero for a plain Gauss-Markov path)."""
+
+    pytree_data_fields = ("prior",)
 
     def __init__(self, prior: GaussMarkov):
         self.prior = prior
         super().__init__(prior.batch_shape, prior.event_shape)
 
     def log_prob(self, value):
-        return jnp.zeros(self.batch_shape)
+        return self.prior.states_log_prob()
 
     def sample(self, key, sample_shape=()):  # pragma: no cover - never sampled
         raise RuntimeError("a collapsed path is not sampled; decode it instead")
