@@ -104,19 +104,21 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
         params = {"step_size": step_size[None], "inverse_mass_matrix": var[None],
                   "num_integration_steps": jnp.array([n_leap])}
         state, inf = kernel(k, state, n_mcmc, params)
-        return state, inf.log_likelihood_increment, jnp.mean(inf.update_info.acceptance_rate)
+        ess = 1.0 / jnp.sum(state.weights**2)  # of the weights at the new temperature
+        return state, inf.log_likelihood_increment, jnp.mean(inf.update_info.acceptance_rate), ess
 
     state = blackjax.adaptive_tempered.init(x0)
-    log_z, schedule, accs, step_size = 0.0, [0.0], [], jnp.asarray(0.3)
+    log_z, schedule, accs, esss, step_size = 0.0, [0.0], [], [], jnp.asarray(0.3)
     with tqdm(total=1.0, desc="adaptive tempered SMC", disable=not progress_bar, leave=False,
               bar_format="{desc}: beta={n:.3f} {elapsed}") as bar:
         while float(state.tempering_param) < 1.0:
             if len(schedule) > max_iter:
                 raise RuntimeError(f"SMC did not reach temperature 1 in {max_iter} steps (at "
                                    f"{float(state.tempering_param):.3g}); raise max_iterations or target_ess")
-            state, inc, acc = smc_step(jax.random.fold_in(k_run, len(schedule)), state, step_size)
+            state, inc, acc, ess = smc_step(jax.random.fold_in(k_run, len(schedule)), state, step_size)
             log_z += float(inc)
             accs.append(float(acc))
+            esss.append(float(ess))
             schedule.append(float(state.tempering_param))
             step_size = step_size * jnp.exp(1.5 * (acc - 0.65))
             bar.n = schedule[-1]
@@ -130,7 +132,8 @@ def run_smc(model: Callable, y, model_kwargs: Mapping, key, num_particles: int, 
     samples = {k: np.asarray(v)[None] for k, v in samples.items()}
     w = np.asarray(state.weights)
     attrs = {"log_evidence": log_z, "smc_iterations": len(schedule) - 1, "smc_ess": float(1.0 / np.sum(w**2)),
-             "tempering_schedule": [round(b, 6) for b in schedule], "smc_acceptance": accs}
+             "tempering_schedule": [round(b, 6) for b in schedule], "smc_acceptance": accs,
+             "smc_ess_per_step": [round(e, 3) for e in esss]}
     text = f"{num_particles} particles drawn exactly from the prior, tempered to the posterior in " \
            f"{len(schedule) - 1} adaptive steps"
     return samples, {"lp": np.asarray(lp)[None]}, text, attrs

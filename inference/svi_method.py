@@ -53,7 +53,10 @@ def fit_svi(model: Callable, y, model_kwargs: Mapping, key, num_samples: int, pr
     draws = pred(k_draw, y, **dict(model_kwargs))
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k in sites}
     attrs = {"svi_guide": res.guide_name, "svi_steps": res.num_steps, "svi_final_loss": res.final_loss,
-             "svi_converged": int(res.converged), "svi_time": res.seconds}
+             "svi_converged": int(res.converged), "svi_time": res.seconds,
+             # the ELBO trace for diagnose, thinned to at most 1000 evenly spaced steps
+             "svi_losses": np.asarray(res.losses)[np.unique(np.linspace(0, len(res.losses) - 1, 1000)
+                                                            .astype(int))].tolist()}
     text = (f"SVI guide {res.guide_name} initialised at the prior median; {res.num_steps} Adam steps "
             f"({'converged' if res.converged else 'NOT converged'}); {num_samples} independent guide draws")
     return samples, {}, text, attrs
