@@ -23,12 +23,26 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 from numpyro.primitives import Messenger
 
-__all__ = ["Model", "Program", "as_model"]
+__all__ = ["Model", "Program", "BlockedSpec", "as_model"]
+
+
+class BlockedSpec(NamedTuple):
+    """What a model's exact blocked sampler needs to know (:mod:`inference.blocked`).
+
+    Attributes
+    ----------
+    path_site : str
+        The switching path site: its states are drawn by FFBS given the path, and given the
+        states the path is linear-Gaussian with linear-Gaussian emissions, so it is integrated
+        out for the parameters and drawn exactly after them.
+    """
+
+    path_site: str = "x"
 
 
 class Model(abc.ABC):
@@ -103,7 +117,7 @@ class Model(abc.ABC):
         """Site values of the non-centred program from values of the plain one."""
         return dict(values)
 
-    def blocked_sampler(self) -> Any:
+    def blocked_sampler(self) -> BlockedSpec | None:
         """The model's exact blocked posterior sampler (:mod:`inference.blocked`), or None."""
         return None
 
@@ -115,7 +129,7 @@ class Program(Model):
     Calls go to ``fn``; the protocol's properties come from the zoo model that ``fn`` wraps in
     NumPyro handlers, if any (a conditioned model keeps its names), else the defaults. The
     model-specific helpers (``initial_params``, ``prepare``, ``path_reference``) keep their
-    defaults: they assume the unwrapped program.
+    defaults: they assume the unwrapped program; ``blocked_sampler`` is the wrapped model's.
 
     Parameters
     ----------
@@ -154,6 +168,11 @@ class Program(Model):
 
     def dim_sizes(self) -> dict[str, int]:
         return self.inner.dim_sizes() if self.inner is not None else {}
+
+    def blocked_sampler(self) -> BlockedSpec | None:
+        # the blocks only reinterpret the path site, so handlers that fix parameter values
+        # (condition, substitute) keep the wrapped model's blocked sampler valid
+        return self.inner.blocked_sampler() if self.inner is not None else None
 
 
 def as_model(program: Callable) -> Model:

@@ -21,6 +21,7 @@ from zoo._base import (
 from zoo.distributions import DelayedPath, LinearGaussianEmission, SwitchingLinearDynamics, _safe_value
 from zoo.frame import LatentFrame, default_frame, latent_frame
 from zoo.handlers import marginalize
+from zoo.protocol import BlockedSpec
 
 _LINKS = {"softplus": jax.nn.softplus, "exp": jnp.exp}
 
@@ -104,7 +105,7 @@ class SLDS(ModelMixin):
     parallel: bool = False
 
     continuous_time = False
-    sequence_sites = ("x", "y")
+    sequence_sites = ("x", "y", "z")
     _transition_choices = ("standard", "sticky")
 
     def __post_init__(self):
@@ -148,6 +149,7 @@ class SLDS(ModelMixin):
             "emission_noise": ["neuron"],
             "input_emissions": ["neuron", "input"],
             "x": ["time", "latent"],
+            "z": ["time"],
             "y": ["time", "neuron"],
         }
 
@@ -224,6 +226,17 @@ class SLDS(ModelMixin):
             h = numpyro.sample("emission_bias_free", dist.Normal(0.0, 2.0 * s).expand([N - D]).to_event(1))
             C, d = C + frame.complement @ G, d + frame.complement @ h
         return numpyro.deterministic("emission_matrix", C), numpyro.deterministic("emission_bias", d)
+
+    def blocked_sampler(self) -> BlockedSpec | None:
+        """The exact blocked sampler (:mod:`inference.blocked`) where the path is linear-Gaussian
+        given the states: Gaussian emissions and non-recurrent transitions."""
+        if self.emissions == "gaussian" and self.transitions in ("standard", "sticky"):
+            return BlockedSpec("x")
+        return None
+
+    def prepare(self, y, model_kwargs) -> dict:
+        """The data frame, computed once from the data (:meth:`zoo.protocol.Model.prepare`)."""
+        return {"frame": self.data_frame(y, model_kwargs.get("mask"))}
 
     def data_frame(self, y, mask=None) -> LatentFrame:
         """The frame that anchors the latent space to the observations (:mod:`zoo.frame`).
