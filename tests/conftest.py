@@ -41,12 +41,13 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 # Scopes whose wall time dominates the suite, heaviest first (measured cold-cache call + fixture
-# times, 2026-12-01); everything else is short. ``./dev test`` passes ``--no-loadscope-reorder``
+# times); everything else is short. ``./dev test`` passes ``--no-loadscope-reorder``
 # so xdist hands the scopes out in this order and the long ones do not end the run on one worker.
 HEAVY_FIRST = ("TestNotebook_05_samplers", "test_slds", "TestNotebook_03_line_attractors",
                "TestNotebook_01_quickstart", "test_cli", "test_gpslds", "TestNotebook_04_spikes_gpsde",
-               "test_inference_sbc", "test_guides", "test_scans", "test_inference_quadrature",
-               "TestNotebook_06_deterministic", "test_inference_devices", "test_gpsde", "test_attractors")
+               "test_given_states", "test_inference_sbc", "test_blocked", "test_guides", "test_scans",
+               "test_inference_quadrature", "TestNotebook_06_deterministic", "test_inference_devices",
+               "test_gpsde", "test_reproducible", "test_attractors")
 
 
 def _weight(item: pytest.Item) -> int:
