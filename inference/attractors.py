@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from zoo.protocol import as_model
+
 __all__ = ["attractors", "plot_attractors", "attractor_probabilities", "by_chain", "indicator_mcse",
            "KINDS", "MCSE_METHOD"]
 
@@ -57,8 +59,8 @@ KINDS = ("stable", "unstable", "saddle", "marginal")
 def _draws_with_chains(post) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """(draws with one leading sample axis, chain index per sample, draw index within its chain,
     chain labels). A dict of arrays is one chain."""
-    if hasattr(post, "children") and "posterior" in getattr(post, "children", {}):
-        ds = post["posterior"].to_dataset() if hasattr(post["posterior"], "to_dataset") else post["posterior"]
+    if isinstance(post, xr.DataTree) and "posterior" in post.children:
+        ds = post["posterior"].to_dataset()
         out = {}
         C = D = None
         for name, var in ds.data_vars.items():
@@ -232,20 +234,17 @@ def by_chain(result: xr.Dataset, name: str) -> xr.DataArray:
 
 
 def _velocity_fns(model, params, key):
-    """(velocity v(x), map_jacobian_to_rates, moments or None) for one draw."""
-    if getattr(model, "continuous_time", True):
-        p = dict(params)
-        has_moments = "drift_weights_mean" in p and hasattr(model, "drift_moments")
-        if has_moments and "drift_weights" not in p:
-            p["drift_weights"] = model.sample_drift_weights(p, key)
+    """(velocity v(x), the draw's completed parameters, moments(x) -> (mean, var) or None) for
+    one draw of a model with the protocol (:class:`zoo.protocol.Model`)."""
+    if model.continuous_time:
+        p = model.dynamics_params(params, key)
 
         def v(x):
             return model.drift(p, x)
 
-        moments = (lambda x: model.drift_moments(p, x)) if has_moments else None
-        return v, p, moments
-    dt = float(getattr(model, "dt", 1.0))
-    K = model.num_states
+        return v, p, (lambda x: model.drift_moments(p, x))
+    dt = float(model.dt)
+    K = _num_states(model)
 
     def G(x):
         pi = model.regimes(params, x)
@@ -258,12 +257,17 @@ def _velocity_fns(model, params, key):
     return v, dict(params), None
 
 
+def _num_states(model) -> int:
+    """K, the number of discrete states of a discrete-time model (0 without any)."""
+    return int(model.dim_sizes().get("state", 0))
+
+
 def _rates(model, J):
     """Continuous-time rates (real parts) and imaginary parts from a Jacobian of v."""
-    if getattr(model, "continuous_time", True):
+    if model.continuous_time:
         lam = jnp.linalg.eigvals(J)
         return jnp.real(lam), jnp.imag(lam)
-    dt = float(getattr(model, "dt", 1.0))
+    dt = float(model.dt)
     lam = jnp.linalg.eigvals(jnp.eye(J.shape[-1]) + dt * J)
     return jnp.log(jnp.abs(lam) + 1e-300) / dt, jnp.angle(lam) / dt
 
@@ -331,10 +335,11 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     Parameters
     ----------
     model
-        A zoo model: continuous time (``continuous_time=True``, ``drift(params, x)``,
-        ``regimes(params, x)``; optionally ``drift_moments`` / ``sample_drift_weights`` for
-        collapsed GP drifts) or discrete time (``step(params, x, k)``, ``regimes``,
-        ``num_states``, sites ``dynamics`` (K, D, D) and ``dynamics_bias`` (K, D), ``dt``).
+        A zoo model (the protocol :class:`zoo.protocol.Model`, or a NumPyro program wrapping
+        one): continuous time (``continuous_time``, ``drift(params, x)``, ``regimes``;
+        ``drift_moments`` / ``dynamics_params`` for drifts integrated out during fitting) or
+        discrete time (``step(params, x, k)``, ``regimes``, ``dim_sizes()["state"]``, sites
+        ``dynamics`` (K, D, D) and ``dynamics_bias`` (K, D), ``dt``).
     post : DataTree, Dataset or dict
         Posterior draws (see the module docstring).
     grid : tuple of 1-D arrays, optional
@@ -406,13 +411,14 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     draws, keep_idx = _thin_by_chain(all_draws, chain_all, num_draws)
     chain_of, draw_of = chain_all[keep_idx], draw_all[keep_idx]
     S = len(keep_idx)
-    continuous = getattr(model, "continuous_time", True)
-    seq = set(getattr(model, "sequence_sites", ("x", "y")))
+    model = as_model(model)
+    continuous = model.continuous_time
+    seq = set(model.sequence_sites)
     path = draws.get("x")
     params_all = {k: jnp.asarray(v) for k, v in draws.items() if k not in seq and k != "z"}
     if not params_all:
         raise ValueError("post holds no parameter draws")
-    D = int(getattr(model, "latent_dim", None) or np.shape(params_all["dynamics"])[-1])
+    D = int(model.dim_sizes().get("latent") or np.shape(params_all["dynamics"])[-1])
     # ---- the box
     if grid is not None:
         edges = [np.asarray(g, float) for g in grid]
@@ -477,7 +483,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
 
     diag = float(np.linalg.norm(hi - lo))
     keys = jax.random.split(jax.random.key(seed), S)
-    K = int(getattr(model, "num_states", 0)) if not continuous else 0
+    K = _num_states(model) if not continuous else 0
 
     # ---- speed scale for the defaults
     def mean_speed(params, key):
@@ -508,7 +514,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                 xk = jnp.linalg.solve(I - A[k], b[k])
                 inside = jnp.argmax(model.regimes(p, xk)) == k
                 lam = jnp.linalg.eigvals(A[k])
-                dt = float(getattr(model, "dt", 1.0))
+                dt = float(model.dt)
                 extra_pts.append(xk)
                 extra_ok.append(inside & jnp.all(jnp.isfinite(xk)))
                 extra_re.append(jnp.log(jnp.abs(lam) + 1e-300) / dt)
@@ -584,8 +590,9 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                             len(edges[d]) - 2) for d in range(D)]
             flat = jnp.ravel_multi_index(tuple(idx), tuple(len(c) for c in centres), mode="clip")
             cell = jnp.zeros(mesh_j.shape[0], dtype).at[flat].max(stable_pts.astype(dtype))
-            if moments is not None:
-                m, var = moments(mesh_j)
+            mv = moments(mesh_j) if moments is not None else None
+            if mv is not None:
+                m, var = mv
                 z = jax.random.normal(k2, (num_mc,) + m.shape, dtype)
                 f = m + jnp.sqrt(jnp.maximum(var, 0.0)) * z
                 slowp = jnp.mean(jnp.linalg.norm(f, axis=-1) < eps, 0)

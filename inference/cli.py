@@ -66,7 +66,7 @@ class UsageError(ValueError):
 
 
 def _say(args, *text) -> None:
-    if not getattr(args, "quiet", False):
+    if not args.quiet:
         print(*text, flush=True)
 
 
@@ -242,7 +242,7 @@ def simulate_system(system: str, seed: int = 0, num_steps: int | None = None, nu
     from zoo import systems
     from zoo.sde import bin_observations
 
-    fn = getattr(systems, system)
+    fn = getattr(systems, system)  # a simulator function of zoo.systems, by name
     em = emissions or "poisson"
     kw = {"num_trials": num_trials, "emissions": em}
     if num_neurons is not None:
@@ -279,7 +279,7 @@ def simulate_system(system: str, seed: int = 0, num_steps: int | None = None, nu
 def _model_class(name: str):
     import importlib
 
-    return getattr(importlib.import_module(_MODULES[name]), name)
+    return getattr(importlib.import_module(_MODULES[name]), name)  # the class, from its module
 
 
 def make_model(name: str, kwargs: Mapping):
@@ -328,6 +328,7 @@ def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapp
                 raise UsageError("--num-states does not apply to gpsde")
             kw.update(kernel=args.kernel, approx=args.approx)
     for opt in ("kernel", "approx"):
+        # options of the argparse namespace against their defaults
         if model != "gpsde" and getattr(args, opt) != getattr(_DEFAULTS, opt):
             raise UsageError(f"--{opt} applies to gpsde only")
     if kw.get("emissions") == "poisson":
@@ -435,13 +436,16 @@ def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learn
     from numpyro.infer import SVI, Trace_ELBO, init_to_value
     from numpyro.infer.autoguide import AutoDelta
 
-    from zoo.sde import initial_path
+    from zoo.sde import SDEModel, initial_path
 
+    if not isinstance(model, SDEModel):
+        raise ValueError(f"map_start needs a continuous-time GP model (GPSLDS or GPSDE); got "
+                         f"{type(model).__name__}")
     y = jnp.asarray(y)
     kw = {} if inputs is None else {"inputs": jnp.asarray(inputs, y.dtype)}
-    counts = getattr(model, "emissions", "gaussian") == "poisson"
+    counts = model.emissions == "poisson"
     x0 = np.asarray(initial_path(np.asarray(y), model.latent_dim, counts=counts, smooth=2.0, scale=3.0))
-    s = int(getattr(model, "substeps", 1))
+    s = int(model.substeps)
     if s > 1:
         T = x0.shape[-2]
         t_f = np.arange((T - 1) * s + 1) / s
@@ -557,9 +561,10 @@ def _fit_model(model, y, inputs, args, *, method: str, num_chains: int, num_warm
 
 
 def _store_model(post, model) -> None:
-    from dataclasses import fields
+    from dataclasses import asdict, fields
 
-    kw = {f.name: getattr(model, f.name) for f in fields(model) if f.init}
+    init = {f.name for f in fields(model) if f.init}
+    kw = {k: v for k, v in asdict(model).items() if k in init}
     post.attrs["zoo_model"] = type(model).__name__
     post.attrs["zoo_model_kwargs"] = json.dumps(kw, sort_keys=True)
 
@@ -649,13 +654,17 @@ def attractor_figure(result, path: str | os.PathLike, title: str | None = None,
     plt.close(fig)
 
 
-def _run_attractors(model, post, num_draws: int, grid_size: int, seed: int):
-    import inference
-
+def _require_dynamics(model) -> None:
     if type(model).__name__ not in _DYNAMICS_MODELS:
         raise UsageError(f"attractor analysis needs a model with latent dynamics "
                          f"({', '.join(m.lower() for m in _DYNAMICS_MODELS)}); this posterior is "
                          f"from {type(model).__name__}")
+
+
+def _run_attractors(model, post, num_draws: int, grid_size: int, seed: int):
+    import inference
+
+    _require_dynamics(model)
     return inference.attractors(model, post, num_draws=num_draws, grid_size=grid_size, seed=seed)
 
 
@@ -676,6 +685,7 @@ def _set_x64(flag: bool | None, default: bool) -> None:
 def _outputs_ok(args, outputs, inputs=()) -> list[Path]:
     """Check the command's output paths before any work (see :mod:`inference.io`)."""
     try:
+        # args is the argparse namespace; subcommands that write nothing have no --overwrite
         return check_outputs(outputs, inputs=inputs, overwrite=getattr(args, "overwrite", False))
     except OutputError as err:
         raise UsageError(str(err)) from None
@@ -750,9 +760,13 @@ def cmd_attractors(args) -> int:
         outputs.append(("--out-nc", Path(args.out_nc)))
     _outputs_ok(args, outputs, inputs=[args.posterior])
     _set_x64(args.jax_x64, type(model).__name__ in ("GPSLDS", "GPSDE"))
-    if getattr(model, "latent_dim", 2) != 2:
+    from zoo.protocol import as_model
+
+    _require_dynamics(model)
+    latent_dim = as_model(model).dim_sizes().get("latent")
+    if latent_dim != 2:
         raise UsageError(f"the attractor figure needs a 2-D latent space; this model has latent_dim="
-                         f"{model.latent_dim}")
+                         f"{latent_dim}")
     res = _run_attractors(model, post, args.num_draws, args.grid_size, args.seed)
     print(attractor_summary(res))
     atomic_write(out, lambda p: attractor_figure(res, p, title=f"{type(model).__name__}: {args.posterior}"))

@@ -11,6 +11,7 @@ import xarray as xr
 from numpyro import handlers
 
 from inference.labels import match_labels, match_soft
+from zoo.distributions import StatePosterior
 from zoo.handlers import decode as decode_handler
 
 __all__ = ["decode", "posterior_draws"]
@@ -83,7 +84,7 @@ def decode(model, post, y, *, reference=None, num_draws: int | None = None, seed
     C, S = lead
     # the posterior's own draw labels, kept for the decoded subset so it can be matched back
     draw_labels = np.arange(S)
-    if hasattr(post, "children") and "posterior" in post.children and "draw" in post["posterior"].coords:
+    if isinstance(post, xr.DataTree) and "posterior" in post.children and "draw" in post["posterior"].coords:
         draw_labels = np.asarray(post["posterior"]["draw"].values)
     if num_draws is not None and num_draws < S:
         idx = np.linspace(0, S - 1, num_draws).round().astype(int)
@@ -101,7 +102,7 @@ def decode(model, post, y, *, reference=None, num_draws: int | None = None, seed
         with decode_handler(rng_key=key) as dec:
             handlers.substitute(model, values)(y_arr, **kwargs)
         if site is None:
-            found = [k for k, v in dec.posteriors.items() if hasattr(v, "viterbi")]
+            found = [k for k, v in dec.posteriors.items() if isinstance(v, StatePosterior)]
             if len(found) != 1:
                 raise ValueError(f"pass site=...: the model has switching sites {found}")
             post_ = dec.posteriors[found[0]]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
@@ -60,7 +60,8 @@ def make_guide(model: Callable, guide, y, model_kwargs) -> tuple[Any, str]:
     if guide == "structured":
         g = structured_guide(model, y=y, model_kwargs=model_kwargs)
         names = type(g).__name__
-        if hasattr(g, "_guides"):
+        if isinstance(g, AutoGuideList):
+            # NumPyro keeps an AutoGuideList's parts in ``_guides`` (it has no public accessor)
             names = " + ".join(type(p).__name__ for p in g._guides)
         return g, f"structured ({names})"
     if guide == "auto_normal":

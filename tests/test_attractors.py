@@ -11,18 +11,35 @@ import xarray as xr
 
 from inference.attractors import attractors, plot_attractors
 from zoo.gpslds import GPSLDS
+from zoo.protocol import Model
 
 matplotlib.use("Agg")
 jax.config.update("jax_enable_x64", True)
 
 
+class _Toy(Model):
+    """Dynamics given in closed form: the parts of the model protocol that attractor analysis
+    reads (the toys are not NumPyro programs)."""
+
+    sequence_sites = ("x", "y")
+
+    def __call__(self, y=None, **kwargs):
+        raise NotImplementedError("a toy dynamics, not a program")
+
+    @property
+    def dims(self):
+        return {}
+
+    def dim_sizes(self):
+        return {"latent": self.latent_dim}
+
+
 @dataclass(frozen=True)
-class TwoWells:
+class TwoWells(_Toy):
     """f(x) = R (k (z1 - z1^3 / 4), -lam z2) with z = R^T x: stable nodes at +-2 R e1, saddle at 0."""
 
     latent_dim: int = 2
     continuous_time = True
-    sequence_sites = ("x", "y")
 
     def drift(self, params, x):
         th = params["angle"]
@@ -36,12 +53,11 @@ class TwoWells:
 
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(_Toy):
     """f(x) = A x + b with A = V diag(l1, l2) V^{-1}."""
 
     latent_dim: int = 2
     continuous_time = True
-    sequence_sites = ("x", "y")
 
     def drift(self, params, x):
         V = jnp.array([[1.0, -0.3], [0.5, 1.0]])
@@ -53,14 +69,16 @@ class Linear:
 
 
 @dataclass(frozen=True)
-class ToyRSLDS:
+class ToyRSLDS(_Toy):
     """Discrete-time, two regimes split by the sign of x1 (rSLDS protocol)."""
 
     latent_dim: int = 2
     num_states: int = 2
     dt: float = 0.1
     continuous_time = False
-    sequence_sites = ("x", "y")
+
+    def dim_sizes(self):
+        return {"latent": self.latent_dim, "state": self.num_states}
 
     def step(self, params, x, z):
         return x @ params["dynamics"][z].T + params["dynamics_bias"][z]

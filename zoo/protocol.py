@@ -11,11 +11,21 @@ y is (T, N) or (B, T, N) with NaN missing, or None for the prior predictive) and
 dims of every site, for ArviZ).
 
 Optional, with the defaults below: ``sequence_sites`` (sites holding whole sequences, which gain
-a ``trial`` dim when y is batched), ``continuous_time``, ``float64_recommended``, ``dim_sizes``,
-``coords``, ``initial_params`` (a point estimate to start chains from), ``prepare`` (program
-arguments derived from the data once, e.g. the SLDS's latent frame), ``path_reference`` and
-``reference_values`` (a non-centred path), ``blocked_sampler`` (the model's exact blocked
-posterior sampler, see :mod:`inference.blocked`).
+a ``trial`` dim when y is batched), ``continuous_time``, ``dt`` (time between observations),
+``float64_recommended``, ``dim_sizes`` (whose ``"latent"`` and ``"state"`` entries are the latent
+dimension and the number of discrete states), ``coords``, ``initial_params`` (a point estimate to
+start chains from), ``prepare`` (program arguments derived from the data once, e.g. the SLDS's
+latent frame), ``path_reference`` and ``reference_values`` (a non-centred path),
+``blocked_sampler`` (the model's exact blocked posterior sampler, see :mod:`inference.blocked`).
+
+Deterministic dynamics, for attractor analysis (:mod:`inference.attractors`): continuous-time
+models give ``drift``, discrete-time models ``step``, both ``regimes``; models whose drift is
+integrated out during fitting also give ``drift_moments`` and ``dynamics_params``. The defaults
+raise ``NotImplementedError`` (a model without dynamics) or leave the draw as it is.
+
+Sizes are read through ``dim_sizes()`` rather than attributes such as ``latent_dim``: a default
+attribute on this base class would become the default value of the models' dataclass fields of
+the same name.
 """
 
 from __future__ import annotations
@@ -50,6 +60,9 @@ class Model(abc.ABC):
 
     sequence_sites: tuple[str, ...] = ("x", "y")
     continuous_time: bool = False
+    #: time between consecutive observations, in the units of the dynamics' rates (the
+    #: continuous-time models' bin width; one step for the discrete-time models)
+    dt: float = 1.0
     float64_recommended: bool = False
 
     @abc.abstractmethod
@@ -62,7 +75,11 @@ class Model(abc.ABC):
         """Named dims of every site (without chain, draw and trial)."""
 
     def dim_sizes(self) -> dict[str, int]:
-        """Sizes of the model's own dims (not ``time``, ``neuron`` or ``trial``)."""
+        """Sizes of the model's own dims (not ``time`` or ``trial``).
+
+        The inference layer reads ``"latent"`` (the latent dimension D) and ``"state"`` (the
+        number K of discrete states) from here; a model without them leaves them out.
+        """
         return {}
 
     def coords(self, data=None) -> dict[str, np.ndarray]:
@@ -121,6 +138,30 @@ class Model(abc.ABC):
         """The model's exact blocked posterior sampler (:mod:`inference.blocked`), or None."""
         return None
 
+    # ------------------------------------------------------------ deterministic dynamics
+    def drift(self, params, x):
+        """Continuous-time drift f(x) of one posterior draw, x (..., D) -> (..., D)."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous-time drift")
+
+    def step(self, params, x, z=None):
+        """Discrete-time dynamics of one draw: the next mean given x (..., D) in state z."""
+        raise NotImplementedError(f"{type(self).__name__} has no discrete-time dynamics")
+
+    def regimes(self, params, x):
+        """Which regime (discrete state, soft partition) is active at x: probabilities (..., K)."""
+        raise NotImplementedError(f"{type(self).__name__} has no regimes")
+
+    def drift_moments(self, params, x) -> tuple | None:
+        """Posterior mean and variance of f(x), each (..., D), when the drift was integrated out
+        during fitting and ``params`` carry its conditional moments; None otherwise (the default:
+        f is a deterministic function of the draw)."""
+        return None
+
+    def dynamics_params(self, params: Mapping, key) -> dict:
+        """One draw's parameters completed for :meth:`drift` / :meth:`step`: sites integrated out
+        during fitting are drawn from their exact conditional with ``key``. Default: unchanged."""
+        return dict(params)
+
 
 @dataclass(frozen=True, eq=True)
 class Program(Model):
@@ -163,11 +204,36 @@ class Program(Model):
         return bool(self.inner.continuous_time) if self.inner is not None else False
 
     @property
+    def dt(self) -> float:
+        return float(self.inner.dt) if self.inner is not None else 1.0
+
+    @property
     def float64_recommended(self) -> bool:
         return bool(self.inner.float64_recommended) if self.inner is not None else False
 
     def dim_sizes(self) -> dict[str, int]:
         return self.inner.dim_sizes() if self.inner is not None else {}
+
+    # the dynamics are the wrapped model's: handlers change the program, not the maths of a draw
+    def drift(self, params, x):
+        return self._require_inner("drift").drift(params, x)
+
+    def step(self, params, x, z=None):
+        return self._require_inner("step").step(params, x, z)
+
+    def regimes(self, params, x):
+        return self._require_inner("regimes").regimes(params, x)
+
+    def drift_moments(self, params, x) -> tuple | None:
+        return self.inner.drift_moments(params, x) if self.inner is not None else None
+
+    def dynamics_params(self, params: Mapping, key) -> dict:
+        return self.inner.dynamics_params(params, key) if self.inner is not None else dict(params)
+
+    def _require_inner(self, what: str) -> Model:
+        if self.inner is None:
+            raise NotImplementedError(f"a plain NumPyro program has no {what}; wrap a zoo model")
+        return self.inner
 
     def blocked_sampler(self) -> BlockedSpec | None:
         # the blocks only reinterpret the path site, so handlers that fix parameter values

@@ -578,9 +578,12 @@ class SDEModel:
     def drift_moments(self, params, x):
         """Posterior mean and variance of f(x) given the path (collapsed weights), per dim.
 
-        Needs ``drift_weights_mean`` (P, D) and ``drift_weights_factor`` (D, P, P) in params
-        (deterministic sites of a fitted, collapsed model). Returns (mean, var), each (..., D).
+        Reads ``drift_weights_mean`` (P, D) and ``drift_weights_factor`` (D, P, P) in params
+        (deterministic sites of a fitted, collapsed model). Returns (mean, var), each (..., D),
+        or None when params hold no such moments (the weights were sampled).
         """
+        if "drift_weights_mean" not in params:
+            return None
         phi = self.drift_features(params, x)
         mean = phi @ params["drift_weights_mean"]
         proj = jnp.einsum("...p,dpq->...dq", phi, params["drift_weights_factor"])
@@ -593,6 +596,13 @@ class SDEModel:
         mean, factor = params["drift_weights_mean"], params["drift_weights_factor"]
         z = jax.random.normal(key, mean.shape, mean.dtype)
         return mean + jnp.einsum("dpq,qd->pd", factor, z)
+
+    def dynamics_params(self, params, key) -> dict:
+        """The draw with ``drift_weights`` drawn from their conditional when it was collapsed."""
+        p = dict(params)
+        if "drift_weights_mean" in p:
+            p["drift_weights"] = self.sample_drift_weights(p, key)
+        return p
 
     def grid_time(self, num_steps: int):
         """Times of the observation grid, (T,), in the units of ``dt``."""
