@@ -43,10 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from inference.plots import plot_attractors  # re-exported: it draws this module's result
 from zoo.protocol import as_model
 
-__all__ = ["attractors", "plot_attractors", "attractor_probabilities", "by_chain", "indicator_mcse",
-           "KINDS", "MCSE_METHOD"]
+__all__ = ["attractors", "plot_attractors", "attractor_probabilities", "attractor_summary", "by_chain",
+           "indicator_mcse", "KINDS", "MCSE_METHOD"]
 
 KINDS = ("stable", "unstable", "saddle", "marginal")
 
@@ -205,6 +206,32 @@ def attractor_probabilities(result: xr.Dataset):
         rows.append({"quantity": f"P(number of stable fixed points = {int(n)})", "probability": p,
                      "mcse": se, "per_chain": [float(v) for v in per], "num_draws": int(len(line))})
     return pd.DataFrame(rows)
+
+
+def attractor_summary(result) -> str:
+    """A few lines summarising an :func:`inference.attractors` result: each probability with its
+    Monte Carlo standard error and its value in each chain (``inference.attractors.
+    attractor_probabilities``)."""
+    table = attractor_probabilities(result)
+    n_chains = len(table["per_chain"].iloc[0])
+    lines = []
+    for i, row in enumerate(table.itertuples()):
+        text = f"{row.quantity} = {row.probability:.3f} ± {row.mcse:.3f} (MCSE)"
+        if n_chains > 1:
+            text += "; per chain " + " ".join(f"{v:.2f}" for v in row.per_chain)
+        if i == 0:
+            text += f"   ({int(result.attrs.get('num_draws', row.num_draws))} posterior draws, {n_chains} " \
+                    f"chain{'s' if n_chains > 1 else ''})"
+        lines.append(text)
+    score = result["line_attractor_score"].values
+    if np.isfinite(score).any():
+        best = np.nanmax(np.where(np.isfinite(score), score, -np.inf), axis=1)
+        best = best[np.isfinite(best)]
+        if best.size:
+            lo, hi = np.percentile(best, [5, 95])
+            lines.append("line-attractor score log2(tau1/tau2) at fixed points: "
+                         f"median {np.median(best):.2f} (90% interval {lo:.2f} .. {hi:.2f})")
+    return "\n".join(lines)
 
 
 def by_chain(result: xr.Dataset, name: str) -> xr.DataArray:
@@ -674,74 +701,3 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                         + (", posterior-mean path points" if path is not None else "")},
     )
     return ds
-
-
-# ----------------------------------------------------------------------------------------------
-# Plot
-# ----------------------------------------------------------------------------------------------
-
-
-def plot_attractors(result: xr.Dataset, which: str = "p_slow", ax=None, dims=(0, 1),
-                    true_fixed_points=None, max_points: int = 2000, cmap: str = "Greys"):
-    """Draw a posterior map under the posterior-mean flow field, fixed points marked by type.
-
-    Parameters
-    ----------
-    result : xarray.Dataset
-        The output of :func:`attractors` (2-D maps).
-    which : {"p_slow", "p_stable_in_cell", "speed_mean"}
-        The map drawn as the background.
-    ax : matplotlib Axes, optional
-    dims : (int, int)
-        Which latent dims (only 2-D latents are drawn).
-    true_fixed_points : list of (location, kind), optional
-        Overlaid as open markers (e.g. ``zoo.systems`` ground truth, in the same coordinates).
-    max_points : int
-        At most this many fixed points (pooled over draws) are scattered.
-
-    Returns
-    -------
-    matplotlib Axes
-    """
-    import matplotlib.pyplot as plt
-
-    if which not in ("p_slow", "p_stable_in_cell", "speed_mean"):
-        raise ValueError(f"which must be 'p_slow', 'p_stable_in_cell' or 'speed_mean'; got {which!r}")
-    if "grid_1" not in result.dims or "grid_2" in result.dims:
-        raise ValueError("plot_attractors draws 2-D latent spaces only")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.5))
-    g0, g1 = result["grid_0"].values, result["grid_1"].values
-    img = result[which].values
-    pm = ax.pcolormesh(g0, g1, img.T, cmap=cmap, shading="auto",
-                       vmin=0, vmax=1 if which != "speed_mean" else None)
-    plt.colorbar(pm, ax=ax, label={"p_slow": "P(|f(x)| < eps)", "p_stable_in_cell":
-                                   "P(stable fixed point in cell)", "speed_mean": "|E f(x)|"}[which])
-    flow = result["flow_mean"].values
-    ax.streamplot(g0, g1, flow[..., 0].T, flow[..., 1].T, color="tab:blue", density=1.0,
-                  linewidth=0.6, arrowsize=0.7)
-    colors = {0: "tab:green", 1: "tab:red", 2: "tab:orange", 3: "tab:purple"}
-    pts = result["fixed_points"].values.reshape(-1, result.sizes["latent"])
-    kinds = result["kind"].values.reshape(-1)
-    ok = kinds >= 0
-    pts, kinds = pts[ok], kinds[ok]
-    if len(pts) > max_points:
-        sel = np.random.default_rng(0).choice(len(pts), max_points, replace=False)
-        pts, kinds = pts[sel], kinds[sel]
-    for code, name in enumerate(KINDS):
-        s = kinds == code
-        if s.any():
-            ax.scatter(pts[s, dims[0]], pts[s, dims[1]], s=8, alpha=0.3, color=colors[code], label=name)
-    if true_fixed_points:
-        for loc, kind in true_fixed_points:
-            code = KINDS.index(kind) if kind in KINDS else 3
-            ax.scatter([loc[dims[0]]], [loc[dims[1]]], s=90, facecolors="none",
-                       edgecolors=colors[code], linewidths=2)
-    ax.set_xlim(g0[0], g0[-1])
-    ax.set_ylim(g1[0], g1[-1])
-    ax.set_xlabel(f"latent {dims[0]}")
-    ax.set_ylabel(f"latent {dims[1]}")
-    ax.set_title(f"P(line attractor) = {float(result['p_line_attractor']):.2f}")
-    if ax.get_legend_handles_labels()[0]:  # no fixed point in any draw: nothing to explain
-        ax.legend(loc="upper right", fontsize=7)
-    return ax

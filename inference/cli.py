@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -46,19 +45,26 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.io import OutputError, atomic_write, check_outputs
+from inference.attractors import attractor_summary
+from inference.diagnose import identified_diagnostics
+from inference.io import OutputError, atomic_write, check_outputs, load_data, load_posterior
+from inference.plots import attractor_figure, latents_figure
+from inference.registry import (
+    DYNAMICS_MODELS,
+    MODEL_CLASSES,
+    MODELS,
+    SYSTEMS,
+    make_model,
+    record_model,
+    simulate_system,
+)
+from inference.starts import map_start
+from zoo.protocol import as_model
 
+# load_data, load_posterior, make_model and map_start live in library modules (inference.io,
+# inference.registry, inference.starts); the names stay importable from here for a release
 __all__ = ["main", "build_parser", "load_data", "load_posterior", "make_model", "map_start",
            "SYSTEMS", "MODELS"]
-
-SYSTEMS = ("nascar", "two_spirals", "line_attractor", "two_point_attractors", "van_der_pol",
-           "double_well")
-MODELS = ("hmm", "lds", "slds", "rslds", "gpslds", "gpsde")
-_CLASSES = {"hmm": "HMM", "lds": "LDS", "slds": "SLDS", "rslds": "RSLDS", "gpslds": "GPSLDS",
-            "gpsde": "GPSDE"}
-_MODULES = {"HMM": "zoo.hmm", "LDS": "zoo.lds", "SLDS": "zoo.slds", "RSLDS": "zoo.rslds",
-            "GPSLDS": "zoo.gpslds", "GPSDE": "zoo.gpsde"}
-_DYNAMICS_MODELS = ("SLDS", "RSLDS", "GPSLDS", "GPSDE")
 
 
 class UsageError(ValueError):
@@ -71,227 +77,8 @@ def _say(args, *text) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Data files
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_array(name: str, arr: np.ndarray, path: str) -> np.ndarray:
-    if arr.ndim not in (2, 3):
-        raise UsageError(f"{path}: {name} must have dims (time, neuron) or (trial, time, neuron); "
-                         f"got an array of shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-        raise UsageError(f"{path}: {name} must be numeric; got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=float)
-
-
-def load_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Read observations (and inputs) from a NetCDF, ``.npy`` or ``.npz`` file.
-
-    Parameters
-    ----------
-    path : str or path
-        ``.nc``: an xarray Dataset with ``y`` (dims ``(time, neuron)`` or ``(trial, time,
-        neuron)``, any order: they are transposed by name) and optionally ``inputs`` (dims
-        ``(time, input)`` / ``(trial, time, input)``). ``.npy``: y with axes in that order.
-        ``.npz``: key ``y`` and optionally ``inputs``, axes in that order.
-
-    Returns
-    -------
-    y : array (T, N) or (B, T, N)
-    inputs : array (T, I) or (B, T, I), or None
-    attrs : dict
-        File attributes (``dt``, ``system``, ...); empty for NumPy files.
-
-    Raises
-    ------
-    FileNotFoundError
-        The file does not exist.
-    UsageError
-        Unreadable file, unknown suffix, missing ``y``, or arrays of the wrong shape.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
-    suffix = p.suffix.lower()
-    attrs: dict = {}
-    inputs = None
-    if suffix in (".nc", ".netcdf", ".h5", ".nc4"):
-        import xarray as xr
-
-        try:
-            ds = xr.load_dataset(p)
-        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
-            raise UsageError(f"{path}: not a readable NetCDF file ({type(err).__name__}: {err})") from None
-        if "y" not in ds:
-            raise UsageError(f"{path}: no variable 'y' (found {sorted(ds.data_vars)})")
-        dims = set(ds["y"].dims)
-        if dims not in ({"time", "neuron"}, {"trial", "time", "neuron"}):
-            raise UsageError(f"{path}: y must have dims (time, neuron) or (trial, time, neuron); got "
-                             f"{ds['y'].dims}")
-        order = [d for d in ("trial", "time", "neuron") if d in dims]
-        y = ds["y"].transpose(*order).values
-        if "inputs" in ds:
-            idims = set(ds["inputs"].dims)
-            iorder = [d for d in ("trial", "time", "input") if d in idims]
-            if set(iorder) != idims:
-                raise UsageError(f"{path}: inputs must have dims (time, input) or (trial, time, input); "
-                                 f"got {ds['inputs'].dims}")
-            inputs = ds["inputs"].transpose(*iorder).values
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in ds.attrs.items()}
-    elif suffix in (".npy", ".npz"):
-        try:
-            loaded = np.load(p, allow_pickle=False)
-        except Exception as err:  # noqa: BLE001
-            raise UsageError(f"{path}: not a readable NumPy file ({type(err).__name__}: {err})") from None
-        if suffix == ".npy":
-            y = loaded
-        else:
-            if "y" not in loaded.files:
-                raise UsageError(f"{path}: the .npz file has no array 'y' (found {loaded.files})")
-            y = loaded["y"]
-            inputs = loaded["inputs"] if "inputs" in loaded.files else None
-    else:
-        raise UsageError(f"{path}: unknown file type {suffix!r}; use .nc (NetCDF), .npy or .npz")
-    y = _check_array("y", np.asarray(y), str(path))
-    if y.size and np.isnan(y).all():
-        raise UsageError(f"{path}: y has no observed values (every entry is NaN); NaN marks missing "
-                         "observations, so there is nothing to fit")
-    if np.isinf(y).any():
-        raise UsageError(f"{path}: y contains {int(np.isinf(y).sum())} inf value(s); use NaN for missing "
-                         "observations")
-    if inputs is not None:
-        inputs = _check_array("inputs", np.asarray(inputs), str(path))
-        if inputs.ndim != y.ndim or inputs.shape[:-1] != y.shape[:-1]:
-            raise UsageError(f"{path}: inputs of shape {inputs.shape} do not match y of shape {y.shape} "
-                             "(same trial and time axes expected)")
-    return y, inputs, attrs
-
-
-def _data_to_dataset(data: Mapping, attrs: Mapping):
-    """An xarray Dataset with named dims from a dict of y, x, z, inputs."""
-    import xarray as xr
-
-    y = np.asarray(data["y"])
-    lead = ("trial", "time") if y.ndim == 3 else ("time",)
-    vars_ = {"y": (lead + ("neuron",), y)}
-    for name, last in (("x", "latent"), ("inputs", "input")):
-        v = data.get(name)
-        if v is not None and np.shape(v)[:-1] == y.shape[:-1]:
-            vars_[name] = (lead + (last,), np.asarray(v))
-    if data.get("z") is not None and np.shape(data["z"]) == y.shape[:-1]:
-        vars_["z"] = (lead, np.asarray(data["z"]).astype(np.int32))
-    coords = {"time": np.arange(y.shape[-2]) * float(attrs.get("dt", 1.0))}
-    ds = xr.Dataset(vars_, coords=coords, attrs=dict(attrs))
-    ds["y"].attrs["description"] = "observations (counts for Poisson systems)"
-    if "x" in ds:
-        ds["x"].attrs["description"] = "true latent state"
-    return ds
-
-
-def simulate_system(system: str, seed: int = 0, num_steps: int | None = None, num_trials: int = 1,
-                    num_neurons: int | None = None, emissions: str | None = None, bin_size: int = 1):
-    """Simulate a built-in system and return it as an ``xarray.Dataset`` with named dims.
-
-    Parameters
-    ----------
-    system : {"nascar", "two_spirals", "line_attractor", "two_point_attractors", "van_der_pol",
-              "double_well"}
-    seed : int
-    num_steps : int, optional
-        Time steps per trial *after* binning (default: the system's own duration).
-    num_trials : int
-    num_neurons : int, optional
-        Observed dimension (NASCAR: ``obs_dim``, default 10).
-    emissions : {"gaussian", "poisson"}, optional
-        Default: Gaussian for NASCAR, Poisson for the others.
-    bin_size : int
-        For the continuous-time systems: sum counts over ``bin_size`` simulation steps
-        (``dt`` grows accordingly); x and inputs are subsampled at the bin starts.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``y`` (trial, time, neuron) or (time, neuron), ``x`` (..., latent), ``z`` (NASCAR),
-        ``inputs`` (driven systems), attrs ``system``, ``seed``, ``dt``, ``emissions``,
-        ``num_trials``, ``bin_size``.
-    """
-    import jax
-
-    if system not in SYSTEMS:
-        raise UsageError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-    for name, value, low in (("num_trials", num_trials, 1), ("bin_size", bin_size, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}; got {value!r}")
-    if num_steps is not None and num_steps < 2:
-        raise UsageError(f"--num-steps must be an integer >= 2; got {num_steps}")
-    if num_neurons is not None and num_neurons < 2:
-        raise UsageError(f"--num-neurons must be an integer >= 2; got {num_neurons}")
-    if emissions is not None and emissions not in ("gaussian", "poisson"):
-        raise UsageError(f"--emissions must be 'gaussian' or 'poisson'; got {emissions!r}")
-    attrs = {"system": system, "seed": seed, "num_trials": num_trials, "bin_size": bin_size}
-    if system == "nascar":
-        from zoo.datasets import nascar
-
-        if bin_size != 1:
-            raise UsageError("--bin-size applies to the continuous-time systems, not to nascar")
-        em = emissions or "gaussian"
-        d = nascar(seed=seed, num_steps=num_steps or 1000, num_trials=num_trials, emissions=em,
-                   obs_dim=num_neurons or 10)
-        attrs.update(dt=1.0, emissions=em, description="NASCAR track (rSLDS, 4 regimes, 2-D latent)")
-        return _data_to_dataset(d, attrs)
-    from zoo import systems
-    from zoo.sde import bin_observations
-
-    fn = getattr(systems, system)  # a simulator function of zoo.systems, by name
-    em = emissions or "poisson"
-    kw = {"num_trials": num_trials, "emissions": em}
-    if num_neurons is not None:
-        kw["num_neurons"] = num_neurons
-    import inspect
-
-    sig = inspect.signature(fn).parameters
-    dt = float(sig["dt"].default)
-    if num_steps is not None:
-        kw["duration"] = num_steps * bin_size * dt + 0.5 * dt
-    d = fn(jax.random.key(seed), **kw)
-    y = np.asarray(d["y"])
-    counts = em == "poisson"
-    yb = bin_observations(y, bin_size, counts=counts) if bin_size > 1 else y
-    T = yb.shape[-2]
-    if num_steps is not None:
-        T = min(T, num_steps)
-        yb = yb[..., :T, :]
-    out = {"y": yb, "x": np.asarray(d["x"])[..., ::bin_size, :][..., :T, :]}
-    if d.get("inputs") is not None:
-        out["inputs"] = np.asarray(d["inputs"])[..., ::bin_size, :][..., :T, :]
-    if num_trials == 1:
-        out = {k: v[0] for k, v in out.items()}
-    doc = (fn.__doc__ or "").strip().splitlines()[0]
-    attrs.update(dt=float(d["dt"]) * bin_size, emissions=em, description=doc)
-    return _data_to_dataset(out, attrs)
-
-
-# ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-
-
-def _model_class(name: str):
-    import importlib
-
-    return getattr(importlib.import_module(_MODULES[name]), name)  # the class, from its module
-
-
-def make_model(name: str, kwargs: Mapping):
-    """Build a zoo model from its class name and constructor arguments (a ``ValueError`` for bad
-    arguments names the argument)."""
-    if name not in _MODULES:
-        raise UsageError(f"unknown model class {name!r}; known: {sorted(_MODULES)}")
-    cls = _model_class(name)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise UsageError(f"bad arguments for {name}: {err}") from None
 
 
 def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapping) -> dict:
@@ -405,61 +192,6 @@ class _DEFAULTS:
     approx = "inducing"
 
 
-def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learning_rate: float = 0.02,
-              progress_bar: bool = False) -> dict:
-    """A MAP point estimate of a GP-SLDS / GP-SDE started from a smoothed PCA path (chain starts).
-
-    The diffusion is held at its prior median during the MAP stage (the joint MAP over a path and
-    its diffusion is degenerate); the returned values include it, so NUTS starts from the MAP of
-    everything else with the diffusion at that value (the recipe of ``benchmarks/gp_models.py``).
-
-    Parameters
-    ----------
-    model : zoo.gpslds.GPSLDS or zoo.gpsde.GPSDE
-    y : array (T, N) or (B, T, N)
-    inputs : array (..., T, I), optional
-    num_steps : int
-        Adam steps.
-    seed : int
-    learning_rate : float
-    progress_bar : bool
-
-    Returns
-    -------
-    dict
-        Constrained values of the latent sites, for ``inference.fit(..., init=values)``.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from numpyro import handlers as nh
-    from numpyro.infer import SVI, Trace_ELBO, init_to_value
-    from numpyro.infer.autoguide import AutoDelta
-
-    from zoo.sde import SDEModel, initial_path
-
-    if not isinstance(model, SDEModel):
-        raise ValueError(f"map_start needs a continuous-time GP model (GPSLDS or GPSDE); got "
-                         f"{type(model).__name__}")
-    y = jnp.asarray(y)
-    kw = {} if inputs is None else {"inputs": jnp.asarray(inputs, y.dtype)}
-    counts = model.emissions == "poisson"
-    x0 = np.asarray(initial_path(np.asarray(y), model.latent_dim, counts=counts, smooth=2.0, scale=3.0))
-    s = int(model.substeps)
-    if s > 1:
-        T = x0.shape[-2]
-        t_f = np.arange((T - 1) * s + 1) / s
-        flat = x0.reshape((-1,) + x0.shape[-2:])
-        x0 = np.stack([np.stack([np.interp(t_f, np.arange(T), xx[:, d]) for d in range(xx.shape[-1])], -1)
-                       for xx in flat]).reshape(x0.shape[:-2] + (len(t_f), -1))
-    fixed = {"diffusion": jnp.full(model.latent_dim, model.diffusion_scale, y.dtype)}
-    blocked = nh.condition(model, data=fixed)
-    guide = AutoDelta(blocked, init_loc_fn=init_to_value(values={"x": jnp.asarray(x0, y.dtype)}))
-    svi = SVI(blocked, guide, optax.adam(learning_rate), Trace_ELBO())
-    res = svi.run(jax.random.key(seed), num_steps, y, progress_bar=progress_bar, **kw)
-    return {k: np.asarray(v) for k, v in dict(guide.median(res.params), **fixed).items()}
-
-
 def _is_int(v, low: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -560,104 +292,15 @@ def _fit_model(model, y, inputs, args, *, method: str, num_chains: int, num_warm
     return post
 
 
-def _store_model(post, model) -> None:
-    from dataclasses import asdict, fields
-
-    init = {f.name for f in fields(model) if f.init}
-    kw = {k: v for k, v in asdict(model).items() if k in init}
-    post.attrs["zoo_model"] = type(model).__name__
-    post.attrs["zoo_model_kwargs"] = json.dumps(kw, sort_keys=True)
-
-
-def load_posterior(path: str | os.PathLike):
-    """Read a posterior written by ``zoo fit`` and rebuild its model.
-
-    Returns
-    -------
-    post : xarray.DataTree
-    model : zoo model or None
-        None when the file does not name a zoo model.
-    """
-    import xarray as xr
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such posterior file: {path}")
-    try:
-        post = xr.open_datatree(p)
-        post.load()
-    except Exception as err:  # noqa: BLE001
-        raise UsageError(f"{path}: not a readable NetCDF posterior ({type(err).__name__}: {err})") from None
-    if "posterior" not in post.children:
-        raise UsageError(f"{path}: no 'posterior' group (is this a file written by 'zoo fit'?)")
-    name = post.attrs.get("zoo_model")
-    if name is None:
-        return post, None
-    try:
-        kw = json.loads(post.attrs.get("zoo_model_kwargs", "{}"))
-    except json.JSONDecodeError:
-        raise UsageError(f"{path}: the attribute zoo_model_kwargs is not valid JSON") from None
-    return post, make_model(str(name), kw)
-
-
 # ----------------------------------------------------------------------------------------------
-# Reports and figures
+# Attractors
 # ----------------------------------------------------------------------------------------------
-
-
-def attractor_summary(result) -> str:
-    """A few lines summarising an :func:`inference.attractors` result: each probability with its
-    Monte Carlo standard error and its value in each chain (``inference.attractors.
-    attractor_probabilities``)."""
-    from inference.attractors import attractor_probabilities
-
-    table = attractor_probabilities(result)
-    n_chains = len(table["per_chain"].iloc[0])
-    lines = []
-    for i, row in enumerate(table.itertuples()):
-        text = f"{row.quantity} = {row.probability:.3f} ± {row.mcse:.3f} (MCSE)"
-        if n_chains > 1:
-            text += "; per chain " + " ".join(f"{v:.2f}" for v in row.per_chain)
-        if i == 0:
-            text += f"   ({int(result.attrs.get('num_draws', row.num_draws))} posterior draws, {n_chains} " \
-                    f"chain{'s' if n_chains > 1 else ''})"
-        lines.append(text)
-    score = result["line_attractor_score"].values
-    if np.isfinite(score).any():
-        best = np.nanmax(np.where(np.isfinite(score), score, -np.inf), axis=1)
-        best = best[np.isfinite(best)]
-        if best.size:
-            lo, hi = np.percentile(best, [5, 95])
-            lines.append("line-attractor score log2(tau1/tau2) at fixed points: "
-                         f"median {np.median(best):.2f} (90% interval {lo:.2f} .. {hi:.2f})")
-    return "\n".join(lines)
-
-
-def attractor_figure(result, path: str | os.PathLike, title: str | None = None,
-                     true_fixed_points=None) -> None:
-    """Two panels over the posterior-mean flow field: P(|f(x)| < eps) and P(stable fixed point)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from inference.attractors import plot_attractors
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
-    plot_attractors(result, which="p_slow", ax=axes[0], true_fixed_points=true_fixed_points)
-    plot_attractors(result, which="p_stable_in_cell", ax=axes[1], true_fixed_points=true_fixed_points)
-    axes[0].set_title(f"slow points; P(line attractor) = {float(result['p_line_attractor']):.2f}")
-    axes[1].set_title("P(stable fixed point in cell)")
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _require_dynamics(model) -> None:
-    if type(model).__name__ not in _DYNAMICS_MODELS:
+    if type(model).__name__ not in DYNAMICS_MODELS:
         raise UsageError(f"attractor analysis needs a model with latent dynamics "
-                         f"({', '.join(m.lower() for m in _DYNAMICS_MODELS)}); this posterior is "
+                         f"({', '.join(m.lower() for m in DYNAMICS_MODELS)}); this posterior is "
                          f"from {type(model).__name__}")
 
 
@@ -712,7 +355,7 @@ def cmd_fit(args) -> int:
     options = _parse_options(args.option)
     _set_x64(args.jax_x64, args.model in ("gpslds", "gpsde"))
     kw = _model_kwargs_from_args(args.model, args, y, inputs, attrs)
-    model = make_model(_CLASSES[args.model], kw)
+    model = make_model(MODEL_CLASSES[args.model], kw)
     _check_option_names(model, args.method, options)
     _say(args, f"model: {type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in kw.items())})")
     _say(args, f"data: y {y.shape}" + (f", inputs {inputs.shape}" if inputs is not None else ""))
@@ -720,12 +363,12 @@ def cmd_fit(args) -> int:
     post = _fit_model(model, y, inputs, args, method=args.method, num_chains=args.num_chains,
                       num_warmup=args.num_warmup, num_samples=args.num_samples, init=args.init,
                       options=options, seed=args.seed, map_steps=args.map_steps)
-    _store_model(post, model)
+    record_model(post, model)
     post.attrs["zoo_data"] = str(args.data)
     atomic_write(out, post.to_netcdf)
     _say(args, f"fitted in {time.perf_counter() - t0:.1f} s; wrote {out}")
     _say(args, f"next: zoo diagnose {out}" + (f"; zoo attractors {out} --out figure.png"
-                                              if type(model).__name__ in _DYNAMICS_MODELS else ""))
+                                              if type(model).__name__ in DYNAMICS_MODELS else ""))
     return 0
 
 
@@ -760,8 +403,6 @@ def cmd_attractors(args) -> int:
         outputs.append(("--out-nc", Path(args.out_nc)))
     _outputs_ok(args, outputs, inputs=[args.posterior])
     _set_x64(args.jax_x64, type(model).__name__ in ("GPSLDS", "GPSDE"))
-    from zoo.protocol import as_model
-
     _require_dynamics(model)
     latent_dim = as_model(model).dim_sizes().get("latent")
     if latent_dim != 2:
@@ -821,7 +462,7 @@ def cmd_demo(args) -> int:
                       options={"max_tree_depth": 6, **({"log_likelihood": False} if args.quick else {})},
                       seed=args.seed, map_steps=sz["map_steps"])
     t_fit = time.perf_counter() - t0
-    _store_model(post, model)
+    record_model(post, model)
     post.attrs["zoo_data"] = str(out_dir / "data.nc")
     atomic_write(out_dir / "posterior.nc", post.to_netcdf)
     print(f"fit: {t_fit:.0f} s ({post.attrs['initialization']})")
@@ -846,7 +487,7 @@ def cmd_demo(args) -> int:
     atomic_write(out_dir / "attractors.nc", res.to_netcdf)
     atomic_write(out_dir / "attractors.png", lambda p: attractor_figure(
         res, p, title="GP-SLDS on zoo.systems.line_attractor: flow field and attractor posterior"))
-    atomic_write(out_dir / "latents.png", lambda p: _latents_figure(post, data, p))
+    atomic_write(out_dir / "latents.png", lambda p: latents_figure(post, data, p))
     from inference.attractors import attractor_probabilities
 
     probs = attractor_probabilities(res)
@@ -862,60 +503,6 @@ def cmd_demo(args) -> int:
           "summary.json")
     print(f"done in {time.perf_counter() - t_start:.0f} s")
     return 0
-
-
-def identified_diagnostics(post) -> str:
-    """R-hat and ESS of the total log-likelihood per draw, a quantity every chain agrees on at
-    convergence whatever the affine gauge of its latent coordinates (the latent path, emission
-    matrix and drift weights of a GP-SLDS are identified only up to an affine map of x)."""
-    import arviz_stats as azs
-    import xarray as xr
-
-    if "log_likelihood" not in post.children:
-        return ""
-    ll = post["log_likelihood"].to_dataset()
-    if not ll.data_vars:
-        return ""
-    v = np.asarray(next(iter(ll.data_vars.values())).values, float)
-    C, S = v.shape[:2]
-    if C < 2 or S < 4:
-        return ""
-    tot = v.reshape(C, S, -1).sum(-1)
-    ds = xr.Dataset({"log_lik": (("chain", "draw"), tot)})
-    r = float(azs.rhat(ds)["log_lik"])
-    e = float(azs.ess(ds, method="bulk")["log_lik"])
-    means = ", ".join(f"{m:.1f}" for m in tot.mean(1))
-    return (f"identified check: total log-likelihood per chain (mean) {means}; R-hat {r:.3f}, bulk ESS "
-            f"{e:.0f}")
-
-
-def _latents_figure(post, data, path) -> None:
-    """Posterior-mean latent path of the first trial next to the true one (up to an affine map)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = post["posterior"]["x"].values  # (chain, draw, [trial,] time, latent)
-    xm = x.reshape((-1,) + x.shape[2:]).mean(0)
-    xt = data["x"].values
-    if xm.ndim == 3:
-        xm, xt = xm[0], xt[0]
-    T = min(len(xm), len(xt))
-    xm, xt = xm[:T], xt[:T]
-    A = np.c_[xm, np.ones(T)]
-    coef, *_ = np.linalg.lstsq(A, xt, rcond=None)
-    xa = A @ coef
-    t = np.arange(T) * float(data.attrs.get("dt", 1.0))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), constrained_layout=True)
-    for d in range(2):
-        axes[d].plot(t, xt[:, d], "k", lw=1.5, label="true")
-        axes[d].plot(t, xa[:, d], "tab:blue", lw=1.2, label="posterior mean (affinely aligned)")
-        axes[d].set_xlabel("time (s)")
-        axes[d].set_ylabel(f"latent {d}")
-    axes[0].legend(fontsize=7)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import xarray as xr
 
 from inference.align import align_labels
 
-__all__ = ["diagnose", "Diagnostics"]
+__all__ = ["diagnose", "Diagnostics", "identified_diagnostics"]
 
 RHAT_FAIL, RHAT_WARN = 1.05, 1.01
 ESS_FAIL, ESS_WARN = 100, 400
@@ -398,3 +398,25 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
                 warnings.warn(f"diagnose: {m}", RuntimeWarning, stacklevel=2)
     return Diagnostics(verdict, table, msgs, n_div, frac, bfmi, aligned, perms,
                        [c for c, _ in stuck], sampler)
+
+
+def identified_diagnostics(post) -> str:
+    """R-hat and ESS of the total log-likelihood per draw, a quantity every chain agrees on at
+    convergence whatever the affine gauge of its latent coordinates (the latent path, emission
+    matrix and drift weights of a GP-SLDS are identified only up to an affine map of x)."""
+    if "log_likelihood" not in post.children:
+        return ""
+    ll = post["log_likelihood"].to_dataset()
+    if not ll.data_vars:
+        return ""
+    v = np.asarray(next(iter(ll.data_vars.values())).values, float)
+    C, S = v.shape[:2]
+    if C < 2 or S < 4:
+        return ""
+    tot = v.reshape(C, S, -1).sum(-1)
+    ds = xr.Dataset({"log_lik": (("chain", "draw"), tot)})
+    r = float(azs.rhat(ds)["log_lik"])
+    e = float(azs.ess(ds, method="bulk")["log_lik"])
+    means = ", ".join(f"{m:.1f}" for m in tot.mean(1))
+    return (f"identified check: total log-likelihood per chain (mean) {means}; R-hat {r:.3f}, bulk ESS "
+            f"{e:.0f}")

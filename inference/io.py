@@ -1,6 +1,11 @@
-"""Safe output files: check every path before any work, write to a temporary name, rename.
+"""Files: reading data and posterior files, and writing outputs safely.
 
-Every command of the ``zoo`` CLI that writes files goes through these two helpers:
+Reading: :func:`load_data` (observations and inputs from NetCDF, ``.npy`` or ``.npz``, checked
+once here) and :func:`load_posterior` (a posterior written by ``zoo fit``, with its model rebuilt
+from the file's attributes, :mod:`inference.registry`). Bad files raise ``ValueError`` naming the
+file and what is wrong.
+
+Writing: every command of the ``zoo`` CLI that writes files goes through these two helpers:
 
 - :func:`check_outputs` runs *before* any simulation or sampling. It refuses an output that
   already exists (unless ``overwrite``), an output that is one of the command's inputs (always,
@@ -20,7 +25,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["OutputError", "check_outputs", "atomic_write"]
+import numpy as np
+import xarray as xr
+
+from inference.registry import model_from_attrs
+
+__all__ = ["OutputError", "check_outputs", "atomic_write", "load_data", "load_posterior"]
 
 
 class OutputError(ValueError):
@@ -130,3 +140,120 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> P
             pass
         raise
     return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_array(name: str, arr: np.ndarray, path: str) -> np.ndarray:
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{path}: {name} must have dims (time, neuron) or (trial, time, neuron); "
+                         f"got an array of shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise ValueError(f"{path}: {name} must be numeric; got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=float)
+
+
+def load_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Read observations (and inputs) from a NetCDF, ``.npy`` or ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.nc``: an xarray Dataset with ``y`` (dims ``(time, neuron)`` or ``(trial, time,
+        neuron)``, any order: they are transposed by name) and optionally ``inputs`` (dims
+        ``(time, input)`` / ``(trial, time, input)``). ``.npy``: y with axes in that order.
+        ``.npz``: key ``y`` and optionally ``inputs``, axes in that order.
+
+    Returns
+    -------
+    y : array (T, N) or (B, T, N)
+    inputs : array (T, I) or (B, T, I), or None
+    attrs : dict
+        File attributes (``dt``, ``system``, ...); empty for NumPy files.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Unreadable file, unknown suffix, missing ``y``, or arrays of the wrong shape.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    suffix = p.suffix.lower()
+    attrs: dict = {}
+    inputs = None
+    if suffix in (".nc", ".netcdf", ".h5", ".nc4"):
+        try:
+            ds = xr.load_dataset(p)
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+            raise ValueError(f"{path}: not a readable NetCDF file ({type(err).__name__}: {err})") from None
+        if "y" not in ds:
+            raise ValueError(f"{path}: no variable 'y' (found {sorted(ds.data_vars)})")
+        dims = set(ds["y"].dims)
+        if dims not in ({"time", "neuron"}, {"trial", "time", "neuron"}):
+            raise ValueError(f"{path}: y must have dims (time, neuron) or (trial, time, neuron); got "
+                             f"{ds['y'].dims}")
+        order = [d for d in ("trial", "time", "neuron") if d in dims]
+        y = ds["y"].transpose(*order).values
+        if "inputs" in ds:
+            idims = set(ds["inputs"].dims)
+            iorder = [d for d in ("trial", "time", "input") if d in idims]
+            if set(iorder) != idims:
+                raise ValueError(f"{path}: inputs must have dims (time, input) or (trial, time, input); "
+                                 f"got {ds['inputs'].dims}")
+            inputs = ds["inputs"].transpose(*iorder).values
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in ds.attrs.items()}
+    elif suffix in (".npy", ".npz"):
+        try:
+            loaded = np.load(p, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{path}: not a readable NumPy file ({type(err).__name__}: {err})") from None
+        if suffix == ".npy":
+            y = loaded
+        else:
+            if "y" not in loaded.files:
+                raise ValueError(f"{path}: the .npz file has no array 'y' (found {loaded.files})")
+            y = loaded["y"]
+            inputs = loaded["inputs"] if "inputs" in loaded.files else None
+    else:
+        raise ValueError(f"{path}: unknown file type {suffix!r}; use .nc (NetCDF), .npy or .npz")
+    y = _check_array("y", np.asarray(y), str(path))
+    if y.size and np.isnan(y).all():
+        raise ValueError(f"{path}: y has no observed values (every entry is NaN); NaN marks missing "
+                         "observations, so there is nothing to fit")
+    if np.isinf(y).any():
+        raise ValueError(f"{path}: y contains {int(np.isinf(y).sum())} inf value(s); use NaN for missing "
+                         "observations")
+    if inputs is not None:
+        inputs = _check_array("inputs", np.asarray(inputs), str(path))
+        if inputs.ndim != y.ndim or inputs.shape[:-1] != y.shape[:-1]:
+            raise ValueError(f"{path}: inputs of shape {inputs.shape} do not match y of shape {y.shape} "
+                             "(same trial and time axes expected)")
+    return y, inputs, attrs
+
+
+def load_posterior(path: str | os.PathLike):
+    """Read a posterior written by ``zoo fit`` and rebuild its model.
+
+    Returns
+    -------
+    post : xarray.DataTree
+    model : zoo model or None
+        None when the file does not name a zoo model.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such posterior file: {path}")
+    try:
+        post = xr.open_datatree(p)
+        post.load()
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable NetCDF posterior ({type(err).__name__}: {err})") from None
+    if "posterior" not in post.children:
+        raise ValueError(f"{path}: no 'posterior' group (is this a file written by 'zoo fit'?)")
+    return post, model_from_attrs(post.attrs, source=str(path))

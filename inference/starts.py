@@ -1,5 +1,6 @@
 """Where chains start: prior draws, the prior median, given values, an SVI fit, or the model's own
-``initial_params`` (PCA plus a fast point estimate, for the switching models).
+``initial_params`` (PCA plus a fast point estimate, for the switching models); :func:`map_start`
+gives the GP models a MAP point estimate to start from (``init=map_start(...)``).
 
 Every strategy returns unconstrained positions with a leading chain axis, as NumPyro's
 ``MCMC.run(init_params=...)`` and the BlackJAX kernels take them, plus a sentence saying how the
@@ -22,7 +23,7 @@ from numpyro.infer.util import initialize_model, unconstrain_fn
 
 from zoo.protocol import as_model
 
-__all__ = ["initial_positions", "mcmc_start", "path_reference", "INIT_CHOICES"]
+__all__ = ["initial_positions", "mcmc_start", "path_reference", "map_start", "INIT_CHOICES"]
 
 INIT_CHOICES = ("auto", "prior", "median", "svi", "pca")
 JITTER = 0.01
@@ -256,3 +257,56 @@ def mcmc_start(problem, settings, key) -> tuple[dict, str, dict]:
 def _own_text(num_chains: int, values: Mapping) -> str:
     return (f"all {num_chains} chain(s) started from model.initial_params (PCA of y and a fast point "
             f"estimate) for {sorted(values)}, jittered by N(0, {JITTER}^2) in unconstrained space")
+
+
+def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learning_rate: float = 0.02,
+              progress_bar: bool = False) -> dict:
+    """A MAP point estimate of a GP-SLDS / GP-SDE started from a smoothed PCA path (chain starts).
+
+    The diffusion is held at its prior median during the MAP stage (the joint MAP over a path and
+    its diffusion is degenerate); the returned values include it, so NUTS starts from the MAP of
+    everything else with the diffusion at that value (the recipe of ``benchmarks/gp_models.py``).
+
+    Parameters
+    ----------
+    model : zoo.gpslds.GPSLDS or zoo.gpsde.GPSDE
+    y : array (T, N) or (B, T, N)
+    inputs : array (..., T, I), optional
+    num_steps : int
+        Adam steps.
+    seed : int
+    learning_rate : float
+    progress_bar : bool
+
+    Returns
+    -------
+    dict
+        Constrained values of the latent sites, for ``inference.fit(..., init=values)``.
+    """
+    import optax
+    from numpyro import handlers as nh
+    from numpyro.infer import SVI, Trace_ELBO, init_to_value
+    from numpyro.infer.autoguide import AutoDelta
+
+    from zoo.sde import SDEModel, initial_path
+
+    if not isinstance(model, SDEModel):
+        raise ValueError(f"map_start needs a continuous-time GP model (GPSLDS or GPSDE); got "
+                         f"{type(model).__name__}")
+    y = jnp.asarray(y)
+    kw = {} if inputs is None else {"inputs": jnp.asarray(inputs, y.dtype)}
+    counts = model.emissions == "poisson"
+    x0 = np.asarray(initial_path(np.asarray(y), model.latent_dim, counts=counts, smooth=2.0, scale=3.0))
+    s = int(model.substeps)
+    if s > 1:
+        T = x0.shape[-2]
+        t_f = np.arange((T - 1) * s + 1) / s
+        flat = x0.reshape((-1,) + x0.shape[-2:])
+        x0 = np.stack([np.stack([np.interp(t_f, np.arange(T), xx[:, d]) for d in range(xx.shape[-1])], -1)
+                       for xx in flat]).reshape(x0.shape[:-2] + (len(t_f), -1))
+    fixed = {"diffusion": jnp.full(model.latent_dim, model.diffusion_scale, y.dtype)}
+    blocked = nh.condition(model, data=fixed)
+    guide = AutoDelta(blocked, init_loc_fn=init_to_value(values={"x": jnp.asarray(x0, y.dtype)}))
+    svi = SVI(blocked, guide, optax.adam(learning_rate), Trace_ELBO())
+    res = svi.run(jax.random.key(seed), num_steps, y, progress_bar=progress_bar, **kw)
+    return {k: np.asarray(v) for k, v in dict(guide.median(res.params), **fixed).items()}

@@ -274,7 +274,7 @@ def test_probabilities_keep_chains_with_mcse_and_per_chain_values(tmp_path):
     # the result still round-trips through NetCDF and the CLI prints the uncertainty
     res.to_netcdf(tmp_path / "res.nc")
     back = xr.open_dataset(tmp_path / "res.nc")
-    from inference.cli import attractor_summary
+    from inference.attractors import attractor_summary
 
     text = attractor_summary(back)
     assert text.startswith(f"P(line attractor) = 0.750 ± {expected:.3f} (MCSE); per chain 1.00 0.50")

@@ -54,7 +54,7 @@ def test_demo_quick_writes_posterior_figures_and_summary(demo_dir):
 
 def test_demo_prints_diagnostics_and_attractor_posterior(demo_dir, capsys, tmp_path):
     # the printed report of the (quiet) fixture run is gone: read the pieces it is made of instead
-    from inference.cli import attractor_summary
+    from inference.attractors import attractor_summary
 
     res = xr.open_dataset(demo_dir / "attractors.nc")
     text = attractor_summary(res)
