@@ -11,7 +11,8 @@ from benchmarks.gp_models import drift_recovery, fit_map_nuts
 from inference.attractors import _lm_solve, attractors
 from zoo import systems
 from zoo.gpsde import GPSDE
-from zoo.sde import bin_observations, euler_maruyama_simulate
+from zoo.sde_data import bin_observations
+from zoo.sde_distributions import euler_maruyama_simulate
 
 jax.config.update("jax_enable_x64", True)
 

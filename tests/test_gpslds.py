@@ -12,7 +12,9 @@ from benchmarks.gp_models import affine_align, boundary_location, drift_recovery
 from inference.attractors import attractors
 from zoo import systems
 from zoo.gpslds import GPSLDS
-from zoo.sde import DriftWeights, bin_observations, decode_drift
+from zoo.sde_data import bin_observations
+from zoo.sde_distributions import DriftWeights
+from zoo.sde_handlers import decode_drift
 
 jax.config.update("jax_enable_x64", True)
 

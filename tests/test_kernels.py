@@ -8,11 +8,11 @@ import pytest
 from scipy import stats
 
 from zoo import kernels
-from zoo.sde import (
+from zoo.sde_data import bin_observations
+from zoo.sde_distributions import (
     CollapsedEulerMaruyama,
     DriftWeights,
     EulerMaruyama,
-    bin_observations,
     euler_maruyama_simulate,
 )
 

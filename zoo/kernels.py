@@ -3,7 +3,7 @@
 Every GP drift of the zoo is written in *weight space*: f(x) = Phi(x) W with features
 Phi(x) (..., P) and weights W (P, D) whose columns are independent N(0, S) (one column per
 output dimension of f). The kernel is then k(x, x') = Phi(x) S Phi(x')^T. Given a latent path,
-the Euler-Maruyama likelihood is linear-Gaussian in W, which :mod:`zoo.sde` integrates out.
+the Euler-Maruyama likelihood is linear-Gaussian in W, which :mod:`zoo.sde_handlers` integrates out.
 
 - SSL kernel (Hu et al., NeurIPS 2024): k(x, x') = sum_j pi_j(x) pi_j(x') [(x - c_j)^T M_j
   (x' - c_j) + s_j^2] with a softmax partition pi. It has rank at most J (D + 1) and is *exactly*

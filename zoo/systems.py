@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.kernels import partition
-from zoo.sde import LINKS, euler_maruyama_simulate
+from zoo.sde_distributions import LINKS, euler_maruyama_simulate
 
 __all__ = [
     "two_spirals",
