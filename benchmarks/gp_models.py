@@ -24,7 +24,7 @@ import optax
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoDelta
 
-from zoo.sde_data import initial_path
+from zoo.preprocess import initial_path
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -234,8 +234,8 @@ def run_comparison(num_trials=10, duration=2.5, bin_ms=20, num_warmup=300, num_s
     from zoo import systems
     from zoo.gpsde import GPSDE
     from zoo.gpslds import GPSLDS
+    from zoo.preprocess import bin_observations
     from zoo.rslds import RSLDS
-    from zoo.sde_data import bin_observations
 
     d = systems.two_spirals(jax.random.key(seed), num_trials=num_trials, duration=duration)
     y = bin_observations(np.asarray(d["y"]), bin_ms)
@@ -282,7 +282,7 @@ def run_full_spirals(num_trials=10, duration=2.5, bin_ms=10, num_warmup=500, num
     """The full-size GP-SLDS run: spirals at dt = 1 ms, 50 Poisson neurons, binned to ``bin_ms``."""
     from zoo import systems
     from zoo.gpslds import GPSLDS
-    from zoo.sde_data import bin_observations
+    from zoo.preprocess import bin_observations
 
     t_all = time.time()
     d = systems.two_spirals(jax.random.key(seed), num_trials=num_trials, duration=duration)

@@ -47,7 +47,7 @@ from inference.plots import plot_attractors  # re-exported: it draws this module
 from zoo.protocol import as_model
 
 __all__ = ["attractors", "plot_attractors", "attractor_probabilities", "attractor_summary", "by_chain",
-           "indicator_mcse", "KINDS", "MCSE_METHOD"]
+           "indicator_mcse", "lm_solve", "KINDS", "MCSE_METHOD"]
 
 KINDS = ("stable", "unstable", "saddle", "marginal")
 
@@ -299,8 +299,27 @@ def _rates(model, J):
     return jnp.log(jnp.abs(lam) + 1e-300) / dt, jnp.angle(lam) / dt
 
 
-def _lm_solve(v, x0, lo, hi, steps, tol):
-    """Levenberg-Marquardt on v(x) = 0 from one seed. Returns (x, |v(x)|, best in-box x, its |v|)."""
+def lm_solve(v, x0, lo, hi, steps, tol):
+    """Levenberg-Marquardt on v(x) = 0 from one seed (the fixed-point search of :func:`attractors`).
+
+    Parameters
+    ----------
+    v : callable
+        x (D,) -> (D,).
+    x0 : array (D,)
+        The seed.
+    lo, hi : arrays (D,)
+        The analysed box: the best iterate inside it is tracked (slow points).
+    steps : int
+        Iterations (a fixed number, so the search vmaps over seeds).
+    tol : float
+        Unused by the iteration (convergence is judged by the caller on |v(x)|); kept for the
+        callers' signature.
+
+    Returns
+    -------
+    (x, |v(x)|, best in-box x, its |v|)
+    """
     jac = jax.jacfwd(v)
     D = x0.shape[-1]
 
@@ -569,7 +588,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
             pick = jnp.where(gslow[order_g], order_g, order_g[0])
             s_list.append(mesh_j[pick])
         allseeds = jnp.concatenate(s_list)
-        xs, res, bx, br = jax.vmap(lambda s: _lm_solve(v, s, lo_j, hi_j, newton_steps, abs_tol))(allseeds)
+        xs, res, bx, br = jax.vmap(lambda s: lm_solve(v, s, lo_j, hi_j, newton_steps, abs_tol))(allseeds)
         inside = in_region(xs)
         conv = (res <= abs_tol) & jnp.all(jnp.isfinite(xs), -1)
         slow = (br < eps) & ~(conv & inside)

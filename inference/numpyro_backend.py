@@ -16,7 +16,7 @@ from numpyro.infer import HMC, MCMC, NUTS
 from inference.backends import COMMON_OPTIONS, Backend, RunResult
 from inference.starts import mcmc_start
 
-__all__ = ["run_numpyro", "NUMPYRO_OPTIONS", "BACKENDS"]
+__all__ = ["run_numpyro", "cached_samplers", "NUMPYRO_OPTIONS", "BACKENDS"]
 
 NUMPYRO_OPTIONS = {
     "nuts": {"target_accept_prob", "max_tree_depth", "dense_mass", "thinning"},
@@ -72,6 +72,12 @@ def _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, prog
             _CACHE.clear()
         _CACHE[key] = mcmc
     return mcmc
+
+
+def cached_samplers() -> list[MCMC]:
+    """The compiled NumPyro samplers kept for reuse, oldest first: after a fit, the last one holds
+    its adapted state (``last_state.adapt_state``: step size, inverse mass matrix)."""
+    return list(_CACHE.values())
 
 
 def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, num_chains: int,

@@ -131,7 +131,7 @@ def simulate_system(system: str, seed: int = 0, num_steps: int | None = None, nu
         attrs.update(dt=1.0, emissions=em, description="NASCAR track (rSLDS, 4 regimes, 2-D latent)")
         return _system_dataset(d, attrs)
     from zoo import systems
-    from zoo.sde_data import bin_observations
+    from zoo.preprocess import bin_observations
 
     fn = getattr(systems, system)  # the simulator function of zoo.systems of that name
     em = emissions or "poisson"

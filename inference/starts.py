@@ -288,8 +288,8 @@ def map_start(model, y, inputs=None, num_steps: int = 1000, seed: int = 0, learn
     from numpyro.infer import SVI, Trace_ELBO, init_to_value
     from numpyro.infer.autoguide import AutoDelta
 
+    from zoo.preprocess import initial_path
     from zoo.sde import SDEModel
-    from zoo.sde_data import initial_path
 
     if not isinstance(model, SDEModel):
         raise ValueError(f"map_start needs a continuous-time GP model (GPSLDS or GPSDE); got "

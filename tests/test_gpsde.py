@@ -8,10 +8,10 @@ from numpyro import handlers as nh
 from numpyro.infer.util import log_density
 
 from benchmarks.gp_models import drift_recovery, fit_map_nuts
-from inference.attractors import _lm_solve, attractors
+from inference.attractors import attractors, lm_solve
 from zoo import systems
 from zoo.gpsde import GPSDE
-from zoo.sde_data import bin_observations
+from zoo.preprocess import bin_observations
 from zoo.sde_distributions import euler_maruyama_simulate
 
 jax.config.update("jax_enable_x64", True)
@@ -129,7 +129,7 @@ def _fixed_points(f, lo, hi, num_seeds=12, steps=40):
     g = [np.linspace(a, b, num_seeds) for a, b in zip(lo, hi, strict=True)]
     seeds = jnp.asarray(np.stack(np.meshgrid(*g), -1).reshape(-1, 2))
     lo_j, hi_j = jnp.asarray(lo), jnp.asarray(hi)
-    xs, res, _, _ = jax.jit(jax.vmap(lambda x0: _lm_solve(f, x0, lo_j, hi_j, steps, 0.0)))(seeds)
+    xs, res, _, _ = jax.jit(jax.vmap(lambda x0: lm_solve(f, x0, lo_j, hi_j, steps, 0.0)))(seeds)
     xs, res = np.asarray(xs), np.asarray(res)
     scale = float(np.linalg.norm(np.asarray(hi) - np.asarray(lo)))
     ok = np.isfinite(res) & (res < 1e-6 * scale) & np.all((xs >= lo) & (xs <= hi), axis=1)

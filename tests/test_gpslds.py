@@ -12,7 +12,7 @@ from benchmarks.gp_models import affine_align, boundary_location, drift_recovery
 from inference.attractors import attractors
 from zoo import systems
 from zoo.gpslds import GPSLDS
-from zoo.sde_data import bin_observations
+from zoo.preprocess import bin_observations
 from zoo.sde_distributions import DriftWeights
 from zoo.sde_handlers import decode_drift
 

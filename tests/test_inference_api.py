@@ -55,8 +55,10 @@ def test_structured_dense_mass_adapts_one_block(lds):
     post = inference.fit(model, y, dense_mass=[("dynamics", "dynamics_bias")], num_chains=1, num_warmup=40, num_samples=10,
                          seed=0, progress_bar=False)
     assert np.isfinite(post["posterior"]["dynamics"].values).all()
-    from inference.numpyro_backend import _CACHE
-    mcmc = next(m for m in _CACHE.values() if m.sampler._dense_mass == [("dynamics", "dynamics_bias")])
+    from inference.numpyro_backend import cached_samplers
+    block_key = ("dynamics", "dynamics_bias")
+    mcmc = next(m for m in reversed(cached_samplers()) if m.last_state is not None
+                and block_key in m.last_state.adapt_state.inverse_mass_matrix)
     inv_mass = mcmc.last_state.adapt_state.inverse_mass_matrix
     block = np.asarray(inv_mass[("dynamics", "dynamics_bias")])
     assert block.shape[-2:] == (2, 2) and np.all(block[..., 0, 1] != 0.0)  # dense: correlation adapted

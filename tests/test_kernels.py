@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from zoo import kernels
-from zoo.sde_data import bin_observations
+from zoo.preprocess import bin_observations
 from zoo.sde_distributions import (
     CollapsedEulerMaruyama,
     DriftWeights,

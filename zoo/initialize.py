@@ -29,30 +29,13 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
 from zoo import scans
+from zoo.preprocess import fill_missing, smooth_time
 
 __all__ = ["pca_latents", "fit_arhmm", "map_refine", "slds_initial_params"]
 
 
-def _fill_missing(y):
-    """Replace NaN by the neuron's mean (for PCA only)."""
-    y = np.array(y, dtype=float)
-    mean = np.nanmean(y.reshape(-1, y.shape[-1]), axis=0)
-    mean = np.where(np.isnan(mean), 0.0, mean)
-    return np.where(np.isnan(y), mean, y)
-
-
-def _smooth(y, width: float):
-    """Gaussian smoothing along time, (..., T, N)."""
-    if width <= 0:
-        return y
-    h = int(np.ceil(3 * width))
-    k = np.exp(-0.5 * (np.arange(-h, h + 1) / width) ** 2)
-    k /= k.sum()
-    pad = np.pad(y, [(0, 0)] * (y.ndim - 2) + [(h, h), (0, 0)], mode="edge")
-    out = np.zeros_like(y)
-    for i, w in enumerate(k):
-        out += w * pad[..., i : i + y.shape[-2], :]
-    return out
+# the name benchmarks/nascar.py imports (use zoo.preprocess.smooth_time)
+_smooth = smooth_time
 
 
 def pca_latents(model, y, mask=None, frame=None):
@@ -304,7 +287,7 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     x0, C, d = pca_latents(model, y, mask, frame)
     # PCA latents carry the emission noise, which can exceed the per-step movement of the
     # dynamics; a light temporal smoothing lets the AR-HMM see the dynamics
-    x0 = _smooth(x0, smoothing)
+    x0 = smooth_time(x0, smoothing)
     k1, k2 = jax.random.split(key)
     fit = fit_arhmm(k1, x0, K, model.transitions, num_em_iters, num_restarts, model.init_scale)
     Cj = np.asarray(C)
@@ -324,7 +307,7 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
         vals["recurrence_weights"] = fit.R
         vals["recurrence_bias"] = fit.r
     if not counts:
-        resid = _fill_missing(y) - (x0 @ Cj.T + d)
+        resid = fill_missing(y) - (x0 @ Cj.T + d)
         vals["emission_noise"] = jnp.asarray(np.maximum(resid.reshape(-1, model.obs_dim).std(0), 1e-3))
     if map_steps <= 0:
         return vals

@@ -4,7 +4,7 @@
 dx = (f(x) + B u) dt + diag(sigma) dW, discretised by Euler-Maruyama, with the drift
 f(x) = Phi(x) W written in weight space and W integrated out in closed form given the path. The
 pieces live with their kin: the distributions in :mod:`zoo.sde_distributions`, the handlers that
-collapse and decode the weights in :mod:`zoo.sde_handlers`, the data tools in :mod:`zoo.sde_data`.
+collapse and decode the weights in :mod:`zoo.sde_handlers`, the data tools in :mod:`zoo.preprocess`.
 Their public names are re-exported here, where they used to be defined (deprecated: import them
 from their own modules).
 """
@@ -21,7 +21,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from zoo._base import check_choice, check_mask, check_positive_int, sequence_shape
-from zoo.sde_data import bin_observations, initial_path
+from zoo.preprocess import bin_observations, initial_path
 from zoo.sde_distributions import (
     LINKS,
     CollapsedEulerMaruyama,
@@ -36,7 +36,7 @@ from zoo.sde_handlers import collapse_drift, decode_drift
 
 __all__ = [
     "SDEModel",
-    # re-exported from zoo.sde_distributions, zoo.sde_handlers and zoo.sde_data
+    # re-exported from zoo.sde_distributions, zoo.sde_handlers and zoo.preprocess
     "WeightPosterior",
     "DriftWeights",
     "DelayedWeights",

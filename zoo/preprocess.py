@@ -1,12 +1,51 @@
-"""Data tools of the continuous-time models: binning observations onto a coarser Euler grid, and a
-starting latent path from the data (PCA of smoothed observations).
+"""Preparing observations: gap filling, smoothing along time, binning onto a coarser grid, and a
+starting latent path from the data (PCA of smoothed observations). NumPy, on concrete arrays.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bin_observations", "initial_path"]
+__all__ = ["fill_missing", "smooth_time", "bin_observations", "initial_path"]
+
+
+def fill_missing(y):
+    """Replace NaN by the neuron's mean over all trials and steps (0 for a neuron never seen).
+
+    Parameters
+    ----------
+    y : array (..., T, N)
+
+    Returns
+    -------
+    numpy array (..., T, N)
+    """
+    y = np.array(y, dtype=float)
+    mean = np.nanmean(y.reshape(-1, y.shape[-1]), axis=0)
+    mean = np.where(np.isnan(mean), 0.0, mean)
+    return np.where(np.isnan(y), mean, y)
+
+
+def smooth_time(y, width: float):
+    """Gaussian smoothing along time of (..., T, N), the ends padded with their edge values.
+
+    Parameters
+    ----------
+    y : array (..., T, N)
+    width : float
+        Standard deviation of the Gaussian in steps (<= 0: y unchanged); the kernel spans
+        ceil(3 width) steps on each side.
+    """
+    if width <= 0:
+        return y
+    h = int(np.ceil(3 * width))
+    k = np.exp(-0.5 * (np.arange(-h, h + 1) / width) ** 2)
+    k /= k.sum()
+    pad = np.pad(y, [(0, 0)] * (y.ndim - 2) + [(h, h), (0, 0)], mode="edge")
+    out = np.zeros_like(y)
+    for i, w in enumerate(k):
+        out += w * pad[..., i : i + y.shape[-2], :]
+    return out
 
 
 def bin_observations(y, bin_size: int, counts: bool = True):
@@ -58,16 +97,9 @@ def initial_path(y, latent_dim: int, counts: bool = True, smooth: float = 3.0, s
     """
     y = np.asarray(y, float)
     squeeze = y.ndim == 2
-    y = y[None] if squeeze else y
-    mu = np.nanmean(y, axis=(0, 1))
-    y = np.where(np.isnan(y), mu, y)
+    y = fill_missing(y[None] if squeeze else y)
     z = np.sqrt(y) if counts else y
-    if smooth > 0:
-        half = int(3 * smooth)
-        k = np.exp(-0.5 * (np.arange(-half, half + 1) / smooth) ** 2)
-        k /= k.sum()
-        pad = np.pad(z, ((0, 0), (half, half), (0, 0)), mode="edge")
-        z = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, pad)
+    z = smooth_time(z, smooth)
     flat = z.reshape(-1, z.shape[-1])
     flat = flat - flat.mean(0)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
