@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+__all__ = ["overlap_matrix", "match_labels", "match_soft", "state_accuracy"]
+
 
 def overlap_matrix(z_ref, z, num_states: int) -> np.ndarray:
     """Counts C[i, j] of steps with reference label i and label j; (K, K).

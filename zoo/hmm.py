@@ -12,6 +12,8 @@ from zoo._base import ModelMixin, check_choice, check_mask, check_positive_int, 
 from zoo.distributions import HMMEmissions
 from zoo.handlers import marginalize
 
+__all__ = ["HMM"]
+
 
 @dataclass(frozen=True)
 class HMM(ModelMixin):

@@ -13,6 +13,8 @@ from zoo._base import ModelMixin, check_positive_int, sequence_shape
 from zoo.distributions import GaussMarkov, LinearGaussianEmission
 from zoo.handlers import collapse
 
+__all__ = ["LDS"]
+
 
 @dataclass(frozen=True)
 class LDS(ModelMixin):
