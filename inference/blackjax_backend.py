@@ -26,8 +26,7 @@ from jax.sharding import PartitionSpec as P
 from numpyro.infer.util import initialize_model
 from tqdm.auto import tqdm
 
-from inference.backends import COMMON_OPTIONS, Backend, RunResult
-from inference.starts import mcmc_start
+from inference.starts import mcmc_backends
 
 __all__ = ["run_blackjax", "BLACKJAX_OPTIONS", "BACKENDS", "log_density_fns"]
 
@@ -270,18 +269,4 @@ def run_blackjax(model: Callable, y, model_kwargs: Mapping, method: str, key, *,
     return samples, stats
 
 
-def _run(method: str):
-    def run(problem, key, settings) -> RunResult:
-        key_init, key_run = jax.random.split(key)
-        z0, text, run_kwargs = mcmc_start(problem, settings, key_init)
-        opts = {k: v for k, v in settings.options.items() if k not in COMMON_OPTIONS}
-        samples, stats = run_blackjax(problem.model, problem.y, run_kwargs, method, key_run,
-                                      num_chains=settings.num_chains, num_warmup=settings.num_warmup,
-                                      num_samples=settings.num_samples, chain_method=settings.chain_method,
-                                      init_positions=z0, progress_bar=settings.progress_bar, options=opts)
-        return RunResult(samples, stats, text, {})
-
-    return run
-
-
-BACKENDS = {m: Backend("blackjax", frozenset(opts), _run(m)) for m, opts in BLACKJAX_OPTIONS.items()}
+BACKENDS = mcmc_backends("blackjax", BLACKJAX_OPTIONS, run_blackjax)

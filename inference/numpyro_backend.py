@@ -13,8 +13,7 @@ import jax
 import numpy as np
 from numpyro.infer import HMC, MCMC, NUTS
 
-from inference.backends import COMMON_OPTIONS, Backend, RunResult
-from inference.starts import mcmc_start
+from inference.starts import mcmc_backends
 
 __all__ = ["run_numpyro", "cached_samplers", "NUMPYRO_OPTIONS", "BACKENDS"]
 
@@ -145,18 +144,4 @@ def run_numpyro(model: Callable, y, model_kwargs: Mapping, method: str, key, *, 
     return samples, stats
 
 
-def _run(method: str):
-    def run(problem, key, settings) -> RunResult:
-        key_init, key_run = jax.random.split(key)
-        z0, text, run_kwargs = mcmc_start(problem, settings, key_init)
-        opts = {k: v for k, v in settings.options.items() if k not in COMMON_OPTIONS}
-        samples, stats = run_numpyro(problem.model, problem.y, run_kwargs, method, key_run,
-                                     num_chains=settings.num_chains, num_warmup=settings.num_warmup,
-                                     num_samples=settings.num_samples, chain_method=settings.chain_method,
-                                     init_positions=z0, progress_bar=settings.progress_bar, options=opts)
-        return RunResult(samples, stats, text, {})
-
-    return run
-
-
-BACKENDS = {m: Backend("numpyro", frozenset(opts), _run(m)) for m, opts in NUMPYRO_OPTIONS.items()}
+BACKENDS = mcmc_backends("numpyro", NUMPYRO_OPTIONS, run_numpyro)

@@ -21,9 +21,11 @@ from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_sample
 from numpyro.infer.util import initialize_model, unconstrain_fn
 
+from inference.backends import COMMON_OPTIONS, Backend, RunResult
 from zoo.protocol import as_model
 
-__all__ = ["initial_positions", "mcmc_start", "path_reference", "map_start", "INIT_CHOICES"]
+__all__ = ["initial_positions", "mcmc_start", "mcmc_backends", "path_reference", "map_start",
+           "INIT_CHOICES"]
 
 INIT_CHOICES = ("auto", "prior", "median", "svi", "pca")
 JITTER = 0.01
@@ -252,6 +254,41 @@ def mcmc_start(problem, settings, key) -> tuple[dict, str, dict]:
             "started at 0, and the dynamics offsets through their values at the states' centres "
             "(dynamics_bias_centred)")
     return z0, text, run_kwargs
+
+
+def mcmc_backends(library: str, options: Mapping[str, set], runner: Callable) -> dict:
+    """Backend table entries (:class:`inference.backends.Backend`) for the methods of an MCMC
+    runner: each run starts the chains with :func:`mcmc_start` and calls the runner.
+
+    Parameters
+    ----------
+    library : str
+        The library's name, recorded in the result.
+    options : mapping method -> set of option names
+        The methods and the options each accepts (beside the common ones).
+    runner : callable
+        ``runner(model, y, model_kwargs, method, key, *, num_chains, num_warmup, num_samples,
+        chain_method, init_positions, progress_bar, options) -> (samples, stats)``, e.g.
+        :func:`inference.numpyro_backend.run_numpyro`.
+
+    Returns
+    -------
+    dict method -> Backend
+    """
+    def make_run(method: str):
+        def run(problem, key, settings) -> RunResult:
+            key_init, key_run = jax.random.split(key)
+            z0, text, run_kwargs = mcmc_start(problem, settings, key_init)
+            opts = {k: v for k, v in settings.options.items() if k not in COMMON_OPTIONS}
+            samples, stats = runner(problem.model, problem.y, run_kwargs, method, key_run,
+                                    num_chains=settings.num_chains, num_warmup=settings.num_warmup,
+                                    num_samples=settings.num_samples, chain_method=settings.chain_method,
+                                    init_positions=z0, progress_bar=settings.progress_bar, options=opts)
+            return RunResult(samples, stats, text, {})
+
+        return run
+
+    return {m: Backend(library, frozenset(opts), make_run(m)) for m, opts in options.items()}
 
 
 def _own_text(num_chains: int, values: Mapping) -> str:

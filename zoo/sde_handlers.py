@@ -10,6 +10,7 @@ import zlib
 import jax
 from numpyro.primitives import Messenger
 
+from zoo.handlers import decode
 from zoo.sde_distributions import (
     CollapsedEulerMaruyama,
     CollapsedWeights,
@@ -47,21 +48,13 @@ class collapse_drift(Messenger):
             msg["fn"] = fn.collapsed(fn.weights.prior.scale_tril)
 
 
-class decode_drift(Messenger):
+class decode_drift(decode):
     """Exact posterior of collapsed drift weights given the path and hyperparameter values.
 
     Use under ``substitute`` with one posterior draw; ``self.posteriors[path_site_name]`` is a
-    :class:`WeightPosterior` with one exact draw (vmap over draws).
+    :class:`WeightPosterior` with one exact draw (vmap over draws). The drift-weight case of
+    :class:`zoo.handlers.decode` (same arguments and result layout).
     """
-
-    def __init__(self, fn=None, rng_key=None):
-        self.rng_key = jax.random.key(0) if rng_key is None else rng_key
-        self.posteriors: dict = {}
-        super().__init__(fn)
-
-    def __enter__(self):
-        super().__enter__()
-        return self
 
     def postprocess_message(self, msg):
         if msg["type"] == "sample" and isinstance(msg["fn"], CollapsedEulerMaruyama) \
