@@ -5,6 +5,9 @@ NaN kept), ``log_likelihood`` (per time step, by the :class:`zoo.handlers.pointw
 ``arviz.loo`` works), ``constant_data`` (model keyword arrays such as inputs and masks, and values
 fixed by ``numpyro.handlers.condition``). Every variable gets dims from ``model.dims``; ``trial``
 is prepended to sequence sites of batched data.
+
+:func:`draws_group` builds further groups of draws with the same dims and coords (``prior``,
+``prior_predictive``, ``posterior_predictive``; see :mod:`inference.predictive`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from inference._program import (
 from zoo.handlers import pointwise
 from zoo.protocol import as_model
 
-__all__ = ["to_datatree", "pointwise_log_likelihood", "package_versions"]
+__all__ = ["to_datatree", "pointwise_log_likelihood", "package_versions", "draws_group"]
 
 # dims of common model keyword arrays (without the trial axis)
 _KWARG_DIMS = {"mask": ["time"], "inputs": ["time", "input"]}
@@ -246,3 +249,50 @@ def to_datatree(
         root[k] = v if plain else _jsonable(v)
     dt.attrs.update(root)
     return dt
+
+
+def draws_group(model: Callable, draws: Mapping, y, *, model_kwargs: Mapping | None = None,
+                dims: Mapping | None = None, info: ProgramInfo | None = None,
+                library: str = "numpyro") -> xr.Dataset:
+    """Draws with leading (chain, draw) axes as one DataTree group, named like :func:`to_datatree`
+    names the posterior and observed data.
+
+    Observed sites (y and its replicates) get the dims and coords of ``observed_data``; every
+    other site the model's dims (``trial`` prepended to sequence sites of batched data).
+
+    Parameters
+    ----------
+    model : callable
+        The zoo model or NumPyro program.
+    draws : mapping name -> array (C, S, *site_shape)
+    y : array (T, N) or (B, T, N)
+        The observations the group belongs to (for the observed sites' dims and the coords).
+    model_kwargs : mapping, optional
+    dims : mapping name -> list of str, optional
+        Dims for variables the model does not name (without chain/draw).
+    info : ProgramInfo, optional
+        A previous :func:`inference._program.inspect_program` result.
+    library : str
+        Recorded in the group's attributes.
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    y = check_y(y)
+    model_kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
+    info = info or inspect_program(model, y, model_kwargs)
+    all_dims = {**dict(as_model(model).dims), **dict(info.dims), **dict(dims or {})}
+    values = {k: np.asarray(v) for k, v in draws.items()}
+    missing: list = []
+    gdims = {}
+    for name, value in values.items():
+        if name in info.observed:
+            gdims[name] = list(info.dims[name])
+        else:
+            gdims[name] = site_dims(name, value.shape[2:], all_dims, info.sequence_sites,
+                                    info.batched, missing)
+    warn_missing_dims(missing)
+    ds = _group(values, gdims, info.coords)
+    ds.attrs.update(_attrs(library))
+    return ds
