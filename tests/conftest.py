@@ -11,11 +11,8 @@ Ordering. loadscope keeps each test module on one worker, so its module-scoped f
 samplers, fitted posteriors) are built once; the notebooks are one test class each, so the two
 workers share them. The heaviest scopes are collected first and ``--no-loadscope-reorder`` keeps
 that order (xdist would otherwise order scopes by test count and start the one-test notebooks
-last, where they end the run on one worker). An earlier failure of the rSLDS NASCAR test in this
-order was not an order effect: one short chain passed or failed by chance (see that test); it
-now pools two chains. ``--dist loadgroup`` would be the
-natural tool, but pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2
-no longer reads.
+last, where they end the run on one worker). ``--dist loadgroup`` would be the natural tool,
+but pytest-xdist 3.8 marks groups by rewriting ``item._nodeid``, which pytest 9.2 does not read.
 """
 
 from __future__ import annotations

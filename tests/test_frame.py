@@ -111,8 +111,8 @@ def test_poisson_frame_is_in_the_linear_predictors_space():
     f = m.data_frame(y)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in f)
     x0, _, _ = pca_latents(m, y, frame=f)
-    # the best affine map from the true x explains most of the frame latents' variance (measured
-    # 0.96 and 0.89 here, as for the square-root PCA the initialisation used before)
+    # the best affine map from the true x explains most of the frame latents' variance (0.96 and
+    # 0.89 on these data)
     X = np.concatenate([x, np.ones((T, 1))], 1)
     coef, *_ = np.linalg.lstsq(X, x0, rcond=None)
     r2 = 1 - ((x0 - X @ coef) ** 2).sum(0) / ((x0 - x0.mean(0)) ** 2).sum(0)

@@ -171,14 +171,13 @@ def _fit_driven(which, num_trials):
     return m, s, res, xt, d
 
 
-# Data sizes, measured on 2026-12-02 over all 300 draws of one chain (NUTS seeds 0 and 1):
-# - line-attractor data, 10 trials: P(line) 0.72 and 0.83 (and 0.68 in a CI-like suite run): the
-#   slow direction is not pinned down by that much data and draws flicker across the criterion
-#   (tau ratio >= 8). With 20 trials: 1.00 and 1.00.
-# - two-point control, 10 trials: 0.05 and 0.01. With 20 trials one of the two chains (seed 0)
-#   sat in a mode with P(line) 0.89 (the other 0.00): a known false positive of the fixed-point
-#   criterion on a chain that merged the two attractors' slow axis, reported in the closing note
-#   of issue 3, not hidden by this choice of size.
+# Data sizes (P(line) over all 300 draws of one chain, NUTS seeds 0 and 1):
+# - line-attractor data needs 20 trials: with 10 the slow direction is not pinned down and draws
+#   flicker across the criterion (tau ratio >= 8), P(line) 0.68-0.83; with 20, 1.00 and 1.00.
+# - the two-point control uses 10 trials (P(line) 0.05 and 0.01). With 20 trials one chain can
+#   settle in a mode that merges the two attractors' slow axis and reports a line (P(line) 0.89
+#   against 0.00 for the other chain): a known false positive of the fixed-point criterion,
+#   documented rather than hidden by this choice of size.
 @pytest.fixture(scope="module")
 def line_fit():
     return _fit_driven("line_attractor", num_trials=20)

@@ -47,10 +47,9 @@ def test_sbc_detects_a_miscalibrated_posterior(sbc):
     # the same test must reject ranks of a truth shifted by 0.6 posterior sd (as if the posterior
     # were off-centre by that much); otherwise passing above would mean little. Power of this
     # test (120 replications, 21 rank values in 7 bins, chi-square at 0.01), simulated with
-    # uniform ranks shifted on the normal scale: 0.13 for a shift of 0.2 sd (the shift used here
-    # until 2026-12-01, which passed by chance and failed after an unrelated numerical change),
-    # 0.40 for 0.3, 0.96 for 0.5, 0.997 for 0.6. SBC at this size detects half-sd errors, not
-    # fifth-sd ones.
+    # uniform ranks shifted on the normal scale: 0.13 for a shift of 0.2 sd (too weak to rely on:
+    # detection would be luck), 0.40 for 0.3, 0.96 for 0.5, 0.997 for 0.6. SBC at this size
+    # detects half-sd errors, not fifth-sd ones.
     sd = sbc.draws["mean_high"].std(axis=1)
     shifted = sbc.truth["mean_high"] + 0.6 * sd
     ranks = (sbc.draws["mean_high"] < shifted[:, None]).sum(axis=1)

@@ -218,18 +218,18 @@ def test_slds_gaussian_recovers_states_and_dynamics():
 
 @pytest.mark.parametrize("emissions", [
     "gaussian",
-    # Poisson NASCAR with N = 10 is unreliable with one short chain: on 2026-11-30 one run reached state
-    # accuracy 0.775, another passed accuracy but only 2 of 4 eigenvalue checks. Kept as a slow test
-    # and reported as a miss, not hidden.
+    # Poisson NASCAR with N = 10 is unreliable with one short chain (state accuracy down to 0.775,
+    # or only 2 of 4 eigenvalue checks passed). Kept as a slow test and reported as a miss, not
+    # hidden.
     pytest.param("poisson", marks=pytest.mark.slow),
 ])
 def test_rslds_nascar_recovers_states(emissions):
     data = nascar(seed=0, num_steps=600, emissions=emissions)
     m = data["model"]
     # Two chains, pooled. NUTS runs at the tree-depth cap here and one short chain's interval is
-    # narrower than the posterior's: on 2026-12-01 single chains (seeds 0-2, and CI) put the true
-    # rotation moduli outside their 90 % intervals in 2 of 5 runs (e.g. state 1 at [1.0014, 1.0066]
-    # while other chains gave [0.9952, 1.0051]); two pooled chains passed in 4 of 4 seeds.
+    # narrower than the posterior's: single chains put the true rotation moduli outside their 90 %
+    # intervals in 2 of 5 runs (e.g. state 1 at [1.0014, 1.0066] while other chains gave
+    # [0.9952, 1.0051]); two pooled chains passed in 4 of 4 seeds.
     post = inference.fit(m, data["y"], "nuts", num_chains=2, chain_method="vectorized", num_warmup=200,
                          num_samples=100, seed=0, progress_bar=False, max_tree_depth=8)
     dec = inference.decode(m, post, data["y"], reference=data["z"], num_draws=40)

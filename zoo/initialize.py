@@ -13,7 +13,7 @@ initialisation here is the classic recipe, written on the project's scan kernels
 3. optionally (``map_steps > 0``), maximum a posteriori refinement of the full model (path
    and parameters jointly) with Adam on NumPyro's potential in unconstrained space. It is off by
    default: the joint MAP over a path and its noise scales is degenerate (the dynamics noise
-   shrinks towards zero, measured on NASCAR: 0.002 instead of 0.01), and on NASCAR it lowered
+   shrinks towards zero: 0.002 instead of 0.01 on NASCAR), and on NASCAR it lowered
    the state accuracy of the AR-HMM start (0.965 -> 0.92-0.95) while costing more time.
 """
 

@@ -47,8 +47,8 @@ def test_converges_to_sequential(method, dtype):
     assert res.states.dtype == dtype
     assert bool(res.converged)
     # far fewer sweeps than the T a sequential evaluation needs: Newton (DEER) converges
-    # quadratically, the damped and quasi-Newton variants linearly (measured 2026-12-01, T = 200:
-    # DEER 4, ELK 7-9, quasi-DEER 9-15, quasi-ELK 11-17 iterations over float32/float64)
+    # quadratically, the damped and quasi-Newton variants linearly (at T = 200: DEER 4, ELK 7-9,
+    # quasi-DEER 9-15, quasi-ELK 11-17 iterations over float32/float64)
     assert int(res.iterations) <= MAX_ITERATIONS_T200[method]
     assert float(jnp.max(jnp.abs(res.states - ref))) <= TOL_ERR[dtype]
 
