@@ -37,6 +37,7 @@ from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
+from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
 from zoo.distributions import PathPosterior
@@ -45,7 +46,7 @@ from zoo.handlers import collapse, condition_states, decode
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
-BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth"})
+BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass"})
 
 
 class Blocks(NamedTuple):
@@ -189,16 +190,17 @@ def warmup_schedule(num_warmup: int) -> np.ndarray:
     return out
 
 
-def _adaptation_init(dim: int, step_size, dtype) -> Adaptation:
+def _adaptation_init(dim: int, step_size, dtype, dense: bool) -> Adaptation:
     da_init, _, _ = dual_averaging_adaptation(0.8)
-    w_init, _, _ = welford_algorithm(True)
-    return Adaptation(da_init(jnp.asarray(step_size, dtype)), w_init(dim), jnp.asarray(step_size, dtype),
-                      jnp.ones(dim, dtype))
+    w_init, _, _ = welford_algorithm(not dense)
+    mass = jnp.eye(dim, dtype=dtype) if dense else jnp.ones(dim, dtype)
+    eps = jnp.asarray(step_size, dtype)
+    return Adaptation(da_init(eps), w_init(dim), eps, mass)
 
 
-def _adapt(adapt: Adaptation, stage, position, acceptance, target: float) -> Adaptation:
+def _adapt(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool) -> Adaptation:
     _, da_update, da_final = dual_averaging_adaptation(target)
-    w_init, w_update, w_final = welford_algorithm(True)
+    w_init, w_update, w_final = welford_algorithm(not dense)
     slow, window_end = stage[0], stage[1]
     da = da_update(adapt.dual_averaging, acceptance)
     welford = jax.lax.cond(slow > 0, lambda w: w_update(w, position), lambda w: w, adapt.welford)
@@ -207,8 +209,10 @@ def _adapt(adapt: Adaptation, stage, position, acceptance, target: float) -> Ada
     def end_window(args):
         welford, da, step_size, _ = args
         cov, n, _ = w_final(welford)
-        # Stan's regularisation of the window's variances towards 1e-3
-        inv_mass = (n / (n + 5.0)) * cov + 1e-3 * (5.0 / (n + 5.0))
+        # Stan's regularisation of the window's (co)variances towards 1e-3 I
+        shrink = 1e-3 * (5.0 / (n + 5.0))
+        floor = shrink * jnp.eye(cov.shape[-1], dtype=cov.dtype) if dense else shrink
+        inv_mass = (n / (n + 5.0)) * cov + floor
         da_init, _, _ = dual_averaging_adaptation(target)
         return w_init(position.shape[0]), da_init(step_size), step_size, inv_mass.astype(position.dtype)
 
@@ -252,7 +256,9 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
     num_chains, num_warmup, num_samples : int
     progress_bar : bool
     options : mapping
-        ``target_accept_prob`` (0.8), ``max_tree_depth`` (10).
+        ``target_accept_prob`` (0.8), ``max_tree_depth`` (10), ``dense_mass`` (True: a dense
+        inverse mass adapted for the parameter block, which is small; the dynamics slopes and
+        offsets of a state are strongly correlated when its data sit far from the origin).
 
     Returns
     -------
@@ -262,6 +268,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
     """
     target = float(options.get("target_accept_prob", 0.8))
     depth = int(options.get("max_tree_depth", 10))
+    dense = bool(options.get("dense_mass", True))
     theta0 = {k: v for k, v in start.items() if k != path_site}
     path0 = jnp.asarray(start[path_site])
     blocks = build_blocks(model, y, run_kwargs, path_site, jax.tree.map(lambda v: v[0], theta0))
@@ -276,7 +283,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
 
     k_init, k_warm, k_run = jax.random.split(key, 3)
     states = jax.jit(jax.vmap(init_chain))(jax.random.split(k_init, num_chains), flat0, path0)
-    adapt = jax.vmap(lambda _: _adaptation_init(dim, 0.1, dtype))(jnp.arange(num_chains))
+    adapt = jax.vmap(lambda _: _adaptation_init(dim, 0.1, dtype, dense))(jnp.arange(num_chains))
 
     @jax.jit
     def warm_chunk(keys, states, adapt, schedule):
@@ -285,7 +292,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
                 state, ad = carry
                 k, stage = inp
                 state, info = sweep(k, state, blocks, ad.step_size, ad.inverse_mass, depth)
-                ad = _adapt(ad, stage, state.hmc.position, info.acceptance_rate, target)
+                ad = _adapt(ad, stage, state.hmc.position, info.acceptance_rate, target, dense)
                 return (state, ad), (info.is_divergent, info.num_trajectory_expansions)
 
             return jax.lax.scan(body, (state, ad), (ks, schedule))
@@ -346,22 +353,28 @@ def _run(problem, key, settings) -> RunResult:
                          f"{type(model).__name__} has none with these settings (use method='nuts')")
     key_init, key_run = jax.random.split(key)
     C = settings.num_chains
+    run_kwargs = dict(problem.run_kwargs)
     own = model.initial_params(problem.y_host, key_init, **problem.model_kwargs) \
         if settings.init in ("auto", "pca") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if own is not None:
-            values = {k: v for k, v in dict(own).items() if k in problem.info.latent}
-            z0, _ = initial_positions(model, problem.y, problem.run_kwargs, values,
-                                      jax.random.fold_in(key_init, 7), C, problem.info.latent)
+            values, extra = model.blocked_start(problem.y_host, own, key_init, **problem.model_kwargs)
+            run_kwargs.update(extra)
+            # the program's coordinates may change with the extra arguments (centred offsets)
+            latent = inspect_program(handlers.substitute(model, data=values), problem.y_host,
+                                     run_kwargs).latent
+            values = {k: v for k, v in values.items() if k in latent}
+            z0, _ = initial_positions(model, problem.y, run_kwargs, values,
+                                      jax.random.fold_in(key_init, 7), C, latent)
             text = (f"all {C} chain(s) started from model.initial_params (PCA of y and a fast point "
                     "estimate), jittered by N(0, 0.01^2) in unconstrained space; z drawn first given "
-                    "that path")
+                    f"that path; extra program arguments {sorted(extra)} from that estimate")
         else:
-            z0, text = initial_positions(model, problem.y, problem.run_kwargs, settings.init, key_init, C,
+            z0, text = initial_positions(model, problem.y, run_kwargs, settings.init, key_init, C,
                                          problem.info.latent, {**settings.options,
                                                                "progress_bar": settings.progress_bar})
-    samples, stats = run_blocked(model, problem.y, problem.run_kwargs, key_run, path_site=spec.path_site,
+    samples, stats = run_blocked(model, problem.y, run_kwargs, key_run, path_site=spec.path_site,
                                  start=z0, num_chains=C, num_warmup=settings.num_warmup,
                                  num_samples=settings.num_samples, progress_bar=settings.progress_bar,
                                  options=settings.options)

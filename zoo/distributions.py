@@ -752,41 +752,39 @@ class LinearGaussianEmission(dist.Distribution):
     H : array (N, D)
     d : array (N,) or (..., T, N)
         Offsets (time-varying ones carry inputs).
-    R : array (N, N)
-        Emission covariance; NaN entries of an observed y are missing.
+    R : array (N, N) or (N,)
+        Emission covariance, or the variances of a diagonal one (which the Kalman marginal
+        under collapse handles in information form); NaN entries of an observed y are missing.
     """
 
     support = constraints.real_vector
     pytree_data_fields = ("x", "H", "d", "R")
 
     def __init__(self, x, H, d, R, validate_args=None):
+        if jnp.ndim(R) not in (1, 2):
+            raise ValueError(f"R must have shape (N, N) or (N,); got {jnp.shape(R)}")
         self.x, self.H, self.d, self.R = x, H, d, R
         shape = x.shape
         super().__init__(tuple(shape[:-2]), (shape[-2], H.shape[0]), validate_args=validate_args)
 
+    def _covariance(self):
+        return jnp.diag(self.R) if jnp.ndim(self.R) == 1 else self.R
+
     def log_prob(self, value):
-        mean = self.x @ self.H.T + self.d
-        missing = jnp.isnan(value)
-        if jnp.ndim(self.R) == 2:
-            # condition on the observed entries of each row: zero out the missing ones
-            y0, _, _, R0, corr = scans._mask_missing(value, jnp.zeros(value.shape + (1,)),
-                                                     jnp.zeros(value.shape[-1]), self.R)
-            m0 = jnp.where(missing, 0.0, mean)
-            lp = _mvn_logpdf_tril(y0, m0, jnp.linalg.cholesky(R0)) + corr
-            return jnp.sum(lp, -1)
-        raise ValueError("R must have shape (N, N)")
+        return jnp.sum(self.pointwise_log_prob(value), -1)
 
     def pointwise_log_prob(self, value):
+        # condition on the observed entries of each row: zero out the missing ones
         mean = self.x @ self.H.T + self.d
         missing = jnp.isnan(value)
         y0, _, _, R0, corr = scans._mask_missing(value, jnp.zeros(value.shape + (1,)),
-                                                 jnp.zeros(value.shape[-1]), self.R)
+                                                 jnp.zeros(value.shape[-1]), self._covariance())
         return _mvn_logpdf_tril(y0, jnp.where(missing, 0.0, mean), jnp.linalg.cholesky(R0)) + corr
 
     def sample(self, key, sample_shape=()):
         shape = tuple(sample_shape) + self.batch_shape + self.event_shape
         eps = jax.random.normal(key, shape, self.H.dtype)
-        return self.x @ self.H.T + self.d + eps @ jnp.linalg.cholesky(self.R).T
+        return self.x @ self.H.T + self.d + eps @ jnp.linalg.cholesky(self._covariance()).T
 
 
 class LinearGaussianSSM(dist.Distribution):
@@ -805,8 +803,8 @@ class LinearGaussianSSM(dist.Distribution):
     H : array (N, D)
     d : array (N,), (T, N) or batch_shape + (T, N)
         Emission offsets (time-varying ones carry inputs).
-    R : array (N, N)
-        Emission covariance.
+    R : array (N, N) or (N,)
+        Emission covariance, or the variances of a diagonal one.
     parallel : bool
         Sequential or associative-scan Kalman filter.
     """

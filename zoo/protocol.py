@@ -138,6 +138,11 @@ class Model(abc.ABC):
         """The model's exact blocked posterior sampler (:mod:`inference.blocked`), or None."""
         return None
 
+    def blocked_start(self, y, values: Mapping, key=None, **model_kwargs) -> tuple[dict, dict]:
+        """(start values, extra program arguments) for the blocked sampler, from a point
+        estimate of the plain program's latent sites; default: unchanged, none."""
+        return dict(values), {}
+
     # ------------------------------------------------------------ deterministic dynamics
     def drift(self, params, x):
         """Continuous-time drift f(x) of one posterior draw, x (..., D) -> (..., D)."""

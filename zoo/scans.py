@@ -1228,6 +1228,65 @@ def _kalman_filter_seq(p: _LGSSM, y):
     return ms, Ps, lls
 
 
+def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
+    """Sequential Kalman filter for diagonal emission noise R = diag(r2), in information form.
+
+    The observation update works in the D-dimensional latent space (precision
+    P^-1 + H^T R^-1 H, Woodbury and the matrix determinant lemma for log p(y_t | y_{1:t-1}))
+    instead of the N-dimensional innovation: per step two D x D Cholesky factors instead of one
+    N x N, and everything that involves N is computed for all t at once outside the scan.
+    Missing (NaN) entries get zero precision.
+    """
+    obs = ~jnp.isnan(y)
+    w = jnp.where(obs, 1.0 / r2, 0.0)  # (T, N)
+    e = jnp.where(obs, y - p.d, 0.0)
+    Hw = p.H * w[..., None]  # (T, N, D)
+    J = jnp.einsum("tnd,tne->tde", Hw, p.H)  # H^T R^-1 H
+    a = jnp.einsum("tnd,tn->td", Hw, e)  # H^T R^-1 (y - d)
+    c = jnp.sum(w * e * e, axis=-1)
+    const = jnp.sum(jnp.where(obs, jnp.log(r2) + _LOG_2PI, 0.0), axis=-1)
+    eye = jnp.eye(p.m0.shape[0], dtype=p.m0.dtype)
+
+    def update(m, P, Jt, at, ct, kt):
+        L = cholesky(P)
+        G = cholesky(_sym(eye + _mm(_mm(_t(L), Jt), L)))
+        V = solve_lower(G, _t(L))  # G^-1 L^T: P_new = V^T V
+        u = _mv(V, at - _mv(Jt, m))
+        m_new = m + _mv(_t(V), u)
+        quad = ct - 2.0 * jnp.dot(m, at) + jnp.dot(m, _mv(Jt, m)) - jnp.dot(u, u)
+        ll = -0.5 * (kt + quad) - jnp.sum(jnp.log(jnp.diag(G)))
+        return m_new, _sym(_mm(_t(V), V)), ll
+
+    m1, P1, ll1 = update(p.m0, p.P0, J[0], a[0], c[0], const[0])
+
+    def step(carry, inp):
+        m, P = carry
+        F, b, Q, Jt, at, ct, kt = inp
+        m, P, ll = update(_mv(F, m) + b, _sym(_mm(_mm(F, P), _t(F)) + Q), Jt, at, ct, kt)
+        return (m, P), (m, P, ll)
+
+    _, (ms, Ps, lls) = lax.scan(step, (m1, P1), (p.F, p.b, p.Q, J[1:], a[1:], c[1:], const[1:]))
+    return (jnp.concatenate([m1[None], ms]), jnp.concatenate([P1[None], Ps]),
+            jnp.concatenate([ll1[None], lls]))
+
+
+def _run_filter(p: _LGSSM, y, r2, parallel: bool):
+    """(means, covariances, pointwise log-likelihoods) of one sequence, by the fastest filter."""
+    if r2 is not None and not parallel:
+        return _kalman_filter_seq_diag(p, y, r2.astype(p.m0.dtype))
+    return (_kalman_filter_par if parallel else _kalman_filter_seq)(p, y)
+
+
+def _diagonal_noise(R, N: int):
+    """(R as an (N, N) matrix, its diagonal (N,) or None): R may be given as variances (N,)."""
+    R = jnp.asarray(R)
+    if R.ndim == 1:
+        if R.shape != (N,):
+            raise ValueError(f"diagonal R must have shape (N,) = ({N},); got {R.shape}")
+        return jnp.diag(R), R
+    return R, None
+
+
 def _kalman_filter_par(p: _LGSSM, y):
     """Associative-scan Kalman filter (Sarkka & Garcia-Fernandez, 2021)."""
     y0, H, d, R, corr = _mask_missing(y, p.H, p.d, p.R)
@@ -1320,7 +1379,9 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
     Q : array (D, D) or (T-1, D, D)
     H : array (N, D) or (T, N, D)
     d : array (N,) or (T, N)
-    R : array (N, N) or (T, N, N)
+    R : array (N, N) or (T, N, N), or (N,)
+        Emission covariance; a vector holds the variances of a diagonal one, which the
+        sequential filter handles in information form (D x D work per step instead of N x N).
     parallel : bool
         Sequential (False) or associative-scan (True) filter.
 
@@ -1332,13 +1393,14 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
     """
     y = _check_y(y)
     T, N = y.shape[-2:]
+    R, r2 = _diagonal_noise(R, N)
     p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
 
     def single(yy):
-        ms, Ps, lls = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, yy)
+        ms, Ps, lls = _run_filter(p, yy, r2, parallel)
         return KalmanFiltered(jnp.sum(lls), ms, Ps, lls)
 
     return _vmap_y(single, y)
@@ -1359,8 +1421,8 @@ def _smoother_gains(p: _LGSSM, ms, Ps):
     return jax.vmap(one)(ms[:-1], Ps[:-1], p.F, p.b, p.Q)
 
 
-def _kalman_smoother_single(p: _LGSSM, y, parallel):
-    ms, Ps, lls = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, y)
+def _kalman_smoother_single(p: _LGSSM, y, parallel, r2=None):
+    ms, Ps, lls = _run_filter(p, y, r2, parallel)
     E, g, L = _smoother_gains(p, ms, Ps)
     if parallel:
 
@@ -1405,11 +1467,12 @@ def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalm
     """
     y = _check_y(y)
     T, N = y.shape[-2:]
+    R, r2 = _diagonal_noise(R, N)
     p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
-    return _vmap_y(lambda yy: _kalman_smoother_single(p, yy, parallel), y)
+    return _vmap_y(lambda yy: _kalman_smoother_single(p, yy, parallel, r2), y)
 
 
 def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> jax.Array:
@@ -1425,6 +1488,7 @@ def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> j
     """
     y = _check_y(y)
     T, N = y.shape[-2:]
+    R, r2 = _diagonal_noise(R, N)
     p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     y = y.astype(p.m0.dtype)
     D = p.m0.shape[0]
@@ -1432,7 +1496,7 @@ def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> j
     keys = jax.random.split(key, max(math.prod(batch), 1))
 
     def single(yy, k):
-        ms, Ps, _ = (_kalman_filter_par if parallel else _kalman_filter_seq)(p, yy)
+        ms, Ps, _ = _run_filter(p, yy, r2, parallel)
         E, g, L = _smoother_gains(p, ms, Ps)
         eps = jax.random.normal(k, (T, D), ms.dtype)
         x_last = ms[-1] + _chol_psd(Ps[-1]) @ eps[-1]

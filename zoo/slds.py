@@ -234,6 +234,39 @@ class SLDS(ModelMixin):
             return BlockedSpec("x")
         return None
 
+    def blocked_start(self, y, values, key=None, **model_kwargs) -> tuple[dict, dict]:
+        """Start values and program arguments for the blocked sampler: the dynamics offsets
+        centred at each state's part of the point estimate's path (``bias_centres``), which
+        removes the slope-offset correlation that otherwise sets the NUTS block's step size.
+
+        Parameters
+        ----------
+        y : array (T, N) or (B, T, N)
+        values : mapping
+            Constrained values of the latent sites of the plain program (with the path).
+        key : jax.random key, optional
+        **model_kwargs
+            ``inputs``, ``mask``.
+
+        Returns
+        -------
+        values : dict
+            Start values in the program's coordinates with ``bias_centres``.
+        extra_kwargs : dict
+            ``{"bias_centres": (K, D) array}``.
+        """
+        from zoo.reparam import reference_states, state_centres
+
+        kwargs = {k: v for k, v in model_kwargs.items() if k in ("inputs", "mask")}
+        states = reference_states(self, y, values, key, **kwargs)
+        c = state_centres(jnp.asarray(values["x"]), states, self.num_states, kwargs.get("mask"))
+        out = dict(values)
+        if "dynamics_bias" in out:
+            A = jnp.asarray(out["dynamics"])
+            out["dynamics_bias_centred"] = jnp.asarray(out.pop("dynamics_bias")) + jnp.einsum(
+                "kij,kj->ki", A, jnp.asarray(c, A.dtype))
+        return out, {"bias_centres": c}
+
     def prepare(self, y, model_kwargs) -> dict:
         """The data frame, computed once from the data (:meth:`zoo.protocol.Model.prepare`)."""
         return {"frame": self.data_frame(y, model_kwargs.get("mask"))}
@@ -255,7 +288,7 @@ class SLDS(ModelMixin):
         return latent_frame(y, self.latent_dim, mask, self.emissions, self.link, self.bin_size)
 
     def __call__(self, y=None, num_steps=None, num_trials=None, mask=None, inputs=None,
-                 path_reference=None, frame=None):
+                 path_reference=None, frame=None, bias_centres=None):
         """The NumPyro program.
 
         Parameters
@@ -276,6 +309,10 @@ class SLDS(ModelMixin):
         frame : LatentFrame, optional
             The data frame of :meth:`data_frame` (computed from y when not given; the first D
             observation axes when y is None).
+        bias_centres : array (K, D), optional
+            Sample the dynamics offsets through their values at these points (the site
+            ``dynamics_bias_centred``, see :meth:`_centred_bias`; the same model). Implied by
+            ``path_reference``; the blocked sampler passes it alone (:meth:`blocked_start`).
         """
         K, D, N, M = self.num_states, self.latent_dim, self.obs_dim, self.input_dim
         counts = self.emissions == "poisson"
@@ -290,10 +327,12 @@ class SLDS(ModelMixin):
         A = numpyro.sample(
             "dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D]).to_event(3)
         )
-        if path_reference is None:
+        if path_reference is not None:
+            bias_centres = path_reference["centres"]
+        if bias_centres is None:
             b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
         else:
-            b = self._centred_bias(A, jnp.asarray(path_reference["centres"], A.dtype))
+            b = self._centred_bias(A, jnp.asarray(bias_centres, A.dtype))
         q = numpyro.sample("dynamics_noise", dist.HalfNormal(0.2).expand([K, D]).to_event(2))
         if M:
             V = numpyro.sample("input_dynamics", dist.Normal(0.0, 1.0).expand([K, D, M]).to_event(3))
@@ -331,7 +370,8 @@ class SLDS(ModelMixin):
         rn = from_eta(jnp.zeros(C.shape[0], C.dtype)).scale  # the emission noise scales (N,)
         if y is not None and mask is not None:
             y = jnp.where(mask[..., None], y, jnp.nan)
-        return numpyro.sample("y", LinearGaussianEmission(x, C, d, jnp.diag(rn**2)), obs=y)
+        # the variances of the diagonal noise: the Kalman filter then works in the latent space
+        return numpyro.sample("y", LinearGaussianEmission(x, C, d, rn**2), obs=y)
 
     def _emissions(self, inputs, frame):
         """Sample the emission parameters: (C (N, D), offsets d (N,) or (..., T, N), eta -> the
