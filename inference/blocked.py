@@ -42,8 +42,10 @@ from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
 from zoo.distributions import PathPosterior
 from zoo.handlers import collapse, condition_states, decode
+from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
+           "curvature_inverse_mass",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass"})
@@ -60,11 +62,15 @@ class Blocks(NamedTuple):
     draw_states : callable (key, flat theta, path) -> states
         An exact draw of z | x, theta (FFBS).
     draw_path : callable (key, flat theta, states) -> path
-        An exact draw of x | z, theta, y (simulation smoother).
+        The path after the NUTS block: an exact draw of x | z, theta, y (simulation smoother)
+        when the path is collapsed; x(theta, eps) when it is whitened.
     record : callable (flat theta, states, path) -> dict
         Constrained values of every latent and deterministic site, with ``x`` and ``z``.
     unravel : callable
         Flat theta -> dict of unconstrained site values.
+    remap : callable (flat theta, states, path) -> flat theta
+        The NUTS block's position after a state update that leaves the path unchanged (the
+        whitened path's eps for the new states; the identity when the path is collapsed).
     """
 
     theta_logdensity: Callable
@@ -72,6 +78,7 @@ class Blocks(NamedTuple):
     draw_path: Callable
     record: Callable
     unravel: Callable
+    remap: Callable
 
 
 class SweepState(NamedTuple):
@@ -92,62 +99,109 @@ class Adaptation(NamedTuple):
     inverse_mass: jax.Array
 
 
-def build_blocks(model: Callable, y, model_kwargs: Mapping, path_site: str, theta_example: Mapping) -> Blocks:
+def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
+                 reference_path=None) -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
     ----------
     model : zoo.protocol.Model
-        A model whose path site is linear-Gaussian given its states (see
-        :meth:`zoo.protocol.Model.blocked_sampler`).
+        A model with a blocked sampler (:meth:`zoo.protocol.Model.blocked_sampler`).
     y : array (T, N) or (B, T, N)
     model_kwargs : mapping
-        Program arguments (``mask``, ``inputs``, ``frame``).
-    path_site : str
-        Name of the switching path site.
+        Program arguments (``mask``, ``inputs``, ``frame``, ``bias_centres``).
+    spec : zoo.protocol.BlockedSpec
+        The path site, and whether it is collapsed or whitened given the states.
     theta_example : mapping
-        Unconstrained values of the parameter sites (every latent site but the path), giving
-        the flat layout.
+        Unconstrained values of the NUTS block's sites (the parameters; with the whitened path
+        ``<path>_whitened`` too), giving the flat layout.
+    reference_path : array (..., T, D), optional
+        For a whitened path: the fixed path at which non-Gaussian emissions are linearised (a
+        constant of the run, e.g. the point estimate's path; never the chain's current x).
 
     Returns
     -------
     Blocks
     """
     kwargs = dict(model_kwargs)
+    site = spec.path_site
     _, unravel = ravel_pytree(dict(theta_example))
 
-    def collapsed(states):
-        return collapse(condition_states(model, states={path_site: states}))
-
-    def theta_logdensity(flat, states):
-        return -potential_energy(collapsed(states), (y,), kwargs, unravel(flat))
-
-    def constrained(flat, states):
-        return constrain_fn(collapsed(states), (y,), kwargs, unravel(flat), return_deterministic=True)
-
-    def draw_states(key, flat, path):
-        params = constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32))
-        values = {**params, path_site: path}
+    def draw_states_given(key, params, path):
+        values = {**params, site: path}
         with decode(rng_key=key) as dec:
             handlers.substitute(handlers.seed(model, key), data=values)(y, **kwargs)
-        return dec.posteriors[path_site].sample.astype(jnp.int32)
+        return dec.posteriors[site].sample.astype(jnp.int32)
+
+    if spec.collapsed:
+        def collapsed(states):
+            return collapse(condition_states(model, states={site: states}))
+
+        def theta_logdensity(flat, states):
+            return -potential_energy(collapsed(states), (y,), kwargs, unravel(flat))
+
+        def constrained(flat, states):
+            return constrain_fn(collapsed(states), (y,), kwargs, unravel(flat), return_deterministic=True)
+
+        def draw_states(key, flat, path):
+            return draw_states_given(key, constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32)), path)
+
+        def draw_path(key, flat, states):
+            params = constrained(flat, states)
+            with decode(rng_key=key) as dec:
+                handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
+            (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
+            return post.sample
+
+        def record(flat, states, path):
+            return {**constrained(flat, states), site: path, "z": states}
+
+        def keep(flat, states, path):
+            return flat
+
+        return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, keep)
+
+    eps_site, target_site = f"{site}_whitened", f"{site}_whitened_target"
+    x_ref = jnp.asarray(reference_path)
+
+    def with_reference(states, target=None):
+        ref = {"states": states, "path": x_ref, "given_states": True}
+        if target is not None:
+            ref["whiten"] = target
+        return {**kwargs, "path_reference": ref}
+
+    def theta_logdensity(flat, states):
+        return -potential_energy(model, (y,), with_reference(states), unravel(flat))
+
+    def constrained(flat, states, target=None):
+        return constrain_fn(model, (y,), with_reference(states, target), unravel(flat),
+                            return_deterministic=True)
+
+    def params_only(values):
+        return {k: v for k, v in values.items() if k not in (eps_site, target_site, site)}
+
+    def draw_states(key, flat, path):
+        params = params_only(constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32)))
+        return draw_states_given(key, params, path)
+
+    def remap(flat, states, path):
+        values = dict(unravel(flat))
+        values[eps_site] = constrained(flat, states, target=path)[target_site]
+        return ravel_pytree(values)[0]
 
     def draw_path(key, flat, states):
-        params = constrained(flat, states)
-        with decode(rng_key=key) as dec:
-            handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
-        (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
-        return post.sample
+        return constrained(flat, states)[site]
 
     def record(flat, states, path):
-        return {**constrained(flat, states), path_site: path, "z": states}
+        return {**params_only(constrained(flat, states)), site: path, "z": states}
 
-    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel)
+    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap)
 
 
 def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_tree_depth: int = 10):
-    """One partially collapsed Gibbs sweep: z | x, theta; theta | z (NUTS, x integrated out);
-    x | theta, z.
+    """One sweep: z | x, theta (FFBS); then either theta | z by NUTS with x integrated out and
+    x | theta, z by the simulation smoother (collapsed path), or (theta, x) | z by NUTS with x
+    whitened given z, its eps remapped first so that x is unchanged (whitened path).
 
     Returns
     -------
@@ -156,12 +210,13 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     """
     k_z, k_theta, k_x = jax.random.split(key, 3)
     states = blocks.draw_states(k_z, state.hmc.position, state.path)
+    position = blocks.remap(state.hmc.position, states, state.path)
 
     def logdensity(flat):
         return blocks.theta_logdensity(flat, states)
 
     # the target changed with z: recompute the log density and its gradient at the position
-    hmc = blackjax.nuts.init(state.hmc.position, logdensity)
+    hmc = blackjax.nuts.init(position, logdensity)
     hmc, info = blackjax.nuts.build_kernel()(k_theta, hmc, logdensity, step_size, inverse_mass,
                                               max_num_doublings=max_tree_depth)
     path = blocks.draw_path(k_x, hmc.position, states)
@@ -190,12 +245,30 @@ def warmup_schedule(num_warmup: int) -> np.ndarray:
     return out
 
 
-def _adaptation_init(dim: int, step_size, dtype, dense: bool) -> Adaptation:
+def _adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
+    dim, dtype = inv_mass_diag.shape[-1], inv_mass_diag.dtype
     da_init, _, _ = dual_averaging_adaptation(0.8)
     w_init, _, _ = welford_algorithm(not dense)
-    mass = jnp.eye(dim, dtype=dtype) if dense else jnp.ones(dim, dtype)
+    mass = jnp.diag(inv_mass_diag) if dense else inv_mass_diag
     eps = jnp.asarray(step_size, dtype)
     return Adaptation(da_init(eps), w_init(dim), eps, mass)
+
+
+def curvature_inverse_mass(logdensity: Callable, position, which) -> jax.Array:
+    """A first inverse mass: 1 / (-d^2 log p / d theta_i^2) at the start, for the coordinates
+    marked in ``which`` (one Hessian-vector product each), 1 for the others; clipped to
+    [1e-8, 1e2] where the curvature is not positive.
+
+    Why: the parameters' posterior scales differ by orders of magnitude (the dynamics of a
+    long recording are pinned to ~1e-3, a rarely visited state's to ~1e-1), and with a unit
+    mass the first warmup window runs at the tree-depth cap.
+    """
+    grad = jax.grad(logdensity)
+    idx = np.flatnonzero(np.asarray(which))
+    basis = jnp.zeros((len(idx), position.shape[-1]), position.dtype).at[np.arange(len(idx)), idx].set(1.0)
+    curv = jax.lax.map(lambda e: -jnp.dot(jax.jvp(grad, (position,), (e,))[1], e), basis)
+    inv = jnp.where(jnp.isfinite(curv) & (curv > 0), 1.0 / curv, 1.0)
+    return jnp.ones_like(position).at[idx].set(jnp.clip(inv, 1e-8, 1e2))
 
 
 def _adapt(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool) -> Adaptation:
@@ -238,8 +311,9 @@ def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - i) for i in range(0, total, size)]
 
 
-def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Mapping, num_chains: int,
-                num_warmup: int, num_samples: int, progress_bar: bool, options: Mapping) -> tuple[dict, dict]:
+def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start: Mapping, num_chains: int,
+                num_warmup: int, num_samples: int, progress_bar: bool, options: Mapping,
+                reference_path=None) -> tuple[dict, dict]:
     """Warm up and run ``num_chains`` chains of the blocked sweep (chains vectorized).
 
     Parameters
@@ -249,16 +323,19 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
     run_kwargs : mapping
         Program arguments.
     key : jax.random key
-    path_site : str
+    spec : zoo.protocol.BlockedSpec
     start : dict name -> array (num_chains, ...)
         Unconstrained start values of every latent site of the marginal program (the path
         included).
     num_chains, num_warmup, num_samples : int
     progress_bar : bool
     options : mapping
-        ``target_accept_prob`` (0.8), ``max_tree_depth`` (10), ``dense_mass`` (True: a dense
-        inverse mass adapted for the parameter block, which is small; the dynamics slopes and
-        offsets of a state are strongly correlated when its data sit far from the origin).
+        ``target_accept_prob`` (0.8), ``max_tree_depth`` (10), ``dense_mass`` (default True
+        for a collapsed path: a dense inverse mass for the parameter block, which is small,
+        since the dynamics slopes and offsets of a state are correlated; False for a whitened
+        path, whose eps has T x D coordinates).
+    reference_path : array (..., T, D), optional
+        The fixed linearisation path of a whitened path (see :func:`build_blocks`).
 
     Returns
     -------
@@ -268,22 +345,31 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, path_site: str, start: Ma
     """
     target = float(options.get("target_accept_prob", 0.8))
     depth = int(options.get("max_tree_depth", 10))
-    dense = bool(options.get("dense_mass", True))
+    dense = bool(options.get("dense_mass", spec.collapsed))
+    path_site = spec.path_site
     theta0 = {k: v for k, v in start.items() if k != path_site}
     path0 = jnp.asarray(start[path_site])
-    blocks = build_blocks(model, y, run_kwargs, path_site, jax.tree.map(lambda v: v[0], theta0))
+    if not spec.collapsed:  # eps of the whitened path joins the NUTS block; remapped at the start
+        theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
+    blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path)
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
-    dim, dtype = flat0.shape[-1], flat0.dtype
+    dtype = flat0.dtype
 
     def init_chain(k, flat, path):
         # draw z | x first, so that the chain starts from a consistent (theta, z, x)
         states = blocks.draw_states(k, flat, path)
+        flat = blocks.remap(flat, states, path)
         hmc = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
         return SweepState(hmc, states, path)
 
     k_init, k_warm, k_run = jax.random.split(key, 3)
     states = jax.jit(jax.vmap(init_chain))(jax.random.split(k_init, num_chains), flat0, path0)
-    adapt = jax.vmap(lambda _: _adaptation_init(dim, 0.1, dtype, dense))(jnp.arange(num_chains))
+    # the unit-free parameters first; the whitened path's eps is N(0, I)-like by construction
+    which = ravel_pytree({k: jnp.zeros_like(v[0]) if k.endswith("_whitened") else jnp.ones_like(v[0])
+                          for k, v in theta0.items()})[0]
+    inv_mass0 = jax.jit(jax.vmap(lambda st: curvature_inverse_mass(
+        lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which)))(states)
+    adapt = jax.vmap(lambda im: _adaptation_init(im, 0.1, dense))(inv_mass0)
 
     @jax.jit
     def warm_chunk(keys, states, adapt, schedule):
@@ -374,13 +460,23 @@ def _run(problem, key, settings) -> RunResult:
             z0, text = initial_positions(model, problem.y, run_kwargs, settings.init, key_init, C,
                                          problem.info.latent, {**settings.options,
                                                                "progress_bar": settings.progress_bar})
-    samples, stats = run_blocked(model, problem.y, run_kwargs, key_run, path_site=spec.path_site,
+    # the whitened path's linearisation point: the point estimate's path, a constant of the run
+    # (without one, zero: exact for Gaussian emissions, whose information does not depend on it)
+    x_ref = own[spec.path_site] if own is not None else jnp.zeros(problem.info.latent[spec.path_site])
+    samples, stats = run_blocked(model, problem.y, run_kwargs, key_run, spec=spec, reference_path=x_ref,
                                  start=z0, num_chains=C, num_warmup=settings.num_warmup,
                                  num_samples=settings.num_samples, progress_bar=settings.progress_bar,
                                  options=settings.options)
-    text += ("; each sweep: z | x, theta by FFBS, theta | z, y by one NUTS transition with the path "
-             "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
-    return RunResult(samples, stats, text, {"sampler": "blocked: FFBS | NUTS (path collapsed) | smoother"})
+    if spec.collapsed:
+        text += ("; each sweep: z | x, theta by FFBS, theta | z, y by one NUTS transition with the path "
+                 "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
+        kind = "blocked: FFBS | NUTS (path collapsed) | smoother"
+    else:
+        text += ("; each sweep: z | x, theta by FFBS, then (theta, x) | z by one NUTS transition with x "
+                 "whitened given z (x = mu(theta, z) + U(theta, z)^-1 eps, eps remapped after the state "
+                 "update so that x is unchanged)")
+        kind = "blocked: FFBS | NUTS (path whitened given the states)"
+    return RunResult(samples, stats, text, {"sampler": kind})
 
 
 BACKENDS = {"blocked": Backend("numpyro", BLOCKED_OPTIONS, _run)}

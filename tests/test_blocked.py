@@ -102,3 +102,67 @@ def test_warmup_schedule_windows():
     assert s[:75, 0].sum() == 0 and s[-50:, 0].sum() == 0  # fast windows at both ends
     assert s[75:450, 0].all() and s[:, 1].sum() >= 3 and s[449, 1] == 1
     assert not warmup_schedule(10).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The whitened path (recurrent transitions): (z, x) | y of a tiny rSLDS with every parameter
+# fixed, against a grid over the three path values and all 2^3 state paths.
+
+T_R = 3
+FIXED_R = {
+    "init_probs": np.array([0.6, 0.4]),
+    "recurrence_weights": np.array([[2.0], [-2.0]]),
+    "recurrence_bias": np.array([0.0, 0.3]),
+    "dynamics": np.array([[[0.9]], [[0.5]]]),
+    "dynamics_bias": np.array([[0.4], [-0.4]]),
+    "dynamics_noise": np.array([[0.4], [0.4]]),
+    "emission_noise": np.array([0.3]),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_recurrent():
+    from scipy.special import log_softmax
+    from scipy.stats import norm
+
+    from zoo import RSLDS
+
+    m = RSLDS(num_states=2, latent_dim=1, obs_dim=1, transitions="recurrent_only")
+    y = np.array([[0.8], [0.1], [-0.6]])
+    model = handlers.condition(m, data=FIXED_R)
+    tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(y)
+    c = float(tr["emission_matrix"]["value"][0, 0])
+    d = float(tr["emission_bias"]["value"][0])
+    g = np.linspace(-4.0, 4.0, 161)
+    x = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)  # (G, G, G, 3)
+    A, b = FIXED_R["dynamics"][:, 0, 0], FIXED_R["dynamics_bias"][:, 0]
+    q, R, r = FIXED_R["dynamics_noise"][:, 0], FIXED_R["recurrence_weights"][:, 0], FIXED_R["recurrence_bias"]
+    emis = sum(norm.logpdf(y[t, 0], c * x[..., t] + d, FIXED_R["emission_noise"][0]) for t in range(T_R))
+    logs, paths = [], list(itertools.product([0, 1], repeat=T_R))
+    for z in paths:
+        lp = np.log(FIXED_R["init_probs"][z[0]]) + norm.logpdf(x[..., 0], 0.0, m.init_scale) + emis
+        for t in range(1, T_R):
+            logits = log_softmax(R[None, :] * x[..., t - 1, None] + r, axis=-1)
+            lp = lp + logits[..., z[t]] + norm.logpdf(x[..., t], A[z[t]] * x[..., t - 1] + b[z[t]], q[z[t]])
+        logs.append(lp)
+    logs = np.stack(logs)
+    w = np.exp(logs - logs.max())
+    w /= w.sum()
+    mean_x = np.array([(w.sum(0) * x[..., t]).sum() for t in range(T_R)])
+    p_z1 = (w.sum((1, 2, 3))[:, None] * np.array(paths)).sum(0)
+    post = inference.fit(model, y, num_chains=4, num_warmup=300, num_samples=1500, seed=4,
+                         progress_bar=False, log_likelihood=False)
+    return post, mean_x, p_z1
+
+
+def test_whitened_blocked_matches_brute_force(tiny_recurrent):
+    post, mean_x, p_z1 = tiny_recurrent
+    assert post.attrs["method"] == "blocked" and "whitened" in post.attrs["sampler"]
+    x = post["posterior"]["x"].values[..., 0]  # (C, S, T)
+    z = post["posterior"]["z"].values
+    for name, draws, truth in [("x", x, mean_x), ("z", (z == 1).astype(float), p_z1)]:
+        for t in range(T_R):
+            v = draws[..., t]
+            mcse = float(az.mcse(v, method="mean"))
+            assert abs(v.mean() - truth[t]) < 4 * mcse, (name, t, v.mean(), truth[t], mcse)
+    assert 0.05 < p_z1.min() and p_z1.max() < 0.95  # the states are uncertain: a real test

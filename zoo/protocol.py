@@ -47,12 +47,17 @@ class BlockedSpec(NamedTuple):
     Attributes
     ----------
     path_site : str
-        The switching path site: its states are drawn by FFBS given the path, and given the
-        states the path is linear-Gaussian with linear-Gaussian emissions, so it is integrated
-        out for the parameters and drawn exactly after them.
+        The switching path site: its states are drawn by FFBS given the path.
+    collapsed : bool
+        True: given the states the path is linear-Gaussian with linear-Gaussian emissions, so
+        it is integrated out for the parameters and drawn exactly after them. False: the path is
+        whitened given the states and moved by NUTS with the parameters; the program then takes
+        ``path_reference={"states": z, "path": x_ref, "given_states": True, "whiten": x}`` (see
+        :class:`zoo.slds.SLDS`).
     """
 
     path_site: str = "x"
+    collapsed: bool = True
 
 
 class Model(abc.ABC):

@@ -60,9 +60,14 @@ class GaussianPathReparam(Reparam):
         missing steps).
     obs_info : array (..., T, D)
         h_t, so that the emission term is approximately -x_t^T H_t x_t / 2 + h_t^T x_t.
+    given_states : bool
+        False: the factor holds the path's marginal density, states summed out (the states
+        are only the approximation's reference). True: its density given these states,
+        log p(z, x | theta) (the path block of the blocked sampler, :mod:`inference.blocked`).
     """
 
-    def __init__(self, states, obs_precision, obs_info):
+    def __init__(self, states, obs_precision, obs_info, given_states: bool = False):
+        self.given_states = bool(given_states)
         self.states = jnp.asarray(states)
         self.obs_precision = jnp.asarray(obs_precision)
         self.obs_info = jnp.asarray(obs_info)
@@ -79,6 +84,8 @@ class GaussianPathReparam(Reparam):
         parameters at every step, plus the emission terms (H_t, h_t).
         """
         z = self.states
+        # parameters may be NumPy arrays (e.g. conditioned values): traced states index JAX arrays
+        fn = jax.tree.map(jnp.asarray, fn)
         dtype = fn.A.dtype
         eye = jnp.eye(fn.A.shape[-1], dtype=dtype)
         Lq = fn.scale_tril[z[..., 1:]]  # (..., T-1, D, D)
@@ -120,6 +127,21 @@ class GaussianPathReparam(Reparam):
         log_det = -jnp.sum(jnp.log(jnp.diagonal(f.chol, axis1=-2, axis2=-1)))
         return x, log_det
 
+    def whiten(self, fn: SwitchingLinearDynamics, x) -> jax.Array:
+        """eps with :meth:`transform` (fn, eps) = x: eps = U (x - mu).
+
+        Parameters
+        ----------
+        fn : SwitchingLinearDynamics
+        x : array (..., T, D)
+
+        Returns
+        -------
+        array (..., T, D)
+        """
+        f = self.factor(fn)
+        return scans.block_bidiagonal_multiply(f, jnp.asarray(x, f.chol.dtype)) - f.rhs_solved
+
     def __call__(self, name, fn, obs):
         if obs is not None:
             raise ValueError(f"GaussianPathReparam: site {name!r} is observed; only a latent path can "
@@ -133,7 +155,8 @@ class GaussianPathReparam(Reparam):
         base = dist.Normal(jnp.zeros(shape, fn.A.dtype), 1.0).to_event(len(shape))
         eps = numpyro.sample(f"{name}_whitened", base)
         x, log_det = self.transform(fn, eps)
-        numpyro.factor(f"{name}_log_density", jnp.sum(fn.log_prob(x)) + log_det - base.log_prob(eps))
+        path_lp = fn.given_states(self.states).log_prob(x) if self.given_states else fn.log_prob(x)
+        numpyro.factor(f"{name}_log_density", jnp.sum(path_lp) + log_det - base.log_prob(eps))
         return None, x
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "BlockTridiagonalCholesky",
     "block_tridiagonal_cholesky",
     "block_bidiagonal_solve",
+    "block_bidiagonal_multiply",
     "solve_lower",
     "solve_lower_broadcast",
     "solve_lower_transposed",
@@ -1091,6 +1092,26 @@ def block_bidiagonal_solve(factor: BlockTridiagonalCholesky, v: jax.Array) -> ja
 
     _, x = lax.scan(step, jnp.zeros(batch + v.shape[-1:], vs.dtype), (*seq, vs), reverse=True)
     return jnp.moveaxis(x, 0, -2)
+
+
+def block_bidiagonal_multiply(factor: BlockTridiagonalCholesky, x: jax.Array) -> jax.Array:
+    """U x for the upper block-bidiagonal factor U of :func:`block_tridiagonal_cholesky`.
+
+    (U x)_t = chol_t^T x_t + coupling_t x_{t+1}; the inverse of :func:`block_bidiagonal_solve`.
+
+    Parameters
+    ----------
+    factor : BlockTridiagonalCholesky
+    x : array (..., T, D)
+
+    Returns
+    -------
+    array (..., T, D)
+    """
+    L, W = factor.chol, factor.coupling
+    diag = jnp.einsum("...tji,...tj->...ti", L, x)
+    nxt = jnp.concatenate([x[..., 1:, :], jnp.zeros_like(x[..., :1, :])], axis=-2)
+    return diag + jnp.einsum("...tij,...tj->...ti", W, nxt)
 
 
 # ----------------------------------------------------------------------------------------------

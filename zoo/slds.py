@@ -228,11 +228,12 @@ class SLDS(ModelMixin):
         return numpyro.deterministic("emission_matrix", C), numpyro.deterministic("emission_bias", d)
 
     def blocked_sampler(self) -> BlockedSpec | None:
-        """The exact blocked sampler (:mod:`inference.blocked`) where the path is linear-Gaussian
-        given the states: Gaussian emissions and non-recurrent transitions."""
+        """The exact blocked sampler (:mod:`inference.blocked`): the path integrated out given the
+        states where it is linear-Gaussian (Gaussian emissions, non-recurrent transitions), else
+        whitened given the states (recurrent transitions, Poisson emissions)."""
         if self.emissions == "gaussian" and self.transitions in ("standard", "sticky"):
             return BlockedSpec("x")
-        return None
+        return BlockedSpec("x", collapsed=False)
 
     def blocked_start(self, y, values, key=None, **model_kwargs) -> tuple[dict, dict]:
         """Start values and program arguments for the blocked sampler: the dynamics offsets
@@ -306,6 +307,10 @@ class SLDS(ModelMixin):
             path non-centred, x = mu(theta) + S(theta) eps with eps the latent site
             ``x_whitened`` and x a deterministic site (same posterior, better NUTS geometry;
             see :mod:`zoo.reparam`). The emission parameters are then sampled before the path.
+            With ``given_states=True`` in the dict, ``states`` are the path's own states (the
+            density is log p(z, x | theta), the whitened path block of
+            :mod:`inference.blocked`), and ``whiten`` (..., T, D), if given, records the eps
+            of that path as the deterministic site ``x_whitened_target``.
         frame : LatentFrame, optional
             The data frame of :meth:`data_frame` (computed from y when not given; the first D
             observation axes when y is None).
@@ -328,7 +333,7 @@ class SLDS(ModelMixin):
             "dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D]).to_event(3)
         )
         if path_reference is not None:
-            bias_centres = path_reference["centres"]
+            bias_centres = path_reference.get("centres", bias_centres)
         if bias_centres is None:
             b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
         else:
@@ -408,7 +413,12 @@ class SLDS(ModelMixin):
         from zoo.reparam import GaussianPathReparam, emission_information
 
         H, h = emission_information(*emission, reference["path"], y, mask)
-        _, x = GaussianPathReparam(reference["states"], H, h)("x", path, None)
+        given = reference.get("given_states") is True
+        reparam = GaussianPathReparam(reference["states"], H, h, given_states=given)
+        if reference.get("whiten") is not None:
+            # the blocked sampler's remap after a state update: the eps that gives this path
+            numpyro.deterministic("x_whitened_target", reparam.whiten(path, reference["whiten"]))
+        _, x = reparam("x", path, None)
         return numpyro.deterministic("x", x)
 
     def path_reference(self, y, values, key=None, inputs=None, mask=None) -> dict:
