@@ -17,6 +17,11 @@ writes ``benchmarks/results/slds_blocked.{json,md}``.
 
 from __future__ import annotations
 
+import os
+
+# both cores: chains are split over two host devices (set before JAX starts)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+
 import argparse
 import json
 import time

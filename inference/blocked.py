@@ -284,8 +284,15 @@ def _adapt(adapt: Adaptation, stage, position, acceptance, target: float, dense:
         cov, n, _ = w_final(welford)
         # Stan's regularisation of the window's (co)variances towards 1e-3 I
         shrink = 1e-3 * (5.0 / (n + 5.0))
-        floor = shrink * jnp.eye(cov.shape[-1], dtype=cov.dtype) if dense else shrink
-        inv_mass = (n / (n + 5.0)) * cov + floor
+        if dense:
+            # a covariance estimated from fewer than 2 d draws is near-singular in d dimensions
+            # (it collapsed the step size, measured): keep only its diagonal until the windows
+            # are long enough
+            d = cov.shape[-1]
+            cov = jnp.where(n >= 2 * d, cov, jnp.diag(jnp.diagonal(cov)))
+            inv_mass = (n / (n + 5.0)) * cov + shrink * jnp.eye(d, dtype=cov.dtype)
+        else:
+            inv_mass = (n / (n + 5.0)) * cov + shrink
         da_init, _, _ = dual_averaging_adaptation(target)
         return w_init(position.shape[0]), da_init(step_size), step_size, inv_mass.astype(position.dtype)
 
@@ -298,6 +305,14 @@ def _stats(info, step_size, lp) -> dict:
     return {"diverging": info.is_divergent, "energy": info.energy, "n_steps": info.num_integration_steps,
             "tree_depth": info.num_trajectory_expansions, "acceptance_rate": info.acceptance_rate,
             "step_size": step_size, "lp": lp}
+
+
+def _shard_chains(tree, num_chains: int):
+    devices = jax.local_devices()
+    if len(devices) < 2 or num_chains % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("chain",))
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain")))
 
 
 def _chunk_keys(key, num_chains: int, start: int, n: int):
@@ -370,6 +385,10 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     inv_mass0 = jax.jit(jax.vmap(lambda st: curvature_inverse_mass(
         lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which)))(states)
     adapt = jax.vmap(lambda im: _adaptation_init(im, 0.1, dense))(inv_mass0)
+    # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
+    # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then
+    # partitioned along the chain axis
+    states, adapt = _shard_chains((states, adapt), num_chains)
 
     @jax.jit
     def warm_chunk(keys, states, adapt, schedule):
@@ -399,14 +418,16 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         return jax.vmap(one_chain)(keys, states, step_size, inv_mass)
 
     schedule = warmup_schedule(num_warmup)
-    chunk = max(1, min(50, num_warmup))
+    chunk = max(1, min(25, num_warmup))
     bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep (FFBS | NUTS | smoother), warmup",
                disable=not progress_bar)
     done = 0
     for n in _chunks(num_warmup, chunk):
         keys = _chunk_keys(k_warm, num_chains, done, n)
         sched = jnp.asarray(schedule[done:done + n])
-        states, adapt, _ = warm_chunk(keys, states, adapt, sched)
+        states, adapt, (div, depth_used) = warm_chunk(keys, states, adapt, sched)
+        bar.set_postfix(step_size=f"{float(jnp.mean(adapt.step_size)):.3g}",
+                        depth=f"{float(jnp.mean(depth_used)):.1f}", divergent=int(jnp.sum(div)))
         done += n
         bar.update(n)
     # after warmup: the averaged step size of the last window
@@ -418,6 +439,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     for n in _chunks(num_samples, max(1, min(50, num_samples))):
         keys = _chunk_keys(k_run, num_chains, done, n)
         states, (d, s) = sample_chunk(keys, states, step_size, inv_mass)
+        bar.set_postfix(depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
+                        divergent=int(jnp.sum(s["diverging"])))
         draws.append(jax.device_get(d))
         stats.append(jax.device_get(s))
         done += n

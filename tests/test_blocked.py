@@ -133,7 +133,7 @@ def tiny_recurrent():
     tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(y)
     c = float(tr["emission_matrix"]["value"][0, 0])
     d = float(tr["emission_bias"]["value"][0])
-    g = np.linspace(-4.0, 4.0, 161)
+    g = np.linspace(-4.0, 4.0, 121)
     x = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)  # (G, G, G, 3)
     A, b = FIXED_R["dynamics"][:, 0, 0], FIXED_R["dynamics_bias"][:, 0]
     q, R, r = FIXED_R["dynamics_noise"][:, 0], FIXED_R["recurrence_weights"][:, 0], FIXED_R["recurrence_bias"]
@@ -150,7 +150,7 @@ def tiny_recurrent():
     w /= w.sum()
     mean_x = np.array([(w.sum(0) * x[..., t]).sum() for t in range(T_R)])
     p_z1 = (w.sum((1, 2, 3))[:, None] * np.array(paths)).sum(0)
-    post = inference.fit(model, y, num_chains=4, num_warmup=300, num_samples=1500, seed=4,
+    post = inference.fit(model, y, num_chains=4, num_warmup=300, num_samples=1000, seed=4,
                          progress_bar=False, log_likelihood=False)
     return post, mean_x, p_z1
 
