@@ -75,3 +75,19 @@ def test_diagonal_noise_shape_is_checked():
     y, args, r2 = _problem(np.random.default_rng(2), T=25)
     with pytest.raises(ValueError, match="diagonal R"):
         scans.kalman_filter(y, *args, r2[:-1])
+
+
+def test_diagonal_filter_with_singular_covariance():
+    # a known start and a state whose dynamics noise vanishes in one direction make the
+    # covariance singular: the information-form update must not factor it
+    with jax.enable_x64(True):
+        y, args, r2 = _problem(np.random.default_rng(3))
+        m0, P0, F, b, Q, H, d = args
+        Q = Q.copy()
+        Q[5:25] = np.diag([0.1, 0.0])
+        P0 = np.zeros_like(P0)
+        full = scans.kalman_filter(y, m0, P0, F, b, Q, H, d, np.diag(r2))
+        out = scans.kalman_filter(y, m0, P0, F, b, Q, H, d, r2)
+        assert np.isfinite(out.filtered_means).all() and np.isfinite(out.pointwise).all()
+        np.testing.assert_allclose(out.log_likelihood, full.log_likelihood, rtol=1e-8)
+        np.testing.assert_allclose(out.filtered_covariances, full.filtered_covariances, atol=1e-9)

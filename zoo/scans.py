@@ -1269,14 +1269,16 @@ def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
     eye = jnp.eye(p.m0.shape[0], dtype=p.m0.dtype)
 
     def update(m, P, Jt, at, ct, kt):
-        L = cholesky(P)
-        G = cholesky(_sym(eye + _mm(_mm(_t(L), Jt), L)))
-        V = solve_lower(G, _t(L))  # G^-1 L^T: P_new = V^T V
-        u = _mv(V, at - _mv(Jt, m))
-        m_new = m + _mv(_t(V), u)
-        quad = ct - 2.0 * jnp.dot(m, at) + jnp.dot(m, _mv(Jt, m)) - jnp.dot(u, u)
-        ll = -0.5 * (kt + quad) - jnp.sum(jnp.log(jnp.diag(G)))
-        return m_new, _sym(_mm(_t(V), V)), ll
+        # P_new = (P^-1 + J)^-1 = (I + P J)^-1 P: no factor of P itself, which can be nearly
+        # singular in float32 (a state with tiny dynamics noise); I + P J is invertible for any
+        # positive semi-definite P and J
+        A = eye + _mm(P, Jt)
+        P_new = _sym(solve(A, P))
+        j = at - _mv(Jt, m)
+        g = _mv(P_new, j)
+        quad = ct - 2.0 * jnp.dot(m, at) + jnp.dot(m, _mv(Jt, m)) - jnp.dot(j, g)
+        ll = -0.5 * (kt + quad + _logdet_small(A))
+        return m + g, P_new, ll
 
     m1, P1, ll1 = update(p.m0, p.P0, J[0], a[0], c[0], const[0])
 
@@ -1289,6 +1291,16 @@ def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
     _, (ms, Ps, lls) = lax.scan(step, (m1, P1), (p.F, p.b, p.Q, J[1:], a[1:], c[1:], const[1:]))
     return (jnp.concatenate([m1[None], ms]), jnp.concatenate([P1[None], Ps]),
             jnp.concatenate([ll1[None], lls]))
+
+
+def _logdet_small(A):
+    """log det A of a (D, D) matrix with positive determinant (closed form for D <= 2)."""
+    D = A.shape[-1]
+    if D == 1:
+        return jnp.log(A[..., 0, 0])
+    if D == 2:
+        return jnp.log(A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0])
+    return jnp.linalg.slogdet(A)[1]
 
 
 def _run_filter(p: _LGSSM, y, r2, parallel: bool):
