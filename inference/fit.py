@@ -6,9 +6,12 @@ backend table (:mod:`inference.backends`), and its one result type becomes an Ar
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,8 +22,9 @@ from jax.sharding import PartitionSpec as P
 from inference._program import check_y, inspect_program
 from inference.backends import COMMON_OPTIONS, Problem, Settings, backend, method_names
 from inference.convert import package_versions, to_datatree
+from inference.registry import record_model
 from inference.starts import REFERENCE_COORDINATES
-from zoo.protocol import Model, as_model
+from zoo.protocol import Model, Program, as_model
 
 __all__ = ["fit", "METHODS", "shard_trials", "allowed_options", "resolve_method"]
 
@@ -161,7 +165,9 @@ def fit(
     xarray.DataTree
         ``posterior`` (C, S, ...), ``sample_stats``, ``observed_data``, ``log_likelihood``
         (C, S, [trial,] time), ``constant_data``; attributes ``method``, ``options``, ``seed``,
-        ``initialization``, ``versions``, ``sampling_time``.
+        ``initialization``, ``versions``, ``sampling_time``, and what a repeat needs besides:
+        ``zoo_model`` and ``zoo_model_kwargs`` (a zoo model), ``data_sha256``,
+        ``project_commit``.
 
     Raises
     ------
@@ -206,9 +212,28 @@ def fit(
         "log_likelihood_computed": int(log_lik),
         **extra_attrs,
     }
-    return to_datatree(model, samples, problem.y_host, sample_stats=result.stats,
+    attrs.update(_provenance(problem))
+    post = to_datatree(model, samples, problem.y_host, sample_stats=result.stats,
                        model_kwargs=problem.model_kwargs, log_likelihood=log_lik, attrs=attrs,
                        library=chosen.library, info=problem.info)
+    if not isinstance(proto, Program):  # a zoo model: rebuildable from its constructor arguments
+        record_model(post, proto)
+    return post
+
+
+def _provenance(problem: Problem) -> dict:
+    """What else a repeat of the fit needs: a hash of the data (y and the model arguments) and
+    the project's commit (``unknown`` outside a git checkout)."""
+    h = hashlib.sha256(np.ascontiguousarray(problem.y_host).tobytes())
+    for k in sorted(problem.model_kwargs):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(np.asarray(problem.model_kwargs[k])).tobytes())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"data_sha256": h.hexdigest(), "project_commit": commit}
 
 
 def _prepare(model: Model, y, model_kwargs: Mapping | None, options: Mapping) -> Problem:

@@ -26,7 +26,10 @@ y = np.asarray(m.simulate(jax.random.key(3), num_steps=20)["y"])
 start = {"dynamics": np.full((1, 1), 0.5), "dynamics_noise": np.full(1, 0.3)}
 post = inference.fit(m, y, method="nuts", seed=5, num_chains=1, num_warmup=10, num_samples=5,
                      init=start, progress_bar=False, log_likelihood=False, max_tree_depth=3)
-np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in post.posterior.data_vars.items()})
+attrs = {k: np.asarray(str(post.attrs.get(k))) for k in ("zoo_model", "zoo_model_kwargs", "data_sha256",
+                                                          "project_commit", "seed")}
+np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in post.posterior.data_vars.items()},
+         **{"attr_" + k: v for k, v in attrs.items()})
 """
 
 
@@ -43,3 +46,7 @@ def test_same_seed_same_posterior_across_processes(tmp_path):
     assert set(a) == set(b) and "dynamics" in a
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # what a repeat needs is recorded: the model, a hash of the data, the seed, the commit
+    assert str(a["attr_zoo_model"]) == "LDS" and "latent_dim" in str(a["attr_zoo_model_kwargs"])
+    assert len(str(a["attr_data_sha256"])) == 64 and str(a["attr_seed"]) == "5"
+    assert str(a["attr_project_commit"]) != "None"
