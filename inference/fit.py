@@ -124,12 +124,13 @@ def fit(
     y : array (T, N) or (B, T, N)
         Observations; NaN marks missing entries.
     method : {"auto", "blocked", "nuts", "hmc", "svi", "blackjax_nuts", "chees", "mclmc", "smc"}
-        ``"auto"``: the model's exact blocked sampler where it has one (states by FFBS, path
-        integrated out given the states, NUTS on the parameters; :mod:`inference.blocked`), else
-        NUTS. NumPyro NUTS / HMC over parameters and path; SVI with a structured guide; BlackJAX
-        NUTS with window adaptation; ChEES-HMC (many chains, vectorized); Metropolis-adjusted
-        microcanonical Langevin with its tuner; adaptive tempered SMC (log evidence in
-        ``attrs["log_evidence"]``).
+        ``"auto"``: the model's exact blocked sampler where it has one (every SLDS and rSLDS:
+        states by FFBS, then NUTS on the parameters with the path integrated out given the
+        states, or on parameters and path with the path whitened given them;
+        :mod:`inference.blocked`), else NUTS. NumPyro NUTS / HMC over parameters and path;
+        SVI with a structured guide; BlackJAX NUTS with window adaptation; ChEES-HMC (many
+        chains, vectorized); Metropolis-adjusted microcanonical Langevin with its tuner;
+        adaptive tempered SMC (log evidence in ``attrs["log_evidence"]``).
     seed : int
         Random seed; the same seed gives the same draws in any process.
     num_chains : int
