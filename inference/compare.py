@@ -449,6 +449,16 @@ def psis_lfo(model: Callable, post: xr.DataTree, *, min_observations: int, metho
         ``elpd``, ``se``, ``p``, ``elpd_i`` and ``pareto_k`` per step, ``refits``,
         ``n_refits``; extra attributes ``one_step`` ("exact" or "particle_filter") and
         ``num_fits`` (model fits run, the first one on y_{1:L} included).
+
+    Notes
+    -----
+    Cost: one :func:`inference.fit` per refit (measured: 6-24 refits over 100 predicted steps
+    for HMMs with 2-6 states). Each fit leaves about 2000 memory mappings of compiled code in the
+    process, and Linux's default limit (``vm.max_map_count`` = 65530) was reached after about 30
+    fits ("LLVM compilation error: Cannot allocate memory"): compare many models in separate
+    processes (as ``benchmarks/model_comparison.py`` does). A persistent JAX compilation cache
+    (``jax_compilation_cache_dir``) makes refits after the first cheap (33 s -> 2 s per HMM fit
+    here), since every refit has the same shapes.
     """
     y = observed_array(post)
     kwargs = fit_model_kwargs(post, model_kwargs)
