@@ -53,9 +53,6 @@ def allowed_options(method: str) -> set:
     return set(backend(method).options) | COMMON_OPTIONS
 
 
-_allowed_options = allowed_options  # the CLI's former name
-
-
 def shard_trials(y, model_kwargs: Mapping, devices=None) -> tuple:
     """Place y (B, T, N) and trial-indexed model arrays on a device mesh, split along trials.
 
