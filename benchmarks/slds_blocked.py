@@ -4,7 +4,8 @@ quantities, state accuracy and wall time.
 Data: the NASCAR track (``zoo.datasets.nascar``, Gaussian emissions, N = 10) of length T; model:
 ``SLDS(4, 2, 10, transitions="standard")`` (the track's own transitions are recurrent, so the
 model is misspecified in its transitions only). Fit: ``inference.fit(model, y)`` with its
-default, the blocked sampler (FFBS | NUTS with the path collapsed | simulation smoother).
+default, the blocked sampler (states site by site with the path integrated out | NUTS with the
+path collapsed | simulation smoother).
 
 Identified quantities (unchanged by labels and the latent gauge): the total log-likelihood of
 each draw, the denoised observations C x_t + d (every t and neuron), the sorted moduli of the

@@ -3,21 +3,27 @@
 One sweep, for a model whose path is linear-Gaussian given its discrete states (the Gaussian
 SLDS with standard or sticky transitions):
 
-1. z | x, theta -- forward-filtering backward-sampling (:class:`zoo.handlers.decode`);
+1. z | theta, y -- a systematic sweep of single-site draws z_t ~ p(z_t | z_{-t}, theta, y) with
+   the path integrated out (Gerlach, Carter and Kohn 2000; :mod:`zoo.collapsed_states`);
 2. theta | z, y -- one NUTS transition on log p(theta) + log p(z | theta) + log p(y | theta, z),
    the path integrated out by the Kalman filter (``collapse(condition_states(model, z))``);
 3. x | theta, z, y -- an exact draw by the simulation smoother (``decode`` of the same program).
 
-The draw is recorded after step 3. Step 2 marginalises x and step 3 draws it fresh from its full
-conditional, so the order is a valid partially collapsed Gibbs sampler (van Dyk and Park 2008):
-the sweep leaves p(theta, z, x | y) invariant (tested against brute force in
-``tests/test_blocked.py``). NUTS never sees the path, whose funnel with the dynamics noise was
-what kept NUTS over (theta, x) from mixing.
+The draw is recorded after step 3. Steps 1 and 2 are Gibbs updates of p(z, theta | y) and step
+3 draws x from its full conditional, so the sweep leaves p(theta, z, x | y) invariant (tested
+against brute force in ``tests/test_blocked.py``). NUTS never sees the path, whose funnel with
+the dynamics noise was what kept NUTS over (theta, x) from mixing; and z never sees it either:
+drawing z | x by FFBS (``state_sampler="ffbs"``, also exact) crawls where the dynamics noise is
+small, because x then nearly determines z and z nearly determines x (measured on NASCAR:
+lag-1 autocorrelation 0.92-0.95 of the state occupancy, ``benchmarks/results/slds_blocked.md``).
+
+Models whose path is not Gaussian given the states (recurrent transitions, Poisson emissions)
+draw z | x, theta by FFBS and move (theta, x) together by NUTS, x whitened given z.
 
 The blocks are pure functions of (key, state) -> state (:func:`build_blocks`, :func:`sweep`), in
-the shape of BlackJAX kernels; step size and a diagonal inverse mass for the NUTS block are
-adapted during warmup by Stan's windowed scheme (dual averaging, Welford variances), written
-here from BlackJAX's building blocks because the log density changes with z at every sweep.
+the shape of BlackJAX kernels; step size and inverse mass of the NUTS block are adapted during
+warmup by Stan's windowed scheme (dual averaging, Welford variances), written here from
+BlackJAX's building blocks because the log density changes with z at every sweep.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from tqdm.auto import tqdm
 from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
-from zoo.distributions import PathPosterior
+from zoo.collapsed_states import sweep_states
+from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
 from zoo.handlers import collapse, condition_states, decode
 from zoo.protocol import BlockedSpec
 
@@ -48,7 +55,7 @@ __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmu
            "curvature_inverse_mass",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
-BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass"})
+BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler"})
 
 
 class Blocks(NamedTuple):
@@ -59,8 +66,11 @@ class Blocks(NamedTuple):
     theta_logdensity : callable (flat theta (d,), states) -> scalar
         log p(theta, z | y) up to a constant with the path integrated out, in unconstrained
         coordinates (the NUTS block's target).
-    draw_states : callable (key, flat theta, path) -> states
-        An exact draw of z | x, theta (FFBS).
+    draw_states : callable (key, flat theta, states, path) -> states
+        An update of z that leaves its conditional invariant: one sweep of single-site draws
+        from p(z_t | z_{-t}, theta, y) with the path integrated out
+        (:func:`zoo.collapsed_states.sweep_states`) when the path is collapsed, else an exact
+        draw of z | x, theta (FFBS).
     draw_path : callable (key, flat theta, states) -> path
         The path after the NUTS block: an exact draw of x | z, theta, y (simulation smoother)
         when the path is collapsed; x(theta, eps) when it is whitened.
@@ -71,6 +81,9 @@ class Blocks(NamedTuple):
     remap : callable (flat theta, states, path) -> flat theta
         The NUTS block's position after a state update that leaves the path unchanged (the
         whitened path's eps for the new states; the identity when the path is collapsed).
+    states_given_path : callable (key, flat theta, path) -> states
+        An exact draw of z | x, theta (FFBS): the chains' first states, consistent with the
+        start path.
     """
 
     theta_logdensity: Callable
@@ -79,6 +92,7 @@ class Blocks(NamedTuple):
     record: Callable
     unravel: Callable
     remap: Callable
+    states_given_path: Callable
 
 
 class SweepState(NamedTuple):
@@ -100,7 +114,7 @@ class Adaptation(NamedTuple):
 
 
 def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
-                 reference_path=None) -> Blocks:
+                 reference_path=None, state_sampler: str = "collapsed") -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
@@ -118,16 +132,23 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     reference_path : array (..., T, D), optional
         For a whitened path: the fixed path at which non-Gaussian emissions are linearised (a
         constant of the run, e.g. the point estimate's path; never the chain's current x).
+    state_sampler : {"collapsed", "ffbs"}
+        With a collapsed path: draw z site by site with x integrated out (default; it mixes
+        where small dynamics noise ties z and x together), or by FFBS given x.
 
     Returns
     -------
     Blocks
     """
+    if state_sampler not in ("collapsed", "ffbs"):
+        raise ValueError(f"state_sampler must be 'collapsed' or 'ffbs'; got {state_sampler!r}")
     kwargs = dict(model_kwargs)
     site = spec.path_site
     _, unravel = ravel_pytree(dict(theta_example))
 
     def draw_states_given(key, params, path):
+        params = {k: v for k, v in params.items() if k not in (site, f"{site}_whitened",
+                                                              f"{site}_whitened_target")}
         values = {**params, site: path}
         with decode(rng_key=key) as dec:
             handlers.substitute(handlers.seed(model, key), data=values)(y, **kwargs)
@@ -143,8 +164,12 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         def constrained(flat, states):
             return constrain_fn(collapsed(states), (y,), kwargs, unravel(flat), return_deterministic=True)
 
-        def draw_states(key, flat, path):
-            return draw_states_given(key, constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32)), path)
+        def draw_states(key, flat, states, path):
+            params = constrained(flat, states)
+            if state_sampler == "ffbs":
+                return draw_states_given(key, params, path)
+            dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, states, path)
+            return sweep_states(key, dynamics, states, y_seen, emission.H, emission.d, emission.R)
 
         def draw_path(key, flat, states):
             params = constrained(flat, states)
@@ -159,7 +184,10 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         def keep(flat, states, path):
             return flat
 
-        return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, keep)
+        def states_given_path(key, flat, path):
+            return draw_states_given(key, constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32)), path)
+
+        return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, keep, states_given_path)
 
     eps_site, target_site = f"{site}_whitened", f"{site}_whitened_target"
     x_ref = jnp.asarray(reference_path)
@@ -180,9 +208,11 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     def params_only(values):
         return {k: v for k, v in values.items() if k not in (eps_site, target_site, site)}
 
-    def draw_states(key, flat, path):
-        params = params_only(constrained(flat, jnp.zeros(path.shape[:-1], jnp.int32)))
-        return draw_states_given(key, params, path)
+    def draw_states(key, flat, states, path):
+        return draw_states_given(key, constrained(flat, states), path)
+
+    def states_given_path(key, flat, path):
+        return draw_states(key, flat, jnp.zeros(path.shape[:-1], jnp.int32), path)
 
     def remap(flat, states, path):
         values = dict(unravel(flat))
@@ -195,13 +225,27 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     def record(flat, states, path):
         return {**params_only(constrained(flat, states)), site: path, "z": states}
 
-    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap)
+    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path)
+
+
+def _linear_gaussian_parts(model, y, kwargs, site, params, states, path):
+    """The switching path's per-state distribution and the Kalman marginal's emission (H, d, R)
+    of one parameter draw, read off the program's own sites; and y as that site sees it."""
+    seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
+    dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
+    marginal = handlers.substitute(handlers.seed(collapse(condition_states(model, states={site: states})), 0),
+                                   data=params)
+    (obs,) = [s for s in handlers.trace(marginal).get_trace(y, **kwargs).values()
+              if s["type"] == "sample" and isinstance(s["fn"], LinearGaussianSSM)]
+    if not isinstance(dynamics, SwitchingLinearDynamics):
+        raise ValueError(f"site {site!r} is not a SwitchingLinearDynamics path: use state_sampler='ffbs'")
+    return dynamics, obs["fn"], obs["value"]
 
 
 def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_tree_depth: int = 10):
-    """One sweep: z | x, theta (FFBS); then either theta | z by NUTS with x integrated out and
-    x | theta, z by the simulation smoother (collapsed path), or (theta, x) | z by NUTS with x
-    whitened given z, its eps remapped first so that x is unchanged (whitened path).
+    """One sweep: z by ``blocks.draw_states``; then either theta | z by NUTS with x integrated
+    out and x | theta, z by the simulation smoother (collapsed path), or (theta, x) | z by NUTS
+    with x whitened given z, its eps remapped first so that x is unchanged (whitened path).
 
     Returns
     -------
@@ -209,7 +253,7 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     info : blackjax NUTSInfo of the theta block
     """
     k_z, k_theta, k_x = jax.random.split(key, 3)
-    states = blocks.draw_states(k_z, state.hmc.position, state.path)
+    states = blocks.draw_states(k_z, state.hmc.position, state.states, state.path)
     position = blocks.remap(state.hmc.position, states, state.path)
 
     def logdensity(flat):
@@ -348,7 +392,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         ``target_accept_prob`` (0.8), ``max_tree_depth`` (10), ``dense_mass`` (default True
         for a collapsed path: a dense inverse mass for the parameter block, which is small,
         since the dynamics slopes and offsets of a state are correlated; False for a whitened
-        path, whose eps has T x D coordinates).
+        path, whose eps has T x D coordinates); ``state_sampler`` ("collapsed", the default,
+        or "ffbs"; see :func:`build_blocks`).
     reference_path : array (..., T, D), optional
         The fixed linearisation path of a whitened path (see :func:`build_blocks`).
 
@@ -366,13 +411,14 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     path0 = jnp.asarray(start[path_site])
     if not spec.collapsed:  # eps of the whitened path joins the NUTS block; remapped at the start
         theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
-    blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path)
+    blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
+                          str(options.get("state_sampler", "collapsed")))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 
     def init_chain(k, flat, path):
         # draw z | x first, so that the chain starts from a consistent (theta, z, x)
-        states = blocks.draw_states(k, flat, path)
+        states = blocks.states_given_path(k, flat, path)
         flat = blocks.remap(flat, states, path)
         hmc = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
         return SweepState(hmc, states, path)
@@ -419,7 +465,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
 
     schedule = warmup_schedule(num_warmup)
     chunk = max(1, min(25, num_warmup))
-    bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep (FFBS | NUTS | smoother), warmup",
+    bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep, warmup",
                disable=not progress_bar)
     done = 0
     for n in _chunks(num_warmup, chunk):
@@ -434,7 +480,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     _, _, da_final = dual_averaging_adaptation(target)
     step_size = jax.vmap(da_final)(adapt.dual_averaging).astype(dtype) if num_warmup else adapt.step_size
     inv_mass = adapt.inverse_mass
-    bar.set_description("blocked sweep (FFBS | NUTS | smoother), sampling")
+    bar.set_description("blocked sweep, sampling")
     draws, stats, done = [], [], 0
     for n in _chunks(num_samples, max(1, min(50, num_samples))):
         keys = _chunk_keys(k_run, num_chains, done, n)
@@ -491,9 +537,13 @@ def _run(problem, key, settings) -> RunResult:
                                  num_samples=settings.num_samples, progress_bar=settings.progress_bar,
                                  options=settings.options)
     if spec.collapsed:
-        text += ("; each sweep: z | x, theta by FFBS, theta | z, y by one NUTS transition with the path "
+        single_site = settings.options.get("state_sampler", "collapsed") == "collapsed"
+        states_text = ("z_t | z_-t, theta, y site by site with the path integrated out" if single_site
+                       else "z | x, theta by FFBS")
+        text += (f"; each sweep: {states_text}, theta | z, y by one NUTS transition with the path "
                  "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
-        kind = "blocked: FFBS | NUTS (path collapsed) | smoother"
+        kind = ("blocked: single-site z (path integrated out)" if single_site else "blocked: FFBS") + \
+            " | NUTS (path collapsed) | smoother"
     else:
         text += ("; each sweep: z | x, theta by FFBS, then (theta, x) | z by one NUTS transition with x "
                  "whitened given z (x = mu(theta, z) + U(theta, z)^-1 eps, eps remapped after the state "

@@ -1,0 +1,161 @@
+"""The single-move state sampler with the path integrated out, against dense Gaussians.
+
+Each site's conditional p(z_t = k | new z_{<t}, old z_{>t}, theta, y) is recomputed by brute
+force: for each k, the marginal likelihood of y given the whole state sequence from the dense
+joint Gaussian of the stacked observations (numpy/scipy, float64), plus log p(z).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from zoo.collapsed_states import single_move_states
+
+K, D, N = 2, 2, 3
+
+
+def _params(rng, T, time_varying=False):
+    A = np.stack([0.9 * np.eye(D) + 0.1 * rng.normal(size=(D, D)) for _ in range(K)])
+    b = rng.normal(scale=0.5, size=(T, K, D) if time_varying else (K, D))
+    Q_tril = np.stack([np.diag(rng.uniform(0.1, 0.4, D)) + np.tril(0.05 * rng.normal(size=(D, D)), -1)
+                       for _ in range(K)])
+    m0 = rng.normal(size=(K, D))
+    P0_tril = np.stack([np.eye(D) * s for s in (0.5, 1.0)])
+    H = rng.normal(size=(N, D))
+    d = rng.normal(size=N)
+    r = rng.uniform(0.2, 0.5, N)
+    log_P = np.log(np.array([[0.8, 0.2], [0.3, 0.7]]))
+    log_init = np.log(np.array([0.6, 0.4]))
+    return dict(log_init=log_init, log_trans=log_P, A=A, b=b, Q_tril=Q_tril, m0=m0, P0_tril=P0_tril,
+                H=H, d=d, r=r)
+
+
+def _dense_log_marginal(z, y, p, T):
+    """log p(y | z, theta) from the dense joint Gaussian of the stacked x and y."""
+    b = np.broadcast_to(p["b"], (T, K, D))
+    mean_x, cov_x = np.zeros((T, D)), np.zeros((T * D, T * D))
+    # x = M w + c with w the stacked innovations (x_1 noise, then each step's noise)
+    M = np.zeros((T * D, T * D))
+    mean_x[0] = p["m0"][z[0]]
+    noise = [p["P0_tril"][z[0]]] + [p["Q_tril"][z[t]] for t in range(1, T)]
+    for t in range(1, T):
+        mean_x[t] = p["A"][z[t]] @ mean_x[t - 1] + b[t, z[t]]
+    for t in range(T):
+        for s in range(t + 1):
+            prod = np.eye(D)
+            for u in range(s + 1, t + 1):
+                prod = p["A"][z[u]] @ prod
+            M[t * D:(t + 1) * D, s * D:(s + 1) * D] = prod @ noise[s]
+    cov_x = M @ M.T
+    Hb = np.kron(np.eye(T), p["H"])
+    mean_y = (mean_x @ p["H"].T + p["d"]).ravel()
+    cov_y = Hb @ cov_x @ Hb.T + np.diag(np.tile(p["r"], T))
+    obs = np.isfinite(y.ravel())
+    return multivariate_normal(mean_y[obs], cov_y[np.ix_(obs, obs)]).logpdf(y.ravel()[obs])
+
+
+def _log_chain(z, p):
+    return p["log_init"][z[0]] + sum(p["log_trans"][z[t - 1], z[t]] for t in range(1, len(z)))
+
+
+def _brute_conditionals(old, new, y, p, T):
+    out = np.zeros((T, K))
+    for t in range(T):
+        for k in range(K):
+            z = np.concatenate([new[:t], [k], old[t + 1:]]).astype(int)
+            out[t, k] = _dense_log_marginal(z, y, p, T) + _log_chain(z, p)
+        out[t] -= np.logaddexp.reduce(out[t])
+    return out
+
+
+def _data(rng, p, T, missing=0.0):
+    z = rng.integers(0, K, T)
+    x = np.zeros((T, D))
+    b = np.broadcast_to(p["b"], (T, K, D))
+    x[0] = p["m0"][z[0]] + p["P0_tril"][z[0]] @ rng.normal(size=D)
+    for t in range(1, T):
+        x[t] = p["A"][z[t]] @ x[t - 1] + b[t, z[t]] + p["Q_tril"][z[t]] @ rng.normal(size=D)
+    y = x @ p["H"].T + p["d"] + np.sqrt(p["r"]) * rng.normal(size=(T, N))
+    if missing:
+        y[rng.uniform(size=y.shape) < missing] = np.nan
+    return z, y
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("time_varying,missing", [(False, 0.0), (True, 0.3)])
+def test_site_conditionals_match_dense_gaussian(dtype, time_varying, missing):
+    rng = np.random.default_rng(3 + time_varying)
+    T = 6
+    p = _params(rng, T, time_varying)
+    _, y = _data(rng, p, T, missing)
+    old = rng.integers(0, K, T)
+    with jax.enable_x64(dtype == jnp.float64):
+        args = {k: jnp.asarray(v, dtype) for k, v in p.items()}
+        new, logits = single_move_states(jax.random.key(1), jnp.asarray(old), jnp.asarray(y, dtype), **args)
+        new, logits = np.asarray(new), np.asarray(logits, np.float64)
+    brute = _brute_conditionals(old, new, y, p, T)
+    tol = 2e-3 if dtype == jnp.float32 else 1e-8
+    np.testing.assert_allclose(logits, brute, atol=tol)
+
+
+def test_padded_steps_add_nothing():
+    """A trial padded at its end: the real steps' conditionals are those of the short trial,
+    the padded steps' uniform."""
+    rng = np.random.default_rng(5)
+    T, T_real = 7, 5
+    p = _params(rng, T)
+    _, y = _data(rng, p, T)
+    old = rng.integers(0, K, T)
+    mask = np.arange(T) < T_real
+    with jax.enable_x64():
+        args = {k: jnp.asarray(v) for k, v in p.items()}
+        new, logits = single_move_states(jax.random.key(2), jnp.asarray(old), jnp.asarray(y), **args,
+                                         mask=jnp.asarray(mask))
+        new, logits = np.asarray(new), np.asarray(logits)
+    brute = _brute_conditionals(old[:T_real], new[:T_real], y[:T_real], p, T_real)
+    np.testing.assert_allclose(logits[:T_real], brute, atol=1e-8)
+    np.testing.assert_allclose(logits[T_real:], np.log(0.5), atol=1e-12)
+
+
+def test_sweeps_leave_the_state_posterior_invariant():
+    """Repeated sweeps from one start reach the exact posterior p(z | theta, y), enumerated."""
+    rng = np.random.default_rng(11)
+    T = 4
+    p = _params(rng, T)
+    _, y = _data(rng, p, T)
+    seqs = np.array(np.meshgrid(*[range(K)] * T, indexing="ij")).reshape(T, -1).T
+    logp = np.array([_dense_log_marginal(z, y, p, T) + _log_chain(z, p) for z in seqs])
+    prob = np.exp(logp - np.logaddexp.reduce(logp))
+    with jax.enable_x64():
+        args = {k: jnp.asarray(v) for k, v in p.items()}
+
+        def body(z, key):
+            z, _ = single_move_states(key, z, jnp.asarray(y), **args)
+            return z, z
+
+        chains = jax.vmap(lambda k: jax.lax.scan(body, jnp.zeros(T, jnp.int32), jax.random.split(k, 400))[1])(
+            jax.random.split(jax.random.key(0), 50))
+        draws = np.asarray(chains)[:, 50:].reshape(-1, T)  # 50 chains x 350 sweeps
+    codes = draws @ (K ** np.arange(T)[::-1])
+    freq = np.bincount(codes, minlength=K**T) / len(codes)
+    # multinomial standard errors of the frequencies (conservative for autocorrelated chains:
+    # the sweeps here mix within a few steps)
+    se = np.sqrt(prob * (1 - prob) / (len(codes) / 5))
+    assert np.all(np.abs(freq - prob) <= 4 * se + 1e-3), np.c_[freq, prob]
+
+
+def test_long_sequence_small_noise_is_finite():
+    """T = 3000 with dynamics noise 0.01 (the NASCAR regime), float32: no NaN."""
+    rng = np.random.default_rng(0)
+    T = 3000
+    p = _params(rng, T)
+    p["Q_tril"] = np.stack([0.01 * np.eye(D)] * K)
+    p["A"] = np.stack([np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) for a in (0.05, -0.05)])
+    _, y = _data(rng, p, T)
+    args = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
+    new, logits = jax.jit(single_move_states)(jax.random.key(0), jnp.zeros(T, jnp.int32),
+                                              jnp.asarray(y, jnp.float32), **args)
+    assert np.all(np.isfinite(np.asarray(logits)))
+    assert np.asarray(new).min() >= 0 and np.asarray(new).max() < K

@@ -1,0 +1,253 @@
+"""Discrete states of a switching linear-Gaussian model drawn with the path integrated out.
+
+Gibbs sampling of z given the path x crawls where the dynamics noise is small: the path then
+nearly determines the states and the states the path. Drawing z from p(z | theta, y), with x
+integrated out, removes that coupling. No exact block draw of z from it is tractable (the
+Kalman mixture grows as K^T), but its single-site conditionals are: Gerlach, Carter and Kohn
+(2000) obtain p(z_t | z_{-t}, theta, y) for all K values of z_t in O(1) per step from
+
+- a forward Kalman filter over the states already updated (z_{<t}, new), and
+- a backward information filter over the states still to be updated (z_{>t}, old),
+
+so a systematic sweep t = 1 .. T costs O(T K D^3), like one Kalman filter per state. Each
+site is drawn exactly from its conditional, so a sweep leaves p(z | theta, y) invariant.
+
+Model (one trial), as :class:`zoo.distributions.SwitchingLinearDynamics` with non-recurrent
+transitions and linear-Gaussian emissions:
+
+    z_1 ~ Cat(exp(log_init)),          z_t | z_{t-1} ~ Cat(exp(log_trans[z_{t-1}])),
+    x_1 ~ N(m0[z_1], P0[z_1]),         x_t = A[z_t] x_{t-1} + b_t[z_t] + N(0, Q[z_t]),
+    y_t = H x_t + d_t + N(0, diag(r)), NaN entries of y missing.
+
+The backward filter's message is a Gaussian information pair: p(y_{t+1:T} | x_t, z_{t+1:T})
+is proportional to exp(-x' Omega_t x / 2 + mu_t' x) (its constant does not depend on z_t). The
+conditional of z_t = k is then
+
+    log p(z_t = k | ...) = log_trans[z_{t-1}, k] + log_trans[k, z_{t+1}]
+                           + log  integral N(x; m_k, V_k) exp(-x' O x / 2 + u' x) dx + const,
+
+with (m_k, V_k) the one-step prediction of x_t under state k, O = Omega_t + H' W_t H and
+u = mu_t + H' W_t (y_t - d_t) (W_t the observed precision). With V_k = L L' and
+S = I + L' O L the integral is
+|S|^{-1/2} exp(-m' O m / 2 + u' m + |S^{-1/2} L' (u - O m)|^2 / 2): Cholesky factors and
+triangular solves only, no inverse of a covariance.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import solve_triangular
+
+__all__ = ["single_move_states", "sweep_states", "emission_information"]
+
+
+def _sym(M):
+    return 0.5 * (M + M.T)
+
+
+def emission_information(y, H, d, r, mask=None):
+    """The observations as information about x_t: J_t = H' W_t H and h_t = H' W_t (y_t - d_t).
+
+    Parameters
+    ----------
+    y : array (T, N)
+        NaN entries are missing.
+    H : array (N, D)
+    d : array (N,) or (T, N)
+    r : array (N,)
+        Emission noise variances.
+    mask : bool array (T,), optional
+        Steps that exist; padded steps carry no information.
+
+    Returns
+    -------
+    J : array (T, D, D)
+    h : array (T, D)
+    """
+    observed = jnp.isfinite(y)
+    if mask is not None:
+        observed = observed & mask[:, None]
+    w = jnp.where(observed, 1.0 / r, 0.0)
+    resid = jnp.where(observed, y - d, 0.0)
+    J = jnp.einsum("ni,tn,nj->tij", H, w, H)
+    h = jnp.einsum("ni,tn->ti", H, w * resid)
+    return J, h
+
+
+def _backward_messages(states, J, h, A, b, Q_tril):
+    """Omega_t, mu_t (t = 1 .. T) of p(y_{t+1:T} | x_t, z_{t+1:T}); zero at t = T."""
+    T, D = h.shape
+    eye = jnp.eye(D, dtype=h.dtype)
+
+    def step(carry, inp):
+        Om, mu = carry
+        Jt, ht, k, bt = inp
+        O, u = Om + Jt, mu + ht  # information about x_t from y_{t:T}
+        Lq = Q_tril[k]
+        G = Lq.T @ O
+        Ls = jnp.linalg.cholesky(eye + G @ Lq)
+        W = solve_triangular(Ls, G, lower=True)
+        v = solve_triangular(Ls, Lq.T @ u, lower=True)
+        # integrate x_t ~ N(A x_{t-1} + b, Q) against exp(-x' O x / 2 + u' x):
+        # (O - O M O, u - O M u) with M = (Q^-1 + O)^-1 = Lq S^-1 Lq'
+        Jn = _sym(O - W.T @ W)
+        hn = u - W.T @ v
+        A_k, b_k = A[k], bt[k]
+        return (_sym(A_k.T @ Jn @ A_k), A_k.T @ (hn - Jn @ b_k)), (Om, mu)
+
+    init = (jnp.zeros((D, D), h.dtype), jnp.zeros(D, h.dtype))
+    (Om0, mu0), (Om, mu) = lax.scan(step, init, (J[1:], h[1:], states[1:], b[1:]), reverse=True)
+    return jnp.concatenate([Om0[None], Om]), jnp.concatenate([mu0[None], mu])
+
+
+def _log_integral(m, L, O, u):
+    """log of the integral of N(x; m, L L') exp(-x' O x / 2 + u' x) over x."""
+    D = m.shape[-1]
+    Ls = jnp.linalg.cholesky(jnp.eye(D, dtype=m.dtype) + L.T @ O @ L)
+    g = solve_triangular(Ls, L.T @ (u - O @ m), lower=True)
+    return -jnp.sum(jnp.log(jnp.diagonal(Ls))) - 0.5 * m @ O @ m + u @ m + 0.5 * g @ g
+
+
+def _update(m, L, Jt, ht):
+    """Condition N(m, L L') on the information (Jt, ht): the filtered mean and covariance."""
+    D = m.shape[-1]
+    Ls = jnp.linalg.cholesky(jnp.eye(D, dtype=m.dtype) + L.T @ Jt @ L)
+    B = solve_triangular(Ls, L.T, lower=True)  # S^{-1/2} L'
+    P = B.T @ B  # L S^-1 L'
+    return m + P @ (ht - Jt @ m), _sym(P)
+
+
+def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r,
+                       mask=None):
+    """One systematic sweep of z_t ~ p(z_t | z_{-t}, theta, y), t = 1 .. T, path integrated out.
+
+    Parameters
+    ----------
+    key : jax.random key
+    states : int array (T,)
+        The current states (z_{>t} of each conditional).
+    y : array (T, N)
+        Observations; NaN entries are missing.
+    log_init : array (K,)
+    log_trans : array (K, K)
+        Log transition probabilities (rows: from).
+    A : array (K, D, D)
+    b : array (K, D) or (T, K, D)
+        Offsets; row t of a time-varying one is the offset of the step into t.
+    Q_tril : array (K, D, D)
+        Cholesky factors of the dynamics noise covariances.
+    m0 : array (K, D)
+    P0_tril : array (K, D, D)
+        Cholesky factors of the initial covariances.
+    H : array (N, D)
+    d : array (N,) or (T, N)
+    r : array (N,)
+        Emission noise variances.
+    mask : bool array (T,), optional
+        Steps that exist (a trial padded at its end): padded steps add nothing.
+
+    Returns
+    -------
+    states : int32 array (T,)
+        The updated states.
+    log_conditionals : array (T, K)
+        Normalised log p(z_t = k | new z_{<t}, old z_{>t}, theta, y) used at each site.
+    """
+    T, D = y.shape[0], A.shape[-1]
+    K = log_init.shape[0]
+    dtype = jnp.result_type(A, y, jnp.float32)
+    b = jnp.broadcast_to(b, (T, K, D)).astype(dtype)
+    states = jnp.asarray(states, jnp.int32)
+    present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
+    J, h = emission_information(y.astype(dtype), H, d, r, present)
+    Om, mu = _backward_messages(states, J, h, A, b, Q_tril)
+    # transitions into t (from the new z_{t-1}) and out of t (to the old z_{t+1}); padded steps
+    # add no transition terms
+    into_ok = present
+    out_ok = jnp.concatenate([present[1:], jnp.zeros(1, bool)])
+    nxt = jnp.concatenate([states[1:], states[-1:]])
+
+    def predict(m, P, k, bt):
+        return A[k] @ m + bt[k], _sym(A[k] @ P @ A[k].T) + Q_tril[k] @ Q_tril[k].T
+
+    def site(t, key, m, P, z_prev):
+        O, u = Om[t] + J[t], mu[t] + h[t]
+
+        def score(k):
+            mk, Vk = lax.cond(t == 0, lambda: (m0[k], P0_tril[k] @ P0_tril[k].T),
+                              lambda: predict(m, P, k, b[t]))
+            return _log_integral(mk, jnp.linalg.cholesky(Vk), O, u), mk, Vk
+
+        ks = jnp.arange(K)
+        ll, means, covs = jax.vmap(score)(ks)
+        into = jnp.where(t == 0, log_init, log_trans[z_prev])
+        out = log_trans[:, nxt[t]]
+        logits = ll + jnp.where(into_ok[t], into, 0.0) + jnp.where(out_ok[t], out, 0.0)
+        logits = jax.nn.log_softmax(logits)
+        k = jax.random.categorical(key, logits).astype(jnp.int32)
+        m_f, P_f = _update(means[k], jnp.linalg.cholesky(covs[k]), J[t], h[t])
+        return k, m_f, P_f, logits
+
+    def step(carry, inp):
+        m, P, z_prev = carry
+        t, kt = inp
+        k, m, P, logits = site(t, kt, m, P, z_prev)
+        return (m, P, k), (k, logits)
+
+    init = (jnp.zeros(D, dtype), jnp.eye(D, dtype=dtype), jnp.int32(0))
+    keys = jax.random.split(key, T)
+    _, (new, logits) = lax.scan(step, init, (jnp.arange(T), keys))
+    return new, logits
+
+
+def sweep_states(key, dynamics, states, y, H, d, R):
+    """:func:`single_move_states` for a switching path and its linear-Gaussian emission, trials
+    mapped.
+
+    Parameters
+    ----------
+    key : jax.random key
+    dynamics : zoo.distributions.SwitchingLinearDynamics
+        Non-recurrent transitions (``R is None``); batch_shape () or (B,).
+    states : int array batch_shape + (T,)
+    y : array batch_shape + (T, N)
+        NaN entries are missing.
+    H : array (N, D)
+    d : array (N,), (T, N) or batch_shape + (T, N)
+    R : array (N,)
+        Emission noise variances (a diagonal emission covariance).
+
+    Returns
+    -------
+    int32 array batch_shape + (T,)
+    """
+    if dynamics.R is not None:
+        raise ValueError("sweep_states needs non-recurrent transitions (dynamics.R is None): with "
+                         "recurrent ones, x given z is not Gaussian and cannot be integrated out")
+    if jnp.ndim(R) != 1:
+        raise ValueError(f"R must be the (N,) variances of a diagonal emission covariance; got shape "
+                         f"{jnp.shape(R)}")
+    batch = dynamics.batch_shape
+    T, D = dynamics.event_shape
+    K = dynamics.num_states
+    mask = dynamics.step_mask
+    args = (jnp.asarray(dynamics.log_init), jnp.asarray(dynamics.log_P), jnp.asarray(dynamics.A))
+    tail = (jnp.asarray(dynamics.scale_tril), jnp.asarray(dynamics.init_mean),
+            jnp.asarray(dynamics.init_scale_tril), H)
+    if not batch:
+        return single_move_states(key, states, y, *args, dynamics.b, *tail, d, R, mask)[0]
+    B = batch[0]
+    b = jnp.asarray(dynamics.b)
+    b = jnp.broadcast_to(b, batch + b.shape[-3:]) if b.ndim > 3 else jnp.broadcast_to(b, (B,) + (
+        (T, K, D) if b.ndim == 3 else (K, D)))
+    d = jnp.asarray(d)
+    d = jnp.broadcast_to(d, batch + (T, H.shape[0])) if d.ndim >= 2 else jnp.broadcast_to(d, (B, H.shape[0]))
+    mask = jnp.ones(batch + (T,), bool) if mask is None else jnp.broadcast_to(mask, batch + (T,))
+    keys = jax.random.split(key, B)
+
+    def one(k, z, yy, bb, dd, mm):
+        return single_move_states(k, z, yy, *args, bb, *tail, dd, R, mm)[0]
+
+    return jax.vmap(one)(keys, states, y, b, d, mask)
