@@ -159,3 +159,25 @@ def test_long_sequence_small_noise_is_finite():
                                               jnp.asarray(y, jnp.float32), **args)
     assert np.all(np.isfinite(np.asarray(logits)))
     assert np.asarray(new).min() >= 0 and np.asarray(new).max() < K
+
+
+def test_trials_are_swept_one_by_one():
+    """sweep_states on a two-trial switching path equals single_move_states per trial."""
+    from zoo.collapsed_states import sweep_states
+    from zoo.distributions import SwitchingLinearDynamics
+
+    rng = np.random.default_rng(8)
+    T, B = 5, 2
+    p = _params(rng, T)
+    y = np.stack([_data(rng, p, T)[1] for _ in range(B)])
+    mask = np.array([[True] * T, [True] * 3 + [False] * 2])
+    old = rng.integers(0, K, (B, T))
+    with jax.enable_x64():
+        a = {k: jnp.asarray(v) for k, v in p.items()}
+        dyn = SwitchingLinearDynamics(a["log_init"], a["A"], a["b"], a["Q_tril"], a["m0"], a["P0_tril"],
+                                      log_P=a["log_trans"], num_steps=T, batch_shape=(B,), mask=jnp.asarray(mask))
+        key = jax.random.key(4)
+        got = np.asarray(sweep_states(key, dyn, jnp.asarray(old), jnp.asarray(y), a["H"], a["d"], a["r"]))
+        for i, k in enumerate(jax.random.split(key, B)):
+            want, _ = single_move_states(k, jnp.asarray(old[i]), jnp.asarray(y[i]), **a, mask=jnp.asarray(mask[i]))
+            np.testing.assert_array_equal(got[i], np.asarray(want))
