@@ -26,7 +26,7 @@ from inference.registry import record_model
 from inference.starts import REFERENCE_COORDINATES
 from zoo.protocol import Model, Program, as_model
 
-__all__ = ["fit", "METHODS", "shard_trials", "allowed_options", "resolve_method"]
+__all__ = ["fit", "METHODS", "shard_trials", "allowed_options", "resolve_method", "warn_if_float32"]
 
 METHODS = method_names()
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
@@ -237,7 +237,7 @@ def _provenance(problem: Problem) -> dict:
 def _prepare(model: Model, y, model_kwargs: Mapping | None, options: Mapping) -> Problem:
     """Validate the data once and derive what the program needs from them."""
     y = check_y(y)
-    _warn_if_float32(model)
+    warn_if_float32(model)
     kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
     info = inspect_program(model, y, kwargs)
     if not info.latent:
@@ -248,9 +248,22 @@ def _prepare(model: Model, y, model_kwargs: Mapping | None, options: Mapping) ->
     return Problem(model, y_run, y, kwargs, kw_run, info)
 
 
-def _warn_if_float32(model: Model) -> None:
-    """Warn when a model conditioned for double precision (the GP models) is fitted in JAX's
-    default float32."""
+def warn_if_float32(model: Model) -> None:
+    """Warn when a model that needs double precision is about to run in JAX's default float32.
+
+    The GP models' collapsed Gaussians (``model.float64_recommended``) lose too much precision
+    in float32; :func:`fit` calls this before it compiles anything.
+
+    Parameters
+    ----------
+    model : Model
+        A zoo model (or a program adapted by :func:`zoo.protocol.as_model`).
+
+    Warns
+    -----
+    RuntimeWarning
+        When ``model.float64_recommended`` and ``jax_enable_x64`` is off.
+    """
     if model.float64_recommended and not jax.config.jax_enable_x64:
         warnings.warn(f"fit: {type(model).__name__} is running in float32, where its collapsed "
                       "Gaussians lose too much precision (qualitatively wrong attractor posteriors "

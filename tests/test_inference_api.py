@@ -174,19 +174,19 @@ def test_gp_models_warn_when_fitted_in_float32():
     posteriors in float32); fit says so instead of returning them silently."""
     import warnings
 
-    from inference.fit import _warn_if_float32
+    from inference.fit import warn_if_float32
     from zoo.gpsde import GPSDE
     from zoo.gpslds import GPSLDS
 
     for model in (GPSLDS(2, 2, 5, emissions="poisson", dt=0.01), GPSDE(2, 5, dt=0.01)):
         with jax.enable_x64(False), pytest.warns(RuntimeWarning, match="float32"):
-            _warn_if_float32(model)
+            warn_if_float32(model)
         with jax.enable_x64(True), warnings.catch_warnings():
             warnings.simplefilter("error")
-            _warn_if_float32(model)
+            warn_if_float32(model)
     with jax.enable_x64(False), warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_if_float32(HMM(num_states=2, obs_dim=3))  # the switching models run in float32
+        warn_if_float32(HMM(num_states=2, obs_dim=3))  # the switching models run in float32
 
 
 def test_datatree_dims_trials_mask_and_loglik():

@@ -20,6 +20,7 @@ PACKAGES = {
 }
 
 MODULES = {
+    "zoo.collapsed_states": ["emission_information", "single_move_states", "sweep_states"],
     "zoo.datasets": ["double_well", "line_attractor", "nascar", "nascar_params",
                      "two_point_attractors", "two_spirals", "van_der_pol"],
     "zoo.deterministic": ["elk", "rnn", "s5"],
@@ -34,7 +35,7 @@ MODULES = {
                           "LinearGaussianSSM", "PathPosterior", "StateConditionedPath",
                           "StateConditionedSwitchingPath", "StatePosterior",
                           "SwitchingLinearDynamics", "SwitchingSequence", "masked_log_prob",
-                          "pointwise_log_prob"],
+                          "pointwise_log_prob", "support_point"],
     "zoo.frame": ["LatentFrame", "default_frame", "frame_observations", "latent_frame"],
     "zoo.gpsde": ["GPSDE"],
     "zoo.gpslds": ["GPSLDS"],
@@ -84,7 +85,8 @@ MODULES = {
                           "to_datatree"],
     "inference.decode": ["decode", "posterior_draws"],
     "inference.diagnose": ["Diagnostics", "diagnose", "identified_diagnostics"],
-    "inference.fit": ["METHODS", "allowed_options", "fit", "resolve_method", "shard_trials"],
+    "inference.fit": ["METHODS", "allowed_options", "fit", "resolve_method", "shard_trials",
+                      "warn_if_float32"],
     "inference.guides": ["MarkovGaussian", "MarkovGaussianGuide", "path_sites", "structured_guide"],
     "inference.io": ["OutputError", "atomic_write", "check_outputs", "load_data", "load_posterior"],
     "inference.labels": ["match_labels", "match_soft", "overlap_matrix", "state_accuracy"],

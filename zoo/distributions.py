@@ -38,6 +38,7 @@ __all__ = [
     "DelayedPath",
     "pointwise_log_prob",
     "masked_log_prob",
+    "support_point",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -147,11 +148,25 @@ def masked_log_prob(base: dist.Distribution, value):
     value nor any gradient is poisoned by the missing data (the ``jnp.where`` gradient trap).
     """
     missing = jnp.isnan(value)
-    safe = jnp.where(missing, _safe_value(base), value)
+    safe = jnp.where(missing, support_point(base), value)
     return jnp.where(missing, 0.0, base.log_prob(safe))
 
 
-def _safe_value(base):
+def support_point(base: dist.Distribution) -> float:
+    """A point of an elementwise distribution's support, to stand in for missing values.
+
+    ``jnp.where(missing, support_point(base), value)`` keeps NaN entries of ``value`` out of
+    ``base.log_prob`` and of its gradient (which a NaN would poison even where it is masked).
+
+    Parameters
+    ----------
+    base : numpyro Distribution
+        Discrete (0), positive (1) or real (0) support.
+
+    Returns
+    -------
+    float
+    """
     if base.is_discrete:
         return 0.0
     if base.support is constraints.positive:
@@ -577,8 +592,8 @@ class GaussMarkov(dist.Distribution):
         dtype = jnp.result_type(self.m0, self.P0, self.F, self.b, self.Q, jnp.float32)
 
         def canon(m0, P0, F, b, Q):
-            p = scans._canonical_lgssm(T, m0, P0, F, b, Q, jnp.zeros((1, D), dtype), jnp.zeros(1, dtype),
-                                       jnp.eye(1, dtype=dtype), dtype)
+            p = scans.canonical_lgssm(T, m0, P0, F, b, Q, jnp.zeros((1, D), dtype), jnp.zeros(1, dtype),
+                                      jnp.eye(1, dtype=dtype), dtype)
             return p.m0, p.P0, p.F, p.b, p.Q
 
         for _ in range(self._param_batch_ndim()):
@@ -777,8 +792,8 @@ class LinearGaussianEmission(dist.Distribution):
         # condition on the observed entries of each row: zero out the missing ones
         mean = self.x @ self.H.T + self.d
         missing = jnp.isnan(value)
-        y0, _, _, R0, corr = scans._mask_missing(value, jnp.zeros(value.shape + (1,)),
-                                                 jnp.zeros(value.shape[-1]), self._covariance())
+        y0, _, _, R0, corr = scans.mask_missing(value, jnp.zeros(value.shape + (1,)),
+                                                jnp.zeros(value.shape[-1]), self._covariance())
         return _mvn_logpdf_tril(y0, jnp.where(missing, 0.0, mean), jnp.linalg.cholesky(R0)) + corr
 
     def sample(self, key, sample_shape=()):

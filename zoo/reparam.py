@@ -96,7 +96,7 @@ class GaussianPathReparam(Reparam):
         Li0 = scans.solve_lower(L0, jnp.broadcast_to(eye, L0.shape))
         # small (D x D) products as fused broadcast sums, as in the scan kernels (hot path: every
         # gradient evaluation)
-        mm, mv, tr = scans._mm, scans._mv, scans._t
+        mm, mv, tr = scans.matmul, scans.matvec, scans.transpose
         H = self.obs_precision.astype(dtype)
         h = self.obs_info.astype(dtype)
         diag = H.at[..., 0, :, :].add(mm(tr(Li0), Li0))

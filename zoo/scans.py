@@ -82,23 +82,59 @@ _UNROLL_MAX_DIM_BATCHED = 12
 # elementwise loop: on CPU its dot call costs far more than the arithmetic for (4, 4) operands.
 # Measured on the parallel Kalman filter's associative scan (10,000 elements, D = 4): 104 ms with
 # batched dot calls, 23 ms with fused broadcast sums.
-_SMALL_PRODUCT_MAX_DIM = 12
+SMALL_PRODUCT_MAX_DIM = 12
 
 
-def _t(X):
+def transpose(X: jax.Array) -> jax.Array:
+    """Swap the last two axes of a batch of matrices.
+
+    Parameters
+    ----------
+    X : array (..., I, J)
+
+    Returns
+    -------
+    array (..., J, I)
+    """
     return jnp.swapaxes(X, -1, -2)
 
 
-def _mm(X: jax.Array, Y: jax.Array) -> jax.Array:
-    """X @ Y (broadcasting leading dims), fused for small operands."""
-    if max(X.shape[-2], X.shape[-1], Y.shape[-1]) > _SMALL_PRODUCT_MAX_DIM:
+def matmul(X: jax.Array, Y: jax.Array) -> jax.Array:
+    """X @ Y for batches of small matrices, as one fused broadcast multiply-and-sum.
+
+    On a CPU the dot call costs far more than the arithmetic for operands of a few rows, so up to
+    ``SMALL_PRODUCT_MAX_DIM`` rows and columns the product is an elementwise loop XLA fuses
+    with its neighbours; larger operands use ``@``.
+
+    Parameters
+    ----------
+    X : array (..., I, J)
+    Y : array (..., J, K)
+        Leading dims broadcast against ``X``'s.
+
+    Returns
+    -------
+    array (..., I, K)
+    """
+    if max(X.shape[-2], X.shape[-1], Y.shape[-1]) > SMALL_PRODUCT_MAX_DIM:
         return X @ Y
     return jnp.sum(X[..., :, :, None] * Y[..., None, :, :], axis=-2)
 
 
-def _mv(M: jax.Array, v: jax.Array) -> jax.Array:
-    """M @ v for matrices (..., I, J) and vectors (..., J), fused for small operands."""
-    if max(M.shape[-2:]) > _SMALL_PRODUCT_MAX_DIM:
+def matvec(M: jax.Array, v: jax.Array) -> jax.Array:
+    """M @ v for batches of small matrices and vectors, fused like :func:`matmul`.
+
+    Parameters
+    ----------
+    M : array (..., I, J)
+    v : array (..., J)
+        Leading dims broadcast against ``M``'s.
+
+    Returns
+    -------
+    array (..., I)
+    """
+    if max(M.shape[-2:]) > SMALL_PRODUCT_MAX_DIM:
         return jnp.einsum("...ij,...j->...i", M, v)
     return jnp.sum(M * v[..., None, :], axis=-1)
 
@@ -445,14 +481,14 @@ def _forward_par(log_init, log_trans, log_lik):
 
 
 # Fast path for the log normalizer. When every transition probability is within a factor
-# _SCALED_FLOOR of the largest one in its column (log_trans[i, j] >= max_i log_trans[i, j] - 27.6,
+# SCALED_FLOOR of the largest one in its column (log_trans[i, j] >= max_i log_trans[i, j] - 27.6,
 # for every j and t), the forward recursion can run on scaled probabilities without losing
 # accuracy: the predictive sums S_j = sum_i p_i Pt[i, j] (p normalised, Pt the column-scaled
-# transition matrix) are then >= _SCALED_FLOOR, and likewise the ratio of p(future | z = i) between
-# states is bounded by 1 / _SCALED_FLOOR, so every term that underflows in float32 is negligible
+# transition matrix) are then >= SCALED_FLOOR, and likewise the ratio of p(future | z = i) between
+# states is bounded by 1 / SCALED_FLOOR, so every term that underflows in float32 is negligible
 # (relative error < K * 1e-26) in the value and in the gradient. Transition matrices with
 # zeros or extreme entries (e.g. log-probabilities of -200) take the exact log-space recursion.
-_SCALED_FLOOR = 1e-12
+SCALED_FLOOR = 1e-12
 
 
 def _column_scaled(log_trans):
@@ -565,7 +601,7 @@ def _log_normalizer_seq(log_init, log_trans, log_lik):
     choice between the fast and the exact recursion (one ``lax.cond`` for the whole batch) out of
     the differentiated program.
     """
-    return lax.cond(_scaled_path_ok(log_trans),
+    return lax.cond(scaled_path_ok(log_trans),
                     lambda *a: _vmap_hmm(_scaled_value, *a),
                     lambda *a: _vmap_hmm(_exact_value, *a),
                     log_init, log_trans, log_lik)
@@ -575,7 +611,7 @@ def _log_normalizer_seq(log_init, log_trans, log_lik):
 def _log_normalizer_seq_jvp(primals, tangents):
     log_init, log_trans, log_lik = primals
     d_init, d_trans, d_lik = tangents
-    log_z, gamma, xi = lax.cond(_scaled_path_ok(log_trans),
+    log_z, gamma, xi = lax.cond(scaled_path_ok(log_trans),
                                 lambda *a: _vmap_hmm(_scaled_expectations, *a),
                                 lambda *a: _vmap_hmm(_exact_expectations, *a),
                                 log_init, log_trans, log_lik)
@@ -597,7 +633,7 @@ def _forward_par_scaled(log_init, log_trans, log_lik):
     v0 = logsumexp(a0)
     W0 = jnp.broadcast_to(jnp.exp(a0 - v0), (K, K))
     # element t: Pt[i, j] exp(g_t[j]) with g = log_lik + m, scaled by exp(-max_j g_t[j]); its row
-    # sums are >= Pt[i, argmax g_t] >= _SCALED_FLOOR, so the underflow of small terms is harmless
+    # sums are >= Pt[i, argmax g_t] >= SCALED_FLOOR, so the underflow of small terms is harmless
     Pt, m = _column_scaled(log_trans)
     g = log_lik[1:] + m
     gmax = lax.stop_gradient(jnp.max(g, axis=-1, keepdims=True))
@@ -677,11 +713,24 @@ def hmm_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False) -> 
     return _log_normalizer_seq(*_check_hmm(log_init, log_trans, log_lik))
 
 
-def _scaled_path_ok(log_trans):
-    """Whether the scaled-probability recursion is exact to rounding (see _SCALED_FLOOR): no
-    transition probability is extreme relative to its column; False for -inf or NaN entries."""
+def scaled_path_ok(log_trans) -> jax.Array:
+    """Whether the HMM kernels may take their fast scaled-probability recursion.
+
+    It is exact to rounding when no transition probability is extreme relative to its column
+    (every entry within a factor ``SCALED_FLOOR`` of its column's largest); otherwise the
+    log-space recursion runs. The choice is made once for a whole batch.
+
+    Parameters
+    ----------
+    log_trans : array (K, K) or (..., T-1, K, K)
+
+    Returns
+    -------
+    bool array ()
+        False also for -inf or NaN entries.
+    """
     m = jnp.max(log_trans, axis=-2, keepdims=True)
-    return jnp.min(log_trans - m) >= math.log(_SCALED_FLOOR)
+    return jnp.min(log_trans - m) >= math.log(SCALED_FLOOR)
 
 
 def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = False):
@@ -692,9 +741,9 @@ def hmm_pointwise_log_normalizer(log_init, log_trans, log_lik, parallel: bool = 
     """
     log_init, log_trans, log_lik = _check_hmm(log_init, log_trans, log_lik)
     # The fast scaled-probability recursion is exact to rounding when no transition probability is
-    # extreme relative to its column (see _SCALED_FLOOR); otherwise the log-space recursion runs.
+    # extreme relative to its column (see SCALED_FLOOR); otherwise the log-space recursion runs.
     # The choice is made once, for the whole batch, from the transition matrices only.
-    fast_ok = _scaled_path_ok(log_trans)
+    fast_ok = scaled_path_ok(log_trans)
 
     def exact(a, b, c):
         if parallel:
@@ -974,7 +1023,7 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
     A, b, x0 = A.astype(dtype), b.astype(dtype), x0.astype(dtype)
 
     def apply(a, x):
-        return a * x if diagonal else _mv(a, x)
+        return a * x if diagonal else matvec(a, x)
 
     if not parallel:
 
@@ -996,7 +1045,7 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
         a2, b2 = later
         if diagonal:
             return a2 * a1, a2 * b1 + b2
-        return _mm(a2, a1), _mv(a2, b1) + b2
+        return matmul(a2, a1), matvec(a2, b1) + b2
 
     return lax.associative_scan(combine, (A, b), reverse=reverse)[1]
 
@@ -1054,8 +1103,8 @@ def block_tridiagonal_cholesky(diag: jax.Array, off: jax.Array, rhs: jax.Array) 
     def step(carry, inp):
         W_prev, g_prev = carry
         Dt, Ot, ht = inp
-        L = cholesky(Dt - _mm(_t(W_prev), W_prev))
-        g = solve_lower(L, ht - _mv(_t(W_prev), g_prev))
+        L = cholesky(Dt - matmul(transpose(W_prev), W_prev))
+        g = solve_lower(L, ht - matvec(transpose(W_prev), g_prev))
         W = solve_lower(L, Ot)
         return (W, g), (L, W, g)
 
@@ -1087,7 +1136,7 @@ def block_bidiagonal_solve(factor: BlockTridiagonalCholesky, v: jax.Array) -> ja
 
     def step(x_next, inp):
         Lt, Wt, vt = inp
-        x = solve_lower_transposed(Lt, vt - _mv(Wt, x_next))
+        x = solve_lower_transposed(Lt, vt - matvec(Wt, x_next))
         return x, x
 
     _, x = lax.scan(step, jnp.zeros(batch + v.shape[-1:], vs.dtype), (*seq, vs), reverse=True)
@@ -1160,8 +1209,22 @@ def _sym(P):
     return 0.5 * (P + jnp.swapaxes(P, -1, -2))
 
 
-class _LGSSM(NamedTuple):
-    """Canonical, time-indexed parameters: dynamics with a T-1 axis, emissions with a T axis."""
+class LGSSM(NamedTuple):
+    """Parameters of a linear-Gaussian state-space model with explicit time axes.
+
+    Attributes
+    ----------
+    m0 : (D,)
+    P0 : (D, D)
+    F : (T-1, D, D)
+    b : (T-1, D)
+    Q : (T-1, D, D)
+        The dynamics; index t is the transition into step t+1.
+    H : (T, N, D)
+    d : (T, N)
+    R : (T, N, N)
+        The emissions.
+    """
 
     m0: jax.Array
     P0: jax.Array
@@ -1173,7 +1236,34 @@ class _LGSSM(NamedTuple):
     R: jax.Array
 
 
-def _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, dtype=None):
+def canonical_lgssm(T: int, m0, P0, F, b, Q, H, d, R, dtype=None) -> LGSSM:
+    """Check the shapes of fixed or time-varying parameters and give them all a time axis.
+
+    Parameters
+    ----------
+    T : int
+        Number of steps.
+    m0 : array (D,)
+    P0 : array (D, D)
+    F : array (D, D) or (T-1, D, D)
+    b : array (D,) or (T-1, D)
+    Q : array (D, D) or (T-1, D, D)
+    H : array (N, D) or (T, N, D)
+    d : array (N,) or (T, N)
+    R : array (N, N) or (T, N, N)
+    dtype : dtype, optional
+        Of the result; by default the parameters' common floating type (at least float32).
+
+    Returns
+    -------
+    LGSSM
+        Every parameter broadcast to its time-varying shape.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter whose shape fits neither form.
+    """
     m0, P0, F, b, Q, H, d, R = map(jnp.asarray, (m0, P0, F, b, Q, H, d, R))
     if dtype is None:
         dtype = jnp.result_type(m0, P0, F, b, Q, H, d, R, jnp.float32)
@@ -1199,12 +1289,35 @@ def _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, dtype=None):
     H = expand(H, "H", (N, D), T)
     d = expand(d, "d", (N,), T)
     R = expand(R, "R", (N, N), T)
-    return _LGSSM(*(x.astype(dtype) for x in (m0, P0, F, b, Q, H, d, R)))
+    return LGSSM(*(x.astype(dtype) for x in (m0, P0, F, b, Q, H, d, R)))
 
 
-def _mask_missing(y, H, d, R):
-    """Make NaN entries of y uninformative: their H rows are zeroed and they become independent
-    unit-variance residuals fixed at zero, whose log density -0.5 log(2 pi) is added back."""
+def mask_missing(y, H, d, R):
+    """Make the NaN entries of observations uninformative.
+
+    Their rows of ``H`` and entries of ``d`` are zeroed and they become independent
+    unit-variance residuals fixed at zero; ``correction`` adds back their log density
+    0.5 log(2 pi) each, so that a Gaussian log density of the masked values plus ``correction``
+    is the log density of the observed entries alone.
+
+    Parameters
+    ----------
+    y : array (..., T, N)
+        Observations, NaN = missing.
+    H : array (..., T, N, D)
+    d : array (..., T, N)
+    R : array (..., T, N, N)
+
+    Returns
+    -------
+    y0 : array (..., T, N)
+        ``y`` with zeros for the missing entries.
+    H0 : array (..., T, N, D)
+    d0 : array (..., T, N)
+    R0 : array (..., T, N, N)
+        Missing rows and columns replaced by those of the identity.
+    correction : array (..., T)
+    """
     obs = ~jnp.isnan(y)  # (T, N)
     y0 = jnp.where(obs, y, 0.0)
     H0 = jnp.where(obs[..., None], H, 0.0)
@@ -1218,27 +1331,27 @@ def _mask_missing(y, H, d, R):
 
 def _gauss_update(m, P, y, H, d, R, max_unrolled=_UNROLL_MAX_DIM):
     """Condition N(m, P) on y = H x + d + N(0, R); returns mean, cov and log p(y)."""
-    HP = _mm(H, P)
-    S = _sym(_mm(HP, _t(H)) + R)
+    HP = matmul(H, P)
+    S = _sym(matmul(HP, transpose(H)) + R)
     L = cholesky(S, max_unrolled)
-    r = y - _mv(H, m) - d
+    r = y - matvec(H, m) - d
     w = solve_lower(L, r)
     W = solve_lower(L, HP)  # L^{-1} H P, (N, D)
-    m_new = m + _mv(_t(W), w)
-    P_new = _sym(P - _mm(_t(W), W))
+    m_new = m + matvec(transpose(W), w)
+    P_new = _sym(P - matmul(transpose(W), W))
     ll = -0.5 * jnp.sum(w * w) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[-1] * _LOG_2PI
     return m_new, P_new, ll
 
 
-def _kalman_filter_seq(p: _LGSSM, y):
-    y0, H, d, R, corr = _mask_missing(y, p.H, p.d, p.R)
+def _kalman_filter_seq(p: LGSSM, y):
+    y0, H, d, R, corr = mask_missing(y, p.H, p.d, p.R)
     m1, P1, ll1 = _gauss_update(p.m0, p.P0, y0[0], H[0], d[0], R[0])
 
     def step(carry, inp):
         m, P = carry
         F, b, Q, yt, Ht, dt, Rt = inp
-        mp = _mv(F, m) + b
-        Pp = _sym(_mm(_mm(F, P), _t(F)) + Q)
+        mp = matvec(F, m) + b
+        Pp = _sym(matmul(matmul(F, P), transpose(F)) + Q)
         m, P, ll = _gauss_update(mp, Pp, yt, Ht, dt, Rt)
         return (m, P), (m, P, ll)
 
@@ -1249,7 +1362,7 @@ def _kalman_filter_seq(p: _LGSSM, y):
     return ms, Ps, lls
 
 
-def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
+def _kalman_filter_seq_diag(p: LGSSM, y, r2):
     """Sequential Kalman filter for diagonal emission noise R = diag(r2), in information form.
 
     The observation update works in the D-dimensional latent space (precision
@@ -1272,11 +1385,11 @@ def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
         # P_new = (P^-1 + J)^-1 = (I + P J)^-1 P: no factor of P itself, which can be nearly
         # singular in float32 (a state with tiny dynamics noise); I + P J is invertible for any
         # positive semi-definite P and J
-        A = eye + _mm(P, Jt)
+        A = eye + matmul(P, Jt)
         P_new = _sym(solve(A, P))
-        j = at - _mv(Jt, m)
-        g = _mv(P_new, j)
-        quad = ct - 2.0 * jnp.dot(m, at) + jnp.dot(m, _mv(Jt, m)) - jnp.dot(j, g)
+        j = at - matvec(Jt, m)
+        g = matvec(P_new, j)
+        quad = ct - 2.0 * jnp.dot(m, at) + jnp.dot(m, matvec(Jt, m)) - jnp.dot(j, g)
         ll = -0.5 * (kt + quad + _logdet_small(A))
         return m + g, P_new, ll
 
@@ -1285,7 +1398,7 @@ def _kalman_filter_seq_diag(p: _LGSSM, y, r2):
     def step(carry, inp):
         m, P = carry
         F, b, Q, Jt, at, ct, kt = inp
-        m, P, ll = update(_mv(F, m) + b, _sym(_mm(_mm(F, P), _t(F)) + Q), Jt, at, ct, kt)
+        m, P, ll = update(matvec(F, m) + b, _sym(matmul(matmul(F, P), transpose(F)) + Q), Jt, at, ct, kt)
         return (m, P), (m, P, ll)
 
     _, (ms, Ps, lls) = lax.scan(step, (m1, P1), (p.F, p.b, p.Q, J[1:], a[1:], c[1:], const[1:]))
@@ -1303,7 +1416,7 @@ def _logdet_small(A):
     return jnp.linalg.slogdet(A)[1]
 
 
-def _run_filter(p: _LGSSM, y, r2, parallel: bool):
+def _run_filter(p: LGSSM, y, r2, parallel: bool):
     """(means, covariances, pointwise log-likelihoods) of one sequence, by the fastest filter."""
     if r2 is not None and not parallel:
         return _kalman_filter_seq_diag(p, y, r2.astype(p.m0.dtype))
@@ -1320,9 +1433,9 @@ def _diagonal_noise(R, N: int):
     return R, None
 
 
-def _kalman_filter_par(p: _LGSSM, y):
+def _kalman_filter_par(p: LGSSM, y):
     """Associative-scan Kalman filter (Sarkka & Garcia-Fernandez, 2021)."""
-    y0, H, d, R, corr = _mask_missing(y, p.H, p.d, p.R)
+    y0, H, d, R, corr = mask_missing(y, p.H, p.d, p.R)
     D = p.m0.shape[0]
     eye = jnp.eye(D, dtype=p.m0.dtype)
 
@@ -1332,18 +1445,18 @@ def _kalman_filter_par(p: _LGSSM, y):
         return z, m, P, jnp.zeros(D, m.dtype), z
 
     def generic_elem(F, b, Q, yt, Ht, dt, Rt):
-        HQ = _mm(Ht, Q)
-        S = _sym(_mm(HQ, _t(Ht)) + Rt)
+        HQ = matmul(Ht, Q)
+        S = _sym(matmul(HQ, transpose(Ht)) + Rt)
         L = cholesky(S, _UNROLL_MAX_DIM_BATCHED)
-        K = _t(cho_solve_lower(L, HQ))  # Q H^T S^{-1}
-        IKH = eye - _mm(K, Ht)
-        A = _mm(IKH, F)
-        bb = _mv(IKH, b) + _mv(K, yt - dt)
-        C = _sym(_mm(IKH, Q))
-        HF = _mm(Ht, F)
+        K = transpose(cho_solve_lower(L, HQ))  # Q H^T S^{-1}
+        IKH = eye - matmul(K, Ht)
+        A = matmul(IKH, F)
+        bb = matvec(IKH, b) + matvec(K, yt - dt)
+        C = _sym(matmul(IKH, Q))
+        HF = matmul(Ht, F)
         Sinv_HF = cho_solve_lower(L, HF)
-        eta = _mv(_t(Sinv_HF), yt - _mv(Ht, b) - dt)
-        J = _sym(_mm(_t(HF), Sinv_HF))
+        eta = matvec(transpose(Sinv_HF), yt - matvec(Ht, b) - dt)
+        J = _sym(matmul(transpose(HF), Sinv_HF))
         return A, bb, C, eta, J
 
     A1, b1, C1, e1, J1 = first_elem()
@@ -1360,21 +1473,21 @@ def _kalman_filter_par(p: _LGSSM, y):
         Ai, bi, Ci, ei_, Ji = ei
         Aj, bj, Cj, ej_, Jj = ej
         I = jnp.broadcast_to(eye, Ci.shape)
-        M1 = I + _mm(Ci, Jj)  # (I + C_i J_j)
-        AjM = _t(solve(_t(M1), _t(Aj)))  # A_j (I + C_i J_j)^{-1}
-        A = _mm(AjM, Ai)
-        b = _mv(AjM, bi + _mv(Ci, ej_)) + bj
-        C = _sym(_mm(_mm(AjM, Ci), _t(Aj)) + Cj)
-        M2 = I + _mm(Jj, Ci)  # (I + J_j C_i)
-        AiTM = _t(solve(_t(M2), Ai))  # A_i^T (I + J_j C_i)^{-1}
-        eta = _mv(AiTM, ej_ - _mv(Jj, bi)) + ei_
-        J = _sym(_mm(_mm(AiTM, Jj), Ai) + Ji)
+        M1 = I + matmul(Ci, Jj)  # (I + C_i J_j)
+        AjM = transpose(solve(transpose(M1), transpose(Aj)))  # A_j (I + C_i J_j)^{-1}
+        A = matmul(AjM, Ai)
+        b = matvec(AjM, bi + matvec(Ci, ej_)) + bj
+        C = _sym(matmul(matmul(AjM, Ci), transpose(Aj)) + Cj)
+        M2 = I + matmul(Jj, Ci)  # (I + J_j C_i)
+        AiTM = transpose(solve(transpose(M2), Ai))  # A_i^T (I + J_j C_i)^{-1}
+        eta = matvec(AiTM, ej_ - matvec(Jj, bi)) + ei_
+        J = _sym(matmul(matmul(AiTM, Jj), Ai) + Ji)
         return A, b, C, eta, J
 
     _, ms, Ps, _, _ = lax.associative_scan(combine, elems)
     # the per-step predictive likelihoods follow from the filtered moments
-    mp = jnp.concatenate([p.m0[None], _mv(p.F, ms[:-1]) + p.b])
-    Pp = jnp.concatenate([p.P0[None], _sym(_mm(_mm(p.F, Ps[:-1]), _t(p.F)) + p.Q)])
+    mp = jnp.concatenate([p.m0[None], matvec(p.F, ms[:-1]) + p.b])
+    Pp = jnp.concatenate([p.P0[None], _sym(matmul(matmul(p.F, Ps[:-1]), transpose(p.F)) + p.Q)])
 
     def pred_ll(m, P, yt, Ht, dt, Rt):
         return _gauss_update(m, P, yt, Ht, dt, Rt, _UNROLL_MAX_DIM_BATCHED)[2]
@@ -1427,7 +1540,7 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
     y = _check_y(y)
     T, N = y.shape[-2:]
     R, r2 = _diagonal_noise(R, N)
-    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    p = canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
@@ -1439,22 +1552,22 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
     return _vmap_y(single, y)
 
 
-def _smoother_gains(p: _LGSSM, ms, Ps):
+def _smoother_gains(p: LGSSM, ms, Ps):
     """Backward kernels x_t | x_{t+1} ~ N(E_t x_{t+1} + g_t, L_t) for t = 1..T-1."""
 
     def one(m, P, F, b, Q):
-        FP = _mm(F, P)
-        Pp = _sym(_mm(FP, _t(F)) + Q)
+        FP = matmul(F, P)
+        Pp = _sym(matmul(FP, transpose(F)) + Q)
         Lp = cholesky(Pp, _UNROLL_MAX_DIM_BATCHED)  # vmapped over steps
-        E = _t(cho_solve_lower(Lp, FP))  # P F^T Pp^{-1}
-        g = m - _mv(E, _mv(F, m) + b)
-        L = _sym(P - _mm(_mm(E, Pp), _t(E)))
+        E = transpose(cho_solve_lower(Lp, FP))  # P F^T Pp^{-1}
+        g = m - matvec(E, matvec(F, m) + b)
+        L = _sym(P - matmul(matmul(E, Pp), transpose(E)))
         return E, g, L
 
     return jax.vmap(one)(ms[:-1], Ps[:-1], p.F, p.b, p.Q)
 
 
-def _kalman_smoother_single(p: _LGSSM, y, parallel, r2=None):
+def _kalman_smoother_single(p: LGSSM, y, parallel, r2=None):
     ms, Ps, lls = _run_filter(p, y, r2, parallel)
     E, g, L = _smoother_gains(p, ms, Ps)
     if parallel:
@@ -1463,7 +1576,7 @@ def _kalman_smoother_single(p: _LGSSM, y, parallel, r2=None):
             # with reverse=True, associative_scan calls fn(later, earlier)
             E2, g2, L2 = later
             E1, g1, L1 = earlier
-            return _mm(E1, E2), _mv(E1, g2) + g1, _sym(_mm(_mm(E1, L2), _t(E1)) + L1)
+            return matmul(E1, E2), matvec(E1, g2) + g1, _sym(matmul(matmul(E1, L2), transpose(E1)) + L1)
 
         D = ms.shape[-1]
         zero = jnp.zeros((1, D, D), ms.dtype)
@@ -1478,14 +1591,14 @@ def _kalman_smoother_single(p: _LGSSM, y, parallel, r2=None):
         def step(carry, inp):
             m_next, P_next = carry
             Et, gt, Lt = inp
-            m = _mv(Et, m_next) + gt
-            P = _sym(_mm(_mm(Et, P_next), _t(Et)) + Lt)
+            m = matvec(Et, m_next) + gt
+            P = _sym(matmul(matmul(Et, P_next), transpose(Et)) + Lt)
             return (m, P), (m, P)
 
         _, (sm, sP) = lax.scan(step, (ms[-1], Ps[-1]), (E, g, L), reverse=True)
         sm = jnp.concatenate([sm, ms[-1:]])
         sP = jnp.concatenate([sP, Ps[-1:]])
-    cross = _mm(sP[1:], _t(E))  # Cov[x_{t+1}, x_t]
+    cross = matmul(sP[1:], transpose(E))  # Cov[x_{t+1}, x_t]
     return KalmanSmoothed(jnp.sum(lls), ms, Ps, sm, sP, cross)
 
 
@@ -1501,7 +1614,7 @@ def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalm
     y = _check_y(y)
     T, N = y.shape[-2:]
     R, r2 = _diagonal_noise(R, N)
-    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    p = canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
@@ -1522,7 +1635,7 @@ def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> j
     y = _check_y(y)
     T, N = y.shape[-2:]
     R, r2 = _diagonal_noise(R, N)
-    p = _canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
+    p = canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     y = y.astype(p.m0.dtype)
     D = p.m0.shape[0]
     batch = y.shape[:-2]

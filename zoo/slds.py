@@ -18,7 +18,7 @@ from zoo._base import (
     is_concrete,
     sequence_shape,
 )
-from zoo.distributions import DelayedPath, LinearGaussianEmission, SwitchingLinearDynamics, _safe_value
+from zoo.distributions import DelayedPath, LinearGaussianEmission, SwitchingLinearDynamics, support_point
 from zoo.frame import LatentFrame, default_frame, latent_frame
 from zoo.handlers import marginalize
 from zoo.protocol import BlockedSpec
@@ -216,8 +216,27 @@ class SLDS(ModelMixin):
         )
         return jnp.log(P), None, None
 
-    def _frame_emissions(self, frame):
-        """C = s P + P_perp G and d = o + P_perp h in the data frame (see Identifiability)."""
+    def frame_emissions(self, frame: LatentFrame) -> tuple[jax.Array, jax.Array]:
+        """Sample the emission parameters in the data frame (see Identifiability).
+
+        C = s P + P_perp G and d = o + P_perp h, with the frame's scale s, basis P (N, D), offset
+        o (N,) and complement P_perp (N, N - D); G and h are the sample sites
+        ``emission_free`` (N - D, D) and ``emission_bias_free`` (N - D,) when N > D. Call it
+        inside a NumPyro program (a model written around this one's sites, e.g. a benchmark's
+        reference implementation).
+
+        Parameters
+        ----------
+        frame : LatentFrame
+            The model's data frame (:meth:`data_frame`).
+
+        Returns
+        -------
+        C : array (N, D)
+            Recorded as the deterministic site ``emission_matrix``.
+        d : array (N,)
+            Recorded as ``emission_bias``.
+        """
         D, N = self.latent_dim, self.obs_dim
         s = frame.scale
         C, d = s * frame.basis, frame.offset
@@ -226,6 +245,9 @@ class SLDS(ModelMixin):
             h = numpyro.sample("emission_bias_free", dist.Normal(0.0, 2.0 * s).expand([N - D]).to_event(1))
             C, d = C + frame.complement @ G, d + frame.complement @ h
         return numpyro.deterministic("emission_matrix", C), numpyro.deterministic("emission_bias", d)
+
+    # the old name, which benchmarks/nascar.py still calls
+    _frame_emissions = frame_emissions
 
     def blocked_sampler(self) -> BlockedSpec | None:
         """The exact blocked sampler (:mod:`inference.blocked`): the path integrated out given the
@@ -382,7 +404,7 @@ class SLDS(ModelMixin):
         """Sample the emission parameters: (C (N, D), offsets d (N,) or (..., T, N), eta -> the
         emission distribution of y), with eta = x C^T + d."""
         N, M = self.obs_dim, self.input_dim
-        C, d = self._frame_emissions(frame)
+        C, d = self.frame_emissions(frame)
         if M:
             Fu = numpyro.sample("input_emissions", dist.Normal(0.0, 1.0).expand([N, M]).to_event(2))
             d = d + inputs @ Fu.T
@@ -489,5 +511,5 @@ def observe_sequence(name: str, base: dist.Distribution, y, step_mask=None):
     obs = ~jnp.isnan(y)
     if step_mask is not None:
         obs = obs & step_mask[..., None]
-    filled = jnp.where(obs, y, _safe_value(base))
+    filled = jnp.where(obs, y, support_point(base))
     return numpyro.sample(name, base.mask(obs).to_event(2), obs=filled)
