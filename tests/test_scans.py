@@ -11,6 +11,8 @@ import pytest
 from scipy import stats
 
 from zoo import scans
+from zoo.scans.hmm import scaled_path_ok
+from zoo.scans.linalg import UNROLL_MAX_DIM, UNROLL_MAX_DIM_BATCHED
 
 from .truth import brute_force, dense_joint, random_hmm, random_lgssm
 
@@ -132,7 +134,7 @@ def test_log_normalizer_derivatives_equal_enumeration(tv, path):
     if path == "exact":
         args[1] = args[1].at[..., 0, 1].set(-50.0)
     args = tuple(args)
-    assert bool(scans.scaled_path_ok(args[1])) == (path == "scaled")
+    assert bool(scaled_path_ok(args[1])) == (path == "scaled")
     dirs = tuple(jnp.asarray(rng.normal(size=a.shape)) for a in args)
     ours, truth = scans.hmm_log_normalizer, _enumerated_log_normalizer
     np.testing.assert_allclose(jax.jvp(ours, args, dirs)[1], jax.jvp(truth, args, dirs)[1], rtol=1e-10)
@@ -396,7 +398,7 @@ def test_small_dense_linear_algebra_equals_numpy(D, dtype):
     B = rng.normal(size=(3, D, 2))
     v = rng.normal(size=(3, D))
     L = np.linalg.cholesky(S)
-    for max_unrolled in (scans._UNROLL_MAX_DIM, scans._UNROLL_MAX_DIM_BATCHED):
+    for max_unrolled in (UNROLL_MAX_DIM, UNROLL_MAX_DIM_BATCHED):
         got = scans.cholesky(jnp.asarray(S, dtype), max_unrolled)
         assert got.dtype == dtype
         np.testing.assert_allclose(got, L, rtol=tol, atol=tol)

@@ -23,6 +23,7 @@ from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
 from zoo import scans
+from zoo.scans.kalman import canonical_lgssm, mask_missing
 
 __all__ = [
     "StatePosterior",
@@ -592,8 +593,8 @@ class GaussMarkov(dist.Distribution):
         dtype = jnp.result_type(self.m0, self.P0, self.F, self.b, self.Q, jnp.float32)
 
         def canon(m0, P0, F, b, Q):
-            p = scans.canonical_lgssm(T, m0, P0, F, b, Q, jnp.zeros((1, D), dtype), jnp.zeros(1, dtype),
-                                      jnp.eye(1, dtype=dtype), dtype)
+            p = canonical_lgssm(T, m0, P0, F, b, Q, jnp.zeros((1, D), dtype), jnp.zeros(1, dtype),
+                                jnp.eye(1, dtype=dtype), dtype)
             return p.m0, p.P0, p.F, p.b, p.Q
 
         for _ in range(self._param_batch_ndim()):
@@ -792,8 +793,8 @@ class LinearGaussianEmission(dist.Distribution):
         # condition on the observed entries of each row: zero out the missing ones
         mean = self.x @ self.H.T + self.d
         missing = jnp.isnan(value)
-        y0, _, _, R0, corr = scans.mask_missing(value, jnp.zeros(value.shape + (1,)),
-                                                jnp.zeros(value.shape[-1]), self._covariance())
+        y0, _, _, R0, corr = mask_missing(value, jnp.zeros(value.shape + (1,)),
+                                          jnp.zeros(value.shape[-1]), self._covariance())
         return _mvn_logpdf_tril(y0, jnp.where(missing, 0.0, mean), jnp.linalg.cholesky(R0)) + corr
 
     def sample(self, key, sample_shape=()):

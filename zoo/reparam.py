@@ -31,6 +31,7 @@ from numpyro.infer.reparam import Reparam
 
 from zoo import scans
 from zoo.distributions import SwitchingLinearDynamics
+from zoo.scans.linalg import matmul, matvec, transpose
 
 __all__ = ["GaussianPathReparam", "emission_information", "reference_states", "state_centres"]
 
@@ -96,7 +97,7 @@ class GaussianPathReparam(Reparam):
         Li0 = scans.solve_lower(L0, jnp.broadcast_to(eye, L0.shape))
         # small (D x D) products as fused broadcast sums, as in the scan kernels (hot path: every
         # gradient evaluation)
-        mm, mv, tr = scans.matmul, scans.matvec, scans.transpose
+        mm, mv, tr = matmul, matvec, transpose
         H = self.obs_precision.astype(dtype)
         h = self.obs_info.astype(dtype)
         diag = H.at[..., 0, :, :].add(mm(tr(Li0), Li0))
