@@ -22,7 +22,7 @@ from zoo.distributions import (
     StateConditionedSwitchingPath,
     SwitchingLinearDynamics,
 )
-from zoo.handlers import collapse, condition_states, decode
+from zoo.handlers import condition_states, decode, integrate_out
 
 from .truth import dense_joint
 
@@ -302,7 +302,7 @@ def test_collapsed_potential_equals_dense_gaussian(case, dtype):
 
 def _collapsed_potential(case, dtype):
     m, params, y, z, u, mask, frame, kw = _collapsed_setup(case, dtype)
-    program = collapse(condition_states(m, states={"x": jnp.asarray(z)}))
+    program = integrate_out(condition_states(m, states={"x": jnp.asarray(z)}))
     seen = {}
 
     def potential(p, program=program):
@@ -319,13 +319,13 @@ def _collapsed_potential(case, dtype):
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in g.values())
     if case == "trials_inputs" and dtype == np.float64:
         # the parallel Kalman filter gives the same potential (one case: it compiles slowly)
-        par = collapse(condition_states(m, states={"x": jnp.asarray(z)}), parallel=True)
+        par = integrate_out(condition_states(m, states={"x": jnp.asarray(z)}), parallel=True)
         np.testing.assert_allclose(jax.jit(partial(potential, program=par))(params), truth, **TOL[dtype])
 
 
 def test_decode_draws_the_path_given_states_exactly():
     m, params, y, z, u, mask, frame, kw = _collapsed_setup("trials_inputs", np.float64)
-    program = collapse(condition_states(m, states={"x": jnp.asarray(z)}))
+    program = integrate_out(condition_states(m, states={"x": jnp.asarray(z)}))
     _, post = _collapsed_truth(m, params, y, z, u, mask, frame)
 
     def draw(key):
@@ -386,7 +386,7 @@ def test_recurrent_path_given_states_is_not_collapsed():
     params = {k: v for k, v in data["params"].items() if k not in ("emission_matrix", "emission_bias")}
     values = {**params, "x": jnp.asarray(x)}
     frame = m.data_frame(y)
-    program = collapse(condition_states(m, states={"x": jnp.asarray(z)}))
+    program = integrate_out(condition_states(m, states={"x": jnp.asarray(z)}))
     lp, tr = log_density(program, (y,), {"frame": frame}, values)
     assert isinstance(tr["x"]["fn"], StateConditionedSwitchingPath) and not tr["x"]["is_observed"]
     # the other sites as in the plain program; the path site is log p(z, x)
@@ -425,7 +425,7 @@ def test_condition_states_leaves_other_programs_alone():
     a = log_density(program, (), {}, {"x": xv})[0]
     b = log_density(condition_states(program, states={"x": z}), (), {}, {"x": xv})[0]
     assert float(a) == float(b)
-    # a plain Gauss-Markov path under collapse contributes nothing of its own
+    # a plain Gauss-Markov path integrated out contributes nothing of its own
     gm = GaussMarkov(jnp.zeros(2), jnp.eye(2), jnp.eye(2), jnp.zeros(2), jnp.eye(2), 6)
     assert float(gm.states_log_prob()) == 0.0
 
@@ -434,6 +434,6 @@ def test_poisson_emissions_cannot_be_collapsed():
     m = SLDS(num_states=2, latent_dim=2, obs_dim=3, emissions="poisson")
     data = m.simulate(jax.random.key(0), 6)
     params = {k: v for k, v in data["params"].items() if k not in ("emission_matrix", "emission_bias")}
-    program = collapse(condition_states(m, states={"x": jnp.asarray(data["z"])}))
+    program = integrate_out(condition_states(m, states={"x": jnp.asarray(data["z"])}))
     with pytest.raises(ValueError, match="linear-Gaussian emissions"):
         log_density(program, (np.asarray(data["y"]),), {}, params)

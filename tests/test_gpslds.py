@@ -12,9 +12,9 @@ from benchmarks.gp_models import affine_align, boundary_location, drift_recovery
 from inference.attractors import attractors
 from zoo import systems
 from zoo.gpslds import GPSLDS
+from zoo.handlers import decode
 from zoo.preprocess import bin_observations
 from zoo.sde_distributions import DriftWeights
-from zoo.sde_handlers import decode_drift
 
 jax.config.update("jax_enable_x64", True)
 
@@ -93,9 +93,9 @@ def test_collapsed_program_equals_weights_integrated_by_bayes_rule(dtype):
     tol = 1e-3 if dtype == jnp.float32 else 1e-8
     np.testing.assert_allclose(float(lp_c), float(lp_u) - lpost, rtol=tol, atol=tol * 10)
     assert np.isfinite(float(lp_c))
-    # decode_drift gives the same posterior and an exact draw of the right shape
+    # decode gives the same posterior and an exact draw of the right shape
     sub = nh.substitute(m, data=values)
-    with decode_drift(rng_key=jax.random.key(1)) as dec:
+    with decode(rng_key=jax.random.key(1)) as dec:
         nh.seed(sub, 0)(y, inputs=u)
     np.testing.assert_allclose(dec.posteriors["x"].mean, post_mean, rtol=1e-5)
     assert dec.posteriors["x"].sample.shape == W.shape

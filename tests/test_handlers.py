@@ -17,7 +17,7 @@ from scipy import stats
 
 from zoo import HMM, LDS
 from zoo.distributions import HMMEmissions, SwitchingLinearDynamics
-from zoo.handlers import collapse, decode, marginalize, pointwise, temper
+from zoo.handlers import collapse, decode, integrate_out, marginalize, pointwise, temper
 
 from .truth import dense_joint
 
@@ -229,7 +229,7 @@ def test_predictive_and_svi_run_on_the_hmm():
     assert np.mean(res.losses[-50:]) < np.mean(res.losses[:50])
 
 
-# ------------------------------------------------------------------ collapse: LDS against the dense Gaussian
+# ------------------------------------------------------------------ integrate_out: LDS against the dense Gaussian
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def _lds_dense(params, T):
                        np.diag(p["emission_noise"] ** 2))
 
 
-def test_collapse_equals_dense_marginal(lds_small):
+def test_integrate_out_equals_dense_marginal(lds_small):
     m, params, y, data = lds_small
     assert data["x"].shape == (6, 2)
     T = 6
@@ -271,20 +271,20 @@ def test_collapse_equals_dense_marginal(lds_small):
     gain = np.linalg.solve(Cy[np.ix_(obs, obs)], Cxy[:, obs].T).T
     np.testing.assert_allclose(post.means.reshape(-1), mx + gain @ (y.reshape(-1)[obs] - my[obs]), atol=1e-9)
     assert post.sample.shape == (6, 2)
-    # parallel collapse gives the same marginal
+    # the parallel Kalman filter gives the same marginal
     par = LDS(2, 3, parallel=True)
     np.testing.assert_allclose(_site_log_prob(par, params, y)[0], truth, atol=1e-9)
     # pointwise terms of the collapsed site sum to the marginal
     with pointwise() as pw:
         nh.substitute(m, params)(y)
     np.testing.assert_allclose(jnp.sum(pw.log_likelihood["y"]), truth, atol=1e-9)
-    # without collapse, the emission's pointwise terms are the per-step Gaussian densities
+    # without integrate_out, the emission's pointwise terms are the per-step Gaussian densities
     with pointwise() as pw2:
         nh.substitute(uncollapsed, {**params, "x": data["x"]})(y)
     assert pw2.log_likelihood["y"].shape == (6,)
 
 
-def test_collapse_handler_on_a_user_program():
+def test_integrate_out_on_a_user_program():
     """The handler works on any program written with the structured distributions."""
     from zoo.distributions import GaussMarkov, LinearGaussianEmission
 
@@ -295,7 +295,7 @@ def test_collapse_handler_on_a_user_program():
         numpyro.sample("y", LinearGaussianEmission(x, jnp.eye(1), jnp.zeros(1), 0.5 * jnp.eye(1)), obs=y)
 
     y = np.array([[0.3], [0.1], [np.nan], [-0.4], [0.2]])
-    lp = log_density(collapse(program), (y,), {}, {"a": 0.5})[0]
+    lp = log_density(integrate_out(program), (y,), {}, {"a": 0.5})[0]
     mx, Cx, my, Cy, _ = dense_joint(5, np.zeros(1), np.eye(1), 0.5 * np.eye(1), np.zeros(1), 0.1 * np.eye(1),
                                     np.eye(1), np.zeros(1), 0.5 * np.eye(1))
     obs = ~np.isnan(y.ravel())
@@ -307,8 +307,82 @@ def test_collapse_handler_on_a_user_program():
         x = numpyro.sample("x", prior)
         numpyro.sample("y", dist.Normal(x, 1.0).to_event(2), obs=y)
 
-    with pytest.raises(TypeError, match="integrated out"):
-        log_density(collapse(bad), (y,), {}, {})
+    with pytest.raises(TypeError, match="integrated out.*LinearGaussianEmission"):
+        log_density(integrate_out(bad), (y,), {}, {})
+
+
+def _gauss_and_drift_program(y):
+    """A Gauss-Markov path with linear-Gaussian emissions and an Euler-Maruyama path with drift
+    weights, side by side: two conjugate pairs for the one handler."""
+    from zoo.distributions import GaussMarkov, LinearGaussianEmission
+    from zoo.sde_distributions import DriftWeights, EulerMaruyama
+
+    a = numpyro.sample("a", dist.Uniform(-1, 1))
+    x = numpyro.sample("x", GaussMarkov(jnp.zeros(1), jnp.eye(1), a * jnp.eye(1), jnp.zeros(1), 0.1 * jnp.eye(1), 5))
+    numpyro.sample("y", LinearGaussianEmission(x, jnp.eye(1), jnp.zeros(1), 0.5 * jnp.eye(1)), obs=y)
+    W = numpyro.sample("w", DriftWeights(0.5 * jnp.eye(2), 1))
+    path = EulerMaruyama(lambda v: jnp.concatenate([v, v**2], -1), W, jnp.full(1, 0.3), 0.1, jnp.zeros(1),
+                         jnp.ones(1), 6)
+    numpyro.sample("path", path)
+
+
+def test_integrate_out_handles_paths_and_drift_weights_and_decode_reads_both():
+    from zoo.sde_distributions import CollapsedEulerMaruyama, WeightPosterior
+
+    y = np.array([[0.3], [0.1], [np.nan], [-0.4], [0.2]])
+    path = np.linspace(0.0, 0.5, 6)[:, None] ** 2
+    lp, tr = log_density(integrate_out(_gauss_and_drift_program), (y,), {}, {"a": 0.5, "path": path})
+    assert tr["x"]["infer"]["collapsed"] and tr["w"]["infer"]["collapsed"]
+    assert isinstance(tr["path"]["fn"], CollapsedEulerMaruyama)
+    # the sum of the two exact marginals and the uniform prior of a
+    lp_drift = tr["path"]["fn"].log_prob(path)
+    lp_y = tr["y"]["fn"].log_prob(y)
+    np.testing.assert_allclose(lp, lp_drift + lp_y + np.log(0.5), rtol=1e-10)
+    with decode(rng_key=jax.random.key(0)) as dec:
+        nh.substitute(integrate_out(_gauss_and_drift_program), {"a": 0.5, "path": path})(y)
+    assert set(dec.posteriors) == {"y", "path"}
+    assert dec.posteriors["y"].sample.shape == (5, 1)
+    assert isinstance(dec.posteriors["path"], WeightPosterior) and dec.posteriors["path"].sample.shape == (2, 1)
+
+
+def test_deprecated_handler_names_warn_once_and_handle_their_own_kind():
+    """collapse, collapse_drift and decode_drift are integrate_out and decode narrowed to what each
+    handled before; each warns (once per process)."""
+    import warnings
+
+    from zoo.sde_handlers import collapse_drift, decode_drift
+
+    y = np.array([[0.3], [0.1], [np.nan], [-0.4], [0.2]])
+    path = np.linspace(0.0, 0.5, 6)[:, None] ** 2
+    values = {"a": 0.5, "path": path}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        tr_c = log_density(collapse(_gauss_and_drift_program), (y,), {}, {**values, "w": np.zeros((2, 1))})[1]
+        collapse(_gauss_and_drift_program)
+        tr_d = log_density(collapse_drift(_gauss_and_drift_program), (y,), {},
+                           {**values, "x": np.zeros((5, 1))})[1]
+        with decode_drift(rng_key=jax.random.key(0)) as dec:
+            nh.substitute(integrate_out(_gauss_and_drift_program), values)(y)
+    deprecations = [str(w.message) for w in rec if issubclass(w.category, DeprecationWarning)]
+    # at most one warning per name (none if an earlier test in this process already warned)
+    for name in ("collapse", "collapse_drift", "decode_drift"):
+        assert sum(f".{name} is deprecated" in m for m in deprecations) <= 1
+    assert tr_c["x"]["infer"].get("collapsed") and not tr_c["w"]["infer"].get("collapsed")
+    assert tr_d["w"]["infer"].get("collapsed") and not tr_d["x"]["infer"].get("collapsed")
+    assert set(dec.posteriors) == {"path"}
+    assert issubclass(collapse, integrate_out) and issubclass(collapse_drift, integrate_out)
+    assert issubclass(decode_drift, decode)
+
+
+def test_deprecated_handler_names_warn_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "from zoo.handlers import collapse\n"
+            "try:\n    collapse()\nexcept DeprecationWarning as e:\n    print('warned:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "warned: zoo.handlers.collapse is deprecated: use zoo.handlers.integrate_out" in out.stdout, out.stderr
 
 
 # ------------------------------------------------------------------ HMM emissions details

@@ -20,6 +20,7 @@ PACKAGES = {
 }
 
 MODULES = {
+    "zoo.conjugate": ["ConjugatePrior", "ConsumesDelayed", "Decodable", "Delayed", "IntegratedOut"],
     "zoo.collapsed_states": ["emission_information", "single_move_states", "sweep_states"],
     "zoo.datasets": ["double_well", "line_attractor", "nascar", "nascar_params",
                      "two_point_attractors", "two_spirals", "van_der_pol"],
@@ -39,7 +40,9 @@ MODULES = {
     "zoo.frame": ["LatentFrame", "default_frame", "frame_observations", "latent_frame"],
     "zoo.gpsde": ["GPSDE"],
     "zoo.gpslds": ["GPSLDS"],
-    "zoo.handlers": ["collapse", "condition_states", "decode", "marginalize", "pointwise", "temper"],
+    "zoo.gaussian_paths": ["GaussMarkov", "LinearGaussianEmission", "LinearGaussianSSM", "PathPosterior"],
+    "zoo.handlers": ["collapse", "condition_states", "decode", "integrate_out", "marginalize", "pointwise",
+                     "temper"],
     "zoo.hmm": ["HMM"],
     "zoo.initialize": ["fit_arhmm", "map_refine", "pca_latents", "slds_initial_params"],
     "zoo.kernels": ["grid_points", "hsgp_features", "inducing_features", "matern52_kernel",
@@ -117,6 +120,8 @@ MODULES = {
 
 # old homes of moved names, importable for a release: module -> {name: new home}
 MOVED = {
+    "zoo.distributions": {name: "zoo.gaussian_paths" for name in
+                          ("GaussMarkov", "LinearGaussianEmission", "LinearGaussianSSM", "PathPosterior")},
     "zoo.sde": {"WeightPosterior": "zoo.sde_distributions", "DriftWeights": "zoo.sde_distributions",
                 "DelayedWeights": "zoo.sde_distributions", "EulerMaruyama": "zoo.sde_distributions",
                 "CollapsedEulerMaruyama": "zoo.sde_distributions",

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
-from zoo.distributions import DelayedPath
+from zoo.conjugate import Delayed
 from zoo.protocol import Model
 
 
@@ -124,7 +124,7 @@ class ModelMixin(Model):
                 continue
             if name in self.sequence_sites:
                 value = site["value"]
-                if not isinstance(value, DelayedPath):
+                if not isinstance(value, Delayed):
                     out[name] = value
                 for extra in site.get("intermediates") or []:
                     key_name = "z" if jnp.issubdtype(jnp.result_type(extra), jnp.integer) else "x"

@@ -35,7 +35,7 @@ class GPSDE(SDEModel, ModelMixin):
     - ``approx="hsgp"``: Phi(x) = Laplacian eigenfunctions on [-ell, ell]^D times the square root
       of the kernel's spectral density, ``num_basis``^D functions, ell = ``boundary_factor`` * bound.
 
-    The weights are integrated out exactly given the path (:class:`zoo.sde_handlers.collapse_drift`); the
+    The weights are integrated out exactly given the path (:class:`zoo.handlers.integrate_out`); the
     model records their conditional posterior as ``drift_weights_mean`` / ``drift_weights_factor``.
     Emissions: Gaussian or Poisson counts y ~ Poisson(dt link(C x + d)).
 

@@ -35,7 +35,7 @@ class GPSLDS(SDEModel, ModelMixin):
     The kernel has rank <= J (D + 1), so f(x) = sum_j pi_j(x) [A_j (x - c_j) + b_j] exactly, with
     rows of A_j ~ N(0, M_j) and b_j ~ N(0, s_j^2). Given the path, the Euler-Maruyama likelihood
     is linear-Gaussian in (A, b): the weights (site ``drift_weights``, (J (D+1), D)) are integrated
-    out by :class:`zoo.sde_handlers.collapse_drift` whenever y is observed, and the model records their exact
+    out by :class:`zoo.handlers.integrate_out` whenever y is observed, and the model records their exact
     conditional posterior as deterministic sites ``drift_weights_mean`` (P, D) and
     ``drift_weights_factor`` (D, P, P) so that they can be drawn per posterior draw
     (:meth:`sample_drift_weights`). Emissions: Gaussian y = C x + d + noise, or Poisson counts per

@@ -8,34 +8,36 @@ mask, scale) and work under MCMC, SVI and Predictive.
 - :class:`marginalize` -- discrete states of switching sites summed out by the forward algorithm,
   sequentially or with a parallel scan.
 - :class:`condition_states` -- switching sites given their discrete states: the path x | z (a
-  Gauss-Markov path for non-recurrent transitions, which :class:`collapse` then integrates out).
-- :class:`decode` -- exact posterior of the discrete states (FFBS draw, smoothed marginals,
-  Viterbi path) and of collapsed linear-Gaussian paths, given the other sites' values.
-- :class:`collapse` -- a Gauss-Markov path with linear-Gaussian emissions integrated out by the
-  Kalman filter, so that inference runs on the parameters only.
+  Gauss-Markov path for non-recurrent transitions, which :class:`integrate_out` then integrates
+  out).
+- :class:`integrate_out` -- every conjugate latent site (:class:`zoo.conjugate.ConjugatePrior`:
+  a Gauss-Markov path, GP drift weights) integrated out in closed form by the site that consumes
+  it (the Kalman filter for linear-Gaussian emissions, Bayesian linear regression for an
+  Euler-Maruyama path), so that inference runs on the parameters only.
+- :class:`decode` -- exact posterior of whatever a site sums or integrates out
+  (:class:`zoo.conjugate.Decodable`: discrete states, paths, drift weights), given the other
+  sites' values.
 - :class:`temper` -- likelihood (observed sites) scaled by beta, for tempered SMC.
 - :class:`pointwise` -- per-time-step log-likelihoods of observed sites, for LOO.
+
+``collapse`` is the deprecated name of :class:`integrate_out` for Gauss-Markov paths (NumPyro's
+``numpyro.handlers.collapse`` is a different handler).
 """
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import jax
 import jax.numpy as jnp
-from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
-from zoo.distributions import (
-    DelayedPath,
-    GaussMarkov,
-    LinearGaussianEmission,
-    LinearGaussianSSM,
-    SwitchingSequence,
-    pointwise_log_prob,
-)
+from zoo.conjugate import ConjugatePrior, ConsumesDelayed, Decodable, Delayed, IntegratedOut
+from zoo.distributions import SwitchingSequence, pointwise_log_prob
+from zoo.gaussian_paths import GaussMarkov, LinearGaussianEmission
 
-__all__ = ["marginalize", "condition_states", "decode", "collapse", "temper", "pointwise"]
+__all__ = ["marginalize", "condition_states", "decode", "integrate_out", "collapse", "temper", "pointwise"]
 
 
 def _is_sample(msg) -> bool:
@@ -73,8 +75,8 @@ class condition_states(Messenger):
     ``states`` gets ``fn.given_states(states[name])``: its log density becomes the joint
     log p(z, value | theta) instead of the marginal log sum_z p(z, value | theta). For the
     (non-recurrent) SLDS this is a :class:`~zoo.distributions.StateConditionedPath`, a
-    Gauss-Markov path that :class:`collapse` integrates out when applied outside this handler:
-    ``collapse(condition_states(program, states={"x": z}))`` has the log density
+    Gauss-Markov path that :class:`integrate_out` integrates out when applied outside this handler:
+    ``integrate_out(condition_states(program, states={"x": z}))`` has the log density
     log p(theta) + log p(z | theta) + log p(y | theta, z), and :class:`decode` of it draws
     x | z, theta, y exactly.
 
@@ -103,12 +105,14 @@ class decode(Messenger):
     """Exact conditional posterior of what a model sums or integrates out.
 
     Given values for the continuous sites (one posterior draw, e.g. by ``substitute``), every
-    switching site's discrete states get their exact posterior (:class:`~zoo.distributions.
-    StatePosterior`: smoothed marginals, Viterbi path, one FFBS draw) and every collapsed
-    linear-Gaussian path gets an exact draw and smoothed moments
-    (:class:`~zoo.distributions.PathPosterior`). Results are collected in ``self.posteriors``
-    by site name and attached to the site as ``msg["infer"]["posterior"]``; vmap the decoding
-    function over draws for a posterior over states.
+    :class:`~zoo.conjugate.Decodable` site gives its exact posterior: a switching site's discrete
+    states (:class:`~zoo.distributions.StatePosterior`: smoothed marginals, Viterbi path, one
+    FFBS draw), an integrated-out linear-Gaussian path (:class:`~zoo.distributions.
+    PathPosterior`: an exact draw and smoothed moments), integrated-out drift weights
+    (:class:`~zoo.sde_distributions.WeightPosterior`, keyed by the path site). Results are
+    collected in ``self.posteriors`` by site name and attached to the site as
+    ``msg["infer"]["posterior"]``; vmap the decoding function over draws for a posterior over
+    states.
 
     Parameters
     ----------
@@ -126,56 +130,45 @@ class decode(Messenger):
         super().__enter__()
         return self
 
+    # the site distributions decoded (narrowed by the deprecated decode_drift)
+    decodes: tuple[type, ...] = (Decodable,)
+
     def postprocess_message(self, msg):
-        if not _is_sample(msg) or msg["value"] is None:
+        if not _is_sample(msg) or msg["value"] is None or not isinstance(msg["fn"], self.decodes):
             return
-        fn, name = msg["fn"], msg["name"]
-        key = _site_key(self.rng_key, name)
-        if isinstance(fn, SwitchingSequence):
-            post = fn.state_posterior(msg["value"], key)
-        elif isinstance(fn, LinearGaussianSSM):
-            post = fn.path_posterior(msg["value"], key)
-        else:
-            return
+        name = msg["name"]
+        post = msg["fn"].posterior(msg["value"], _site_key(self.rng_key, name))
         self.posteriors[name] = post
         msg["infer"]["posterior"] = post
 
 
-class _CollapsedPrior(Distribution):
-    """Placeholder for an integrated-out path: its Gaussian prior lives in the marginal of the
-    emission that consumes it; it contributes the log probability of the discrete states the
-    path is conditioned on (``prior.states_log_prob()``: log p(z | theta) for a
-    :class:`~zoo.distributions.StateConditionedPath`, zero for a plain Gauss-Markov path)."""
+class integrate_out(Messenger):
+    """Integrate every conjugate latent site out in closed form.
 
-    pytree_data_fields = ("prior",)
-
-    def __init__(self, prior: GaussMarkov):
-        self.prior = prior
-        super().__init__(prior.batch_shape, prior.event_shape)
-
-    def log_prob(self, value):
-        return self.prior.states_log_prob()
-
-    def sample(self, key, sample_shape=()):  # pragma: no cover - never sampled
-        raise RuntimeError("a collapsed path is not sampled; decode it instead")
-
-
-class collapse(Messenger):
-    """Integrate a Gauss-Markov latent path with linear-Gaussian emissions out (Kalman filter).
-
-    A latent site with a :class:`~zoo.distributions.GaussMarkov` distribution is not sampled: a
-    :class:`~zoo.distributions.DelayedPath` stands for its value and the site is marked
-    ``infer["collapsed"]``. The observed site whose
-    :class:`~zoo.distributions.LinearGaussianEmission` consumes it gets the Kalman marginal
-    :class:`~zoo.distributions.LinearGaussianSSM` instead, so HMC runs on parameters only.
-    After inference, :class:`decode` draws the path exactly for each posterior draw.
+    A latent site whose distribution is a :class:`~zoo.conjugate.ConjugatePrior` (a
+    :class:`~zoo.distributions.GaussMarkov` path, :class:`~zoo.sde_distributions.DriftWeights`)
+    is not sampled: a :class:`~zoo.conjugate.Delayed` value stands for it, its distribution
+    becomes :class:`~zoo.conjugate.IntegratedOut` (log p(z) of the states a path is conditioned
+    on, else zero) and the site is marked ``infer["collapsed"]``. The site that consumes it
+    (:class:`~zoo.conjugate.ConsumesDelayed`) gets its exact marginal instead: the Kalman
+    marginal :class:`~zoo.distributions.LinearGaussianSSM` of a
+    :class:`~zoo.distributions.LinearGaussianEmission`, the
+    :class:`~zoo.sde_distributions.CollapsedEulerMaruyama` of an Euler-Maruyama path. Inference
+    then runs on the parameters only; afterwards :class:`decode` draws what was integrated out,
+    exactly, for each posterior draw.
 
     Parameters
     ----------
     fn : callable, optional
+        The program.
     parallel : bool
-        Sequential or associative-scan Kalman filter.
+        Sequential or associative-scan kernels where the marginal runs a scan (the Kalman
+        filter).
     """
+
+    # the latent and consuming distributions handled (narrowed by the deprecated aliases)
+    latents: tuple[type, ...] = (ConjugatePrior,)
+    consumers: tuple[type, ...] = (ConsumesDelayed,)
 
     def __init__(self, fn=None, parallel: bool = False):
         self.parallel = parallel
@@ -185,13 +178,38 @@ class collapse(Messenger):
         if not _is_sample(msg):
             return
         fn = msg["fn"]
-        if isinstance(fn, GaussMarkov) and not msg["is_observed"] and msg["value"] is None:
-            msg["value"] = DelayedPath(msg["name"], fn)
-            msg["fn"] = _CollapsedPrior(fn)
-            msg["is_observed"] = True  # nothing to sample: inference never sees the path
+        if isinstance(fn, self.latents) and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = Delayed(msg["name"], fn)
+            msg["fn"] = IntegratedOut(fn)
+            msg["is_observed"] = True  # nothing to sample: inference never sees the value
             msg["infer"]["collapsed"] = True
-        elif isinstance(fn, LinearGaussianEmission) and isinstance(fn.x, DelayedPath):
-            msg["fn"] = LinearGaussianSSM(fn.x.prior, fn.H, fn.d, fn.R, parallel=self.parallel)
+        elif isinstance(fn, self.consumers):
+            marginal = fn.integrated(self.parallel)
+            if marginal is not None:
+                msg["fn"] = marginal
+
+
+class collapse(integrate_out):
+    """Deprecated name of :class:`integrate_out` for Gauss-Markov paths with linear-Gaussian
+    emissions (what it handled before drift weights joined the mechanism); warns once.
+
+    Parameters
+    ----------
+    fn : callable, optional
+    parallel : bool
+        Sequential or associative-scan Kalman filter.
+    """
+
+    latents = (GaussMarkov,)
+    consumers = (LinearGaussianEmission,)
+    _warned = False
+
+    def __init__(self, fn=None, parallel: bool = False):
+        if not collapse._warned:
+            collapse._warned = True
+            warnings.warn("zoo.handlers.collapse is deprecated: use zoo.handlers.integrate_out",
+                          DeprecationWarning, stacklevel=2)
+        super().__init__(fn, parallel)
 
 
 class temper(Messenger):

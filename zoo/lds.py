@@ -11,7 +11,7 @@ import numpyro.distributions as dist
 
 from zoo._base import ModelMixin, check_positive_int, sequence_shape
 from zoo.distributions import GaussMarkov, LinearGaussianEmission
-from zoo.handlers import collapse
+from zoo.handlers import integrate_out
 
 __all__ = ["LDS"]
 
@@ -22,7 +22,7 @@ class LDS(ModelMixin):
 
     x_1 ~ N(0, I), x_t = A x_{t-1} + b + N(0, diag(q^2)), y_t = C x_t + d + N(0, diag(r^2)).
     With ``collapse=True`` (default) the path is integrated out by the Kalman filter
-    (:class:`zoo.handlers.collapse`) and inference runs on the parameters only;
+    (:class:`zoo.handlers.integrate_out`) and inference runs on the parameters only;
     :class:`zoo.handlers.decode` draws the path exactly afterwards.
 
     Priors: ``dynamics`` A ~ Normal(0.8 I, 0.2) elementwise (stable with high probability),
@@ -85,7 +85,7 @@ class LDS(ModelMixin):
         r = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
         prior = GaussMarkov(jnp.zeros(D), jnp.eye(D), A, b, jnp.diag(q**2), T, trials)
         # collapse only what is observed: the prior predictive samples the path itself
-        with collapse(parallel=self.parallel) if self.collapse and y is not None else nullcontext():
+        with integrate_out(parallel=self.parallel) if self.collapse and y is not None else nullcontext():
             x = numpyro.sample("x", prior)
             return numpyro.sample("y", LinearGaussianEmission(x, C, d, jnp.diag(r**2)), obs=y)
 

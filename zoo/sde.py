@@ -3,8 +3,9 @@
 
 dx = (f(x) + B u) dt + diag(sigma) dW, discretised by Euler-Maruyama, with the drift
 f(x) = Phi(x) W written in weight space and W integrated out in closed form given the path. The
-pieces live with their kin: the distributions in :mod:`zoo.sde_distributions`, the handlers that
-collapse and decode the weights in :mod:`zoo.sde_handlers`, the data tools in :mod:`zoo.preprocess`.
+pieces live with their kin: the distributions in :mod:`zoo.sde_distributions` (the weights are
+integrated out and decoded by :class:`zoo.handlers.integrate_out` and :class:`zoo.handlers.decode`),
+the data tools in :mod:`zoo.preprocess`.
 Their public names are re-exported here, where they used to be defined (deprecated: import them
 from their own modules).
 """
@@ -21,6 +22,8 @@ import numpyro
 import numpyro.distributions as dist
 
 from zoo._base import check_choice, check_mask, check_positive_int, sequence_shape
+from zoo.conjugate import Delayed
+from zoo.handlers import integrate_out
 from zoo.preprocess import bin_observations, initial_path
 from zoo.sde_distributions import (
     LINKS,
@@ -212,13 +215,13 @@ class SDEModel:
         grid_mask = None
         if mask is not None:
             grid_mask = mask[..., (jnp.arange(K) + s - 1) // s]
-        ctx = collapse_drift() if (collapse and y is not None) else contextlib.nullcontext()
+        ctx = integrate_out() if (collapse and y is not None) else contextlib.nullcontext()
         with ctx:
             W = numpyro.sample("drift_weights", DriftWeights(L, D))
             path = EulerMaruyama(features, W, sigma, dte, jnp.zeros(D, dtype),
                                  jnp.full(D, self.init_scale, dtype), K, trials, drive, grid_mask)
             x = numpyro.sample("x", path)
-        if isinstance(W, DelayedWeights):
+        if isinstance(W, Delayed):
             post = path.collapsed(L).weight_posterior(x)
             numpyro.deterministic("drift_weights_mean", post.mean)
             numpyro.deterministic("drift_weights_factor", post.factor)

@@ -16,8 +16,10 @@ W, so W can be integrated out exactly (Bayesian linear regression shared by all 
 - :class:`CollapsedEulerMaruyama` -- the path with W integrated out; its log density is the
   exact marginal, and :meth:`CollapsedEulerMaruyama.weight_posterior` is the exact Gaussian
   posterior of W given the path (:class:`WeightPosterior`; draw it per posterior draw afterwards);
-- :class:`DelayedWeights` and :class:`CollapsedWeights` -- the value and distribution that the
-  handler :class:`zoo.sde_handlers.collapse_drift` puts in place of integrated-out weights;
+- :class:`zoo.conjugate.Delayed` and :class:`zoo.conjugate.IntegratedOut` (old names
+  ``DelayedWeights`` and ``CollapsedWeights``) -- the value and distribution that the handler
+  :class:`zoo.handlers.integrate_out` puts in place of integrated-out weights, as for any
+  :class:`~zoo.conjugate.ConjugatePrior`;
 - :class:`SequenceEmission` -- factorised Gaussian or Poisson emissions with NaN = missing and
   trial-length masks.
 
@@ -38,6 +40,7 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
 
+from zoo.conjugate import ConjugatePrior, ConsumesDelayed, Decodable, Delayed, IntegratedOut
 from zoo.distributions import masked_log_prob
 
 __all__ = [
@@ -74,7 +77,7 @@ class WeightPosterior(NamedTuple):
     sample: jax.Array | None
 
 
-class DriftWeights(dist.Distribution):
+class DriftWeights(ConjugatePrior):
     """Prior of the drift weights: W (P, D) with iid columns N(0, L L^T).
 
     Parameters
@@ -88,6 +91,7 @@ class DriftWeights(dist.Distribution):
     support = constraints.real_matrix
     pytree_data_fields = ("scale_tril",)
     pytree_aux_fields = ("latent_dim",)
+    consumer = "the weights of an EulerMaruyama path"
 
     def __init__(self, scale_tril, latent_dim: int, validate_args=None):
         self.scale_tril = scale_tril
@@ -107,41 +111,9 @@ class DriftWeights(dist.Distribution):
         return -0.5 * jnp.sum(z**2, (-2, -1)) - D * half_logdet - 0.5 * P * D * _LOG_2PI
 
 
-class DelayedWeights:
-    """Stand-in value for drift weights that :class:`~zoo.sde_handlers.collapse_drift` integrates out."""
-
-    def __init__(self, name: str, prior: DriftWeights):
-        self.name = name
-        self.prior = prior
-        self.shape = prior.event_shape
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def _refuse(self, *args):
-        raise TypeError(
-            f"the drift weights {self.name!r} are integrated out by collapse_drift; only an "
-            "EulerMaruyama path may consume them (decode them with decode_drift)"
-        )
-
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
-    __matmul__ = __rmatmul__ = __getitem__ = __array__ = _refuse
-
-
-class CollapsedWeights(dist.Distribution):
-    """Placeholder distribution of integrated-out weights (the site :class:`~zoo.sde_handlers.collapse_drift`
-    swaps in): contributes zero, their prior lives in the collapsed path."""
-
-    def __init__(self, prior: DriftWeights):
-        self.prior = prior
-        super().__init__((), prior.event_shape)
-
-    def log_prob(self, value):
-        return jnp.zeros(())
-
-    def sample(self, key, sample_shape=()):  # pragma: no cover - never sampled
-        raise RuntimeError("collapsed drift weights are not sampled; decode them instead")
+# the old names of the delayed value and of the integrated-out site's distribution
+DelayedWeights = Delayed
+CollapsedWeights = IntegratedOut
 
 
 def euler_maruyama_simulate(key, drift_fn, x0, sigma, dt, num_steps, drive=None):
@@ -182,14 +154,16 @@ def euler_maruyama_simulate(key, drift_fn, x0, sigma, dt, num_steps, drive=None)
     return jnp.moveaxis(jnp.concatenate([x0[None], xs], 0), 0, -2)
 
 
-class EulerMaruyama(dist.Distribution):
+class EulerMaruyama(ConsumesDelayed, dist.Distribution):
     """Latent path of an Euler-Maruyama SDE with drift Phi(x) W (+ drive), W given.
 
     Parameters
     ----------
     features : callable
         x (..., D) -> Phi(x) (..., P).
-    weights : array (P, D) or DelayedWeights
+    weights : array (P, D) or Delayed
+        A :class:`~zoo.conjugate.Delayed` value under :class:`zoo.handlers.integrate_out`,
+        which swaps in :meth:`integrated`.
     sigma : array (D,)
         Diffusion standard deviations.
     dt : float
@@ -233,8 +207,8 @@ class EulerMaruyama(dist.Distribution):
         return r, m
 
     def log_prob(self, value):
-        if isinstance(self.weights, DelayedWeights):
-            self.weights._refuse()
+        if isinstance(self.weights, Delayed):
+            self.weights.refuse()
         r, m = self._residuals(value)
         mean = self.dt * (self.features(value[..., :-1, :]) @ self.weights)
         sd = self.sigma * jnp.sqrt(self.dt)
@@ -242,8 +216,8 @@ class EulerMaruyama(dist.Distribution):
         return self._init_log_prob(value) + jnp.sum(lp * m)
 
     def sample(self, key, sample_shape=()):
-        if isinstance(self.weights, DelayedWeights):
-            self.weights._refuse()
+        if isinstance(self.weights, Delayed):
+            self.weights.refuse()
         k0, k1 = jax.random.split(key)
         shape = tuple(sample_shape) + self.trials
         D = self.init_loc.shape[-1]
@@ -257,6 +231,22 @@ class EulerMaruyama(dist.Distribution):
         xs = euler_maruyama_simulate(k1, lambda x: self.features(x) @ W, x0f, self.sigma, self.dt,
                                      self.num_steps, drive_f)
         return xs.reshape(shape + (self.num_steps, D))
+
+    def integrated(self, parallel: bool = False) -> CollapsedEulerMaruyama | None:
+        """The path with delayed drift weights integrated out, else None.
+
+        Parameters
+        ----------
+        parallel : bool
+            Unused (the marginal has no scan); for the common signature.
+
+        Returns
+        -------
+        CollapsedEulerMaruyama or None
+        """
+        if isinstance(self.weights, Delayed) and isinstance(self.weights.prior, DriftWeights):
+            return self.collapsed(self.weights.prior.scale_tril)
+        return None
 
     def collapsed(self, prior_scale_tril) -> CollapsedEulerMaruyama:
         return CollapsedEulerMaruyama(self.features, prior_scale_tril, self.sigma, self.dt,
@@ -301,7 +291,7 @@ def _collapsed_terms(phi, r, m, L, sigma, dt):
     return base + q, mean, factor
 
 
-class CollapsedEulerMaruyama(EulerMaruyama):
+class CollapsedEulerMaruyama(Decodable, EulerMaruyama):
     """The Euler-Maruyama path with the drift weights W ~ N(0, L L^T) integrated out exactly.
 
     log p(x) = log N(x_0) + sum_d log N(r_d | 0, dt^2 Phi S Phi^T + sigma_d^2 dt I) over all
@@ -333,6 +323,11 @@ class CollapsedEulerMaruyama(EulerMaruyama):
             z = jax.random.normal(key, mean.shape, mean.dtype)
             sample = mean + jnp.einsum("dpq,qd->pd", factor, z)
         return WeightPosterior(mean, factor, sample)
+
+    def posterior(self, value, key) -> WeightPosterior:
+        """:meth:`weight_posterior` with one exact draw, the weights being what this site
+        integrates out."""
+        return self.weight_posterior(value, key)
 
     def sample(self, key, sample_shape=()):
         k0, k1 = jax.random.split(key)

@@ -18,7 +18,8 @@ from zoo._base import (
     is_concrete,
     sequence_shape,
 )
-from zoo.distributions import DelayedPath, LinearGaussianEmission, SwitchingLinearDynamics, support_point
+from zoo.conjugate import Delayed
+from zoo.distributions import LinearGaussianEmission, SwitchingLinearDynamics, support_point
 from zoo.frame import LatentFrame, default_frame, latent_frame
 from zoo.handlers import marginalize
 from zoo.protocol import BlockedSpec
@@ -37,7 +38,7 @@ class SLDS(ModelMixin):
 
     The path x is a latent site sampled by NUTS; z is summed out of its density by the forward
     algorithm (:class:`zoo.handlers.marginalize`) and decoded afterwards
-    (:func:`inference.decode`). Given the states, ``collapse(condition_states(m, states={"x":
+    (:func:`inference.decode`). Given the states, ``integrate_out(condition_states(m, states={"x":
     z}))`` integrates the path out by the Kalman filter (Gaussian emissions only) and
     :class:`zoo.handlers.decode` draws it exactly (a partially collapsed Gibbs sampler's blocks).
 
@@ -378,21 +379,21 @@ class SLDS(ModelMixin):
             emission = self._emissions(inputs, frame)
             x = self._noncentred_path(path.with_parallel(self.parallel), path_reference, emission, y, mask)
         C, d, from_eta = emission
-        if isinstance(x, DelayedPath):
+        if isinstance(x, Delayed):
             self._observe_collapsed(x, C, d, from_eta, y, mask)
         else:
             observe_sequence("y", from_eta(x @ C.T + d), y, mask)
         return x
 
     def _observe_collapsed(self, x, C, d, from_eta, y, mask):
-        """Observe y given a path that :class:`zoo.handlers.collapse` integrates out (e.g. the
+        """Observe y given a path that :class:`zoo.handlers.integrate_out` integrates out (e.g. the
         SLDS path given its states, :class:`zoo.handlers.condition_states`): the Gaussian
         emissions as one linear-Gaussian emission y_t = C x_t + d_t + N(0, diag(r^2)), which
-        collapse turns into the Kalman marginal; padded steps become missing (NaN)."""
+        integrate_out turns into the Kalman marginal; padded steps become missing (NaN)."""
         if self.emissions != "gaussian":
             raise ValueError(
-                "the path 'x' is integrated out (collapse), which needs linear-Gaussian emissions; "
-                f"this model has emissions={self.emissions!r}: run it without collapse"
+                "the path 'x' is integrated out (integrate_out), which needs linear-Gaussian emissions; "
+                f"this model has emissions={self.emissions!r}: run it without integrate_out"
             )
         rn = from_eta(jnp.zeros(C.shape[0], C.dtype)).scale  # the emission noise scales (N,)
         if y is not None and mask is not None:
