@@ -62,7 +62,8 @@ if str(ROOT) not in sys.path:
 
 import inference  # noqa: E402
 from zoo.datasets import nascar  # noqa: E402
-from zoo.initialize import _smooth, fit_arhmm, pca_latents  # noqa: E402
+from zoo.initialize import fit_arhmm, pca_latents  # noqa: E402
+from zoo.preprocess import smooth_time  # noqa: E402
 
 OUT = pathlib.Path(__file__).parent / "results"
 SSM_REFERENCE = {"T2000_seconds": 15.0, "T2000_accuracy": "0.78 to 0.98 over 10 seeds, 3 of 10 below 0.95",
@@ -107,7 +108,7 @@ def point_fit_states(model, y, key, num_restarts=4, num_em_iters=40, smoothing=2
     """The first two steps of ``slds_initial_params`` (PCA -> smoothing -> AR-HMM EM), returning
     the AR-HMM smoothed state marginals (T, K) as a NumPy array (blocks until done)."""
     x0, _, _ = pca_latents(model, y)
-    x0 = _smooth(x0, smoothing)
+    x0 = smooth_time(x0, smoothing)
     k1, _ = jax.random.split(key)
     fit = fit_arhmm(k1, x0, model.num_states, model.transitions, num_em_iters, num_restarts,
                     model.init_scale)
@@ -358,7 +359,7 @@ def make_funsor_model(model, frame):
             return x_t, None
 
         np_scan(step, x[0], x[1:])
-        C, d = model._frame_emissions(frame)
+        C, d = model.frame_emissions(frame)
         pre = x @ C.T + d
         if model.emissions == "poisson":
             numpyro.sample("y", dist.Poisson(model.bin_size * jax.nn.softplus(pre)).to_event(2), obs=y)

@@ -6,7 +6,7 @@ SLDS with standard or sticky transitions):
 1. z | theta, y -- a systematic sweep of single-site draws z_t ~ p(z_t | z_{-t}, theta, y) with
    the path integrated out (Gerlach, Carter and Kohn 2000; :mod:`zoo.collapsed_states`);
 2. theta | z, y -- one NUTS transition on log p(theta) + log p(z | theta) + log p(y | theta, z),
-   the path integrated out by the Kalman filter (``collapse(condition_states(model, z))``);
+   the path integrated out by the Kalman filter (``integrate_out(condition_states(model, z))``);
 3. x | theta, z, y -- an exact draw by the simulation smoother (``decode`` of the same program).
 
 The draw is recorded after step 3. Steps 1 and 2 are Gibbs updates of p(z, theta | y) and step
@@ -48,7 +48,7 @@ from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
 from zoo.collapsed_states import sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
-from zoo.handlers import collapse, condition_states, decode
+from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
@@ -156,7 +156,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
 
     if spec.collapsed:
         def collapsed(states):
-            return collapse(condition_states(model, states={site: states}))
+            return integrate_out(condition_states(model, states={site: states}))
 
         def theta_logdensity(flat, states):
             return -potential_energy(collapsed(states), (y,), kwargs, unravel(flat))
@@ -233,8 +233,8 @@ def _linear_gaussian_parts(model, y, kwargs, site, params, states, path):
     of one parameter draw, read off the program's own sites; and y as that site sees it."""
     seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
     dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
-    marginal = handlers.substitute(handlers.seed(collapse(condition_states(model, states={site: states})), 0),
-                                   data=params)
+    conditioned = integrate_out(condition_states(model, states={site: states}))
+    marginal = handlers.substitute(handlers.seed(conditioned, 0), data=params)
     (obs,) = [s for s in handlers.trace(marginal).get_trace(y, **kwargs).values()
               if s["type"] == "sample" and isinstance(s["fn"], LinearGaussianSSM)]
     if not isinstance(dynamics, SwitchingLinearDynamics):
