@@ -15,8 +15,10 @@ import pytest
 PACKAGES = {
     "zoo": ["GPSDE", "GPSLDS", "HMM", "LDS", "RSLDS", "SLDS", "datasets", "distributions",
             "handlers", "kernels", "scans", "systems"],
-    "inference": ["METHODS", "align_labels", "attractors", "decode", "diagnose", "fit",
-                  "plot_attractors", "structured_guide", "to_datatree"],
+    "inference": ["METHODS", "add_predictive", "align_labels", "attractors", "compare", "decode",
+                  "diagnose", "fit", "loo_pit", "plot_attractors", "plot_rootogram",
+                  "posterior_predictive", "prior_predictive", "psis_lfo", "rootogram",
+                  "structured_guide", "to_datatree"],
 }
 
 MODULES = {
