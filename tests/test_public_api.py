@@ -106,6 +106,8 @@ MODULES = {
     "inference.guides": ["MarkovGaussian", "MarkovGaussianGuide", "path_sites", "structured_guide"],
     "inference.io": ["OutputError", "atomic_write", "check_outputs", "load_data", "load_posterior"],
     "inference.labels": ["match_labels", "match_soft", "overlap_matrix", "state_accuracy"],
+    "inference.modes": ["ChainModes", "MODE_RHAT", "MODE_Z", "chain_modes", "group_chains",
+                        "identified_quantities"],
     "inference.numpyro_backend": ["BACKENDS", "NUMPYRO_OPTIONS", "cached_samplers", "run_numpyro"],
     "inference.plots": ["attractor_figure", "latents_figure", "plot_attractors"],
     "inference.predictive": ["add_predictive", "fit_model_kwargs", "loo_pit", "observed_array",
