@@ -8,7 +8,11 @@ every draw of every variable, constant over all its draws) or a collapsed SMC ru
 10 % unique particles, or a final weight ESS below 10 % of the particles); ``"warning"`` for
 R-hat > 1.01, any divergence, ESS < 400, E-BFMI < 0.3, more than 10 % of NUTS trees at the
 depth cap (``max_tree_depth`` from the fit's ``options``, default 10), a low SMC acceptance rate
-or an SVI fit that did not converge; ``"ok"`` otherwise. Every problem is listed in
+or an SVI fit that did not converge; ``"ok"`` otherwise. When R-hat fails, the chains are grouped
+into modes on identified quantities (:func:`inference.modes.chain_modes`: the total
+log-likelihood, the sorted state occupancy, chosen aligned variables); a split into more than
+one mode is listed with the problems ("chains split into 2 modes: [0, 1] | [2, 3] ...") and kept
+in ``modes``. Every problem is listed in
 ``warnings`` and emitted as a ``RuntimeWarning``: nothing is silent. Sampler-specific figures
 (tree depth, SMC tempering steps, weight ESS, unique particles and acceptance, the SVI loss) are
 in ``sampler`` and printed with the verdict.
@@ -26,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from inference.align import align_labels
+from inference.modes import ChainModes, group_chains, identified_quantities
 
 __all__ = ["diagnose", "Diagnostics", "identified_diagnostics"]
 
@@ -68,6 +73,12 @@ class Diagnostics:
         ``acceptance_mean``, ``acceptance_min``, ``ess_per_step`` when recorded,
         ``log_evidence``); ``svi`` (``guide``, ``num_steps``, ``final_loss``, ``converged``,
         and a loss-trace summary when the trace is recorded).
+    modes : list of list of int
+        The chains of each mode (chain positions): one group of every chain unless R-hat failed
+        and the chains split (:mod:`inference.modes`).
+    mode_detail : inference.modes.ChainModes or None
+        The grouping (per-mode means, pairwise R-hat and standardised differences) when it was
+        computed (R-hat failed).
     """
 
     verdict: str
@@ -80,9 +91,14 @@ class Diagnostics:
     permutations: np.ndarray | None = None
     stuck_chains: list = field(default_factory=list)
     sampler: dict = field(default_factory=dict)
+    modes: list = field(default_factory=list)
+    mode_detail: ChainModes | None = None
 
     def __str__(self) -> str:
         lines = [f"verdict: {self.verdict}"] + [f"  - {w}" for w in self.warnings]
+        if self.mode_detail is not None and self.mode_detail.num_modes > 1:
+            # the split itself is in the warnings; here the per-mode means that tell modes apart
+            lines += [f"  {line.strip()}" for line in str(self.mode_detail).splitlines()[1:]]
         lines += _sampler_lines(self.sampler)
         return "\n".join(lines + [self.table.to_string()])
 
@@ -294,7 +310,14 @@ def _sampler_lines(sampler: dict) -> list[str]:
     return lines
 
 
-def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: bool = True) -> Diagnostics:
+def _modes(post: xr.DataTree, aligned: xr.Dataset, mode_vars: list[str] | None) -> ChainModes | None:
+    """The chains' modes on identified quantities, None when there is nothing to compare."""
+    q = identified_quantities(post, mode_vars, aligned=aligned)
+    return group_chains(q) if q else None
+
+
+def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: bool = True,
+             mode_vars: list[str] | None = None) -> Diagnostics:
     """Diagnose a result of :func:`inference.fit` (or any ArviZ DataTree with a posterior).
 
     Parameters
@@ -306,11 +329,16 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
         Variables to diagnose (default: every posterior variable).
     emit : bool
         Also emit each problem as a ``RuntimeWarning``.
+    mode_vars : list of str, optional
+        Posterior variables (label-aligned) to group chains into modes on, besides the total
+        log-likelihood and the sorted state occupancy (:func:`inference.modes.
+        identified_quantities`; without either, every diagnosed variable). Give only variables
+        your model identifies: a GP-SLDS's latent coordinates are free up to an affine map.
 
     Returns
     -------
     Diagnostics
-        ``.verdict`` ("ok" / "warning" / "fail"), ``.table``, ``.warnings``.
+        ``.verdict`` ("ok" / "warning" / "fail"), ``.table``, ``.warnings``, ``.modes``.
     """
     if "posterior" not in post.children:
         raise ValueError("post must have a 'posterior' group")
@@ -339,6 +367,7 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
         if bad:
             problems.append(("fail", f"{name}: {bad} NaN/inf values in the draws"))
     table = pd.DataFrame.from_dict(rows, orient="index")
+    modes, mode_detail = [list(range(C))], None
     if mcmc and len(table):
         r, eb, et = table["rhat_max"].max(), table["ess_bulk_min"].min(), table["ess_tail_min"].min()
         worst_r = table["rhat_max"].idxmax() if np.isfinite(r) else None
@@ -346,6 +375,11 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
             problems.append(("fail", "R-hat could not be computed (constant or degenerate draws)"))
         elif r > RHAT_FAIL:
             problems.append(("fail", f"R-hat {r:.3f} > {RHAT_FAIL} ({worst_r}): chains disagree"))
+            if C >= 2:
+                mode_detail = _modes(post, aligned, mode_vars)
+                if mode_detail is not None and mode_detail.num_modes > 1:
+                    modes = mode_detail.groups
+                    problems.append(("fail", mode_detail.describe()))
         elif r > RHAT_WARN:
             problems.append(("warning", f"R-hat {r:.3f} > {RHAT_WARN} ({worst_r})"))
         for label, e in (("bulk", eb), ("tail", et)):
@@ -397,7 +431,7 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
             if lvl != "note":
                 warnings.warn(f"diagnose: {m}", RuntimeWarning, stacklevel=2)
     return Diagnostics(verdict, table, msgs, n_div, frac, bfmi, aligned, perms,
-                       [c for c, _ in stuck], sampler)
+                       [c for c, _ in stuck], sampler, modes, mode_detail)
 
 
 def identified_diagnostics(post) -> str:

@@ -255,8 +255,9 @@ def identified_quantities(post: xr.DataTree, variables: list[str] | None = None,
         ``total_log_likelihood`` (chain, draw) when the ``log_likelihood`` group exists;
         ``sorted_state_occupancy`` (chain, draw, state) when the posterior holds integer
         states ``z`` (chain, draw, [trial,] time); the requested aligned variables. Without
-        any of the first two and no ``variables``, every floating-point posterior variable
-        after alignment (a fallback that is gauge-invariant only for gauge-fixed models).
+        any of the first two and no ``variables``, every floating-point variable of ``aligned``
+        (when given, else of the posterior, aligned): a fallback that is gauge-invariant only
+        for gauge-fixed models.
     """
     if "posterior" not in post.children:
         raise ValueError("post must have a 'posterior' group")
@@ -268,19 +269,21 @@ def identified_quantities(post: xr.DataTree, variables: list[str] | None = None,
     occ = _sorted_occupancy(ds)
     if occ is not None:
         out["sorted_state_occupancy"] = occ
+    pool = aligned if aligned is not None else ds
     names = list(variables) if variables is not None else [] if out else \
-        [k for k, da in ds.data_vars.items()
+        [k for k, da in pool.data_vars.items()
          if np.issubdtype(da.dtype, np.floating) and {"chain", "draw"} <= set(da.dims)]
     missing = sorted(set(names) - set(ds.data_vars))
     if missing:
         raise ValueError(f"variables {missing} are not posterior variables")
-    if names:
-        if aligned is None:
-            from inference.align import align_labels
+    todo = [k for k in names if aligned is None or k not in aligned]
+    if todo:
+        from inference.align import align_labels
 
-            aligned, _ = align_labels(ds[names])
-        for k in names:
-            out[k] = np.asarray(aligned[k].transpose("chain", "draw", ...).values, float)
+        aligned = xr.merge([aligned[[k for k in names if k not in todo]], align_labels(ds[todo])[0]]) \
+            if aligned is not None else align_labels(ds[todo])[0]
+    for k in names:
+        out[k] = np.asarray(aligned[k].transpose("chain", "draw", ...).values, float)
     return out
 
 
