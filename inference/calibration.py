@@ -1,12 +1,16 @@
-"""Simulation-based calibration (Talts et al., 2018) of NUTS on a zoo model, vectorized over
-replications.
+"""Simulation-based calibration (Talts et al., 2018) of NUTS on a zoo model, all replications in
+one compiled program.
 
 Each replication draws parameters and data from the model's prior predictive, runs NUTS on that
 data set, and records the rank of the true value of each summary among the (thinned) posterior
 draws. If the sampler and the model's marginalization are correct, every rank is uniform on
-``0..L`` (``L`` = number of thinned draws). All replications run as one ``jax.vmap`` of NumPyro's
-functional NUTS kernel (``numpyro.infer.hmc.hmc``), compiled once: on a CPU this is far faster than
-one MCMC run after another.
+``0..L`` (``L`` = number of thinned draws). All replications run inside one compiled program of
+NumPyro's functional NUTS kernel (``numpyro.infer.hmc.hmc``): a ``jax.lax.map`` over replications,
+compiled once, far faster on a CPU than one ``MCMC`` run after another. By default the replications
+run one after another inside it rather than as one ``jax.vmap``: under ``vmap`` NUTS' tree-building
+loop runs until the longest trajectory in the batch has finished, so every replication pays for the
+deepest tree of any (a 2-state HMM, T = 30, 120 replications: 24 leapfrog steps per iteration on
+average, 170 for the batch maximum; 38 s of sampling against 8 s one by one).
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ def sbc_ranks(
     thin: int = 6,
     seed: int = 0,
     max_tree_depth: int = 8,
+    batch_size: int | None = None,
 ) -> SBCResult:
-    """Run simulation-based calibration of NUTS, all replications vectorized.
+    """Run simulation-based calibration of NUTS, all replications in one compiled program.
 
     Parameters
     ----------
@@ -75,6 +80,10 @@ def sbc_ranks(
         Seed of the simulations and of the samplers.
     max_tree_depth : int
         NUTS maximum tree depth.
+    batch_size : int or None
+        Replications vectorized together (``jax.lax.map``'s ``batch_size``); ``None`` (default) runs
+        them one after another inside the compiled program, which is fastest on a CPU (see the
+        module docstring).
 
     Returns
     -------
@@ -110,7 +119,8 @@ def sbc_ranks(
         zs = jax.tree.map(lambda a: a[::thin], zs)
         return jax.vmap(postprocess(y))(zs), div.sum()
 
-    draws, divergences = jax.jit(jax.vmap(one))(jax.random.split(key_mcmc, num_reps), ys)
+    run = jax.jit(lambda keys, ys: jax.lax.map(lambda a: one(*a), (keys, ys), batch_size=batch_size))
+    draws, divergences = run(jax.random.split(key_mcmc, num_reps), ys)
     draws = jax.tree.map(np.asarray, draws)
     true_s, draw_s = summaries(truths), summaries(draws)
     true_s = {k: np.asarray(v) for k, v in true_s.items()}
