@@ -47,7 +47,7 @@ from inference.plots import plot_attractors  # re-exported: it draws this module
 from zoo.protocol import as_model
 
 __all__ = ["attractors", "plot_attractors", "attractor_probabilities", "attractor_summary", "by_chain",
-           "indicator_mcse", "lm_solve", "KINDS", "MCSE_METHOD"]
+           "indicator_mcse", "lm_solve", "KINDS", "MCSE_METHOD", "POOLED_WEIGHTING"]
 
 KINDS = ("stable", "unstable", "saddle", "marginal")
 
@@ -163,30 +163,105 @@ def _per_chain(values: np.ndarray, chain: np.ndarray, chains: np.ndarray) -> np.
     return out
 
 
+POOLED_WEIGHTING = ("modes weighted by their number of chains (equal weight per chain), not by "
+                    "posterior mass")
+"""How the pooled probabilities weight the modes. The share of chains that land in a mode is set by
+where the restarts began, not by the mode's posterior mass, so the pooled figure is a chain average,
+not a posterior probability, when the chains split into modes."""
+
+
+def _rectangle(grid: np.ndarray) -> np.ndarray:
+    """A (chain, draw) grid cut to its shortest chain (ArviZ needs a rectangle)."""
+    if np.isnan(grid).any():
+        grid = grid[:, : int(np.min(np.sum(~np.isnan(grid), 1)))]
+    return grid
+
+
 def _probability(indicator: np.ndarray, chain: np.ndarray, chains: np.ndarray):
-    """(pooled probability, its MCSE, per-chain probabilities) of a per-sample 0/1 indicator."""
+    """(pooled probability, its MCSE, per-chain probabilities) of a per-sample 0/1 indicator. The
+    pooled figure is the mean of the chains' figures (:data:`POOLED_WEIGHTING`); with equal
+    numbers of draws per chain (what :func:`attractors` analyses) it is also the mean over draws."""
     grid = _per_chain(indicator.astype(float), chain, chains)
     per = np.nanmean(grid, axis=1)
-    if np.isnan(grid).any():  # unequal chains: ArviZ needs a rectangle; drop the ragged tail
-        grid = grid[:, : int(np.min(np.sum(~np.isnan(grid), 1)))]
-    return float(np.mean(indicator)), indicator_mcse(grid), per
+    return float(np.mean(per)), indicator_mcse(_rectangle(grid)), per
 
 
-def attractor_probabilities(result: xr.Dataset):
-    """Each attractor probability with its Monte Carlo standard error and per-chain values.
+def _mode_groups(modes, result: xr.Dataset, chains: np.ndarray) -> list[list[int]]:
+    """The chain groups of ``modes`` (see :func:`attractor_probabilities`) as chain positions,
+    checked to partition the result's chains."""
+    if modes is None:
+        if "chain_mode" not in result.coords:
+            return [[int(c) for c in chains]]
+        label = np.asarray(result["chain_mode"].values, int)
+        return [[int(c) for c in chains[label == m]] for m in np.unique(label)]
+    if isinstance(modes, xr.DataTree):
+        from inference.modes import chain_modes
+
+        modes = chain_modes(modes)
+    groups = getattr(modes, "groups", None)  # inference.modes.ChainModes
+    if groups is None:
+        groups = getattr(modes, "modes", modes)  # inference.diagnose.Diagnostics, or the groups
+    groups = [[int(c) for c in g] for g in groups]
+    flat = sorted(c for g in groups for c in g)
+    if flat != sorted(int(c) for c in chains) or any(not g for g in groups):
+        raise ValueError(f"modes {groups} must split the result's chains {chains.tolist()} into "
+                         "non-empty groups, each chain in exactly one")
+    return groups
+
+
+def _modes_of(post, modes, chains: np.ndarray) -> tuple[list[list[int]], dict]:
+    """(chain groups, attributes saying where they came from) for :func:`attractors`."""
+    if modes is None:
+        from inference.modes import chain_modes, identified_quantities
+
+        tree = xr.DataTree.from_dict({"posterior": post}) if isinstance(post, xr.Dataset) else post
+        if not identified_quantities(tree):  # nothing to compare (no floating-point draws)
+            return [[int(c) for c in chains]], {}
+        found = chain_modes(tree)
+        on = ", ".join(found.separating or found.quantities)
+        return found.groups, {"mode_quantities": on, "modes_from": "inference.modes.chain_modes"}
+    # a dummy result: only the chain positions are needed to check the groups
+    return _mode_groups(modes, xr.Dataset(), chains), {"modes_from": "given"}
+
+
+def _by_mode(indicator: np.ndarray, chain: np.ndarray, chains: np.ndarray, groups: list[list[int]]):
+    """(probabilities, MCSEs) of a per-sample 0/1 indicator in each mode's chains."""
+    grid = _per_chain(indicator.astype(float), chain, chains)
+    pos = {int(c): i for i, c in enumerate(chains)}
+    probs, ses = [], []
+    for g in groups:
+        sub = grid[[pos[c] for c in g]]
+        probs.append(float(np.mean(np.nanmean(sub, axis=1))))
+        ses.append(indicator_mcse(_rectangle(sub)))
+    return probs, ses
+
+
+def attractor_probabilities(result: xr.Dataset, modes=None):
+    """Each attractor probability with its Monte Carlo standard error, per chain and per mode.
 
     Parameters
     ----------
     result : xarray.Dataset
         The output of :func:`attractors` (older results without chain information are read as
         one chain).
+    modes : optional
+        How the chains group into posterior modes: a list of lists of chain positions (the
+        ``chain_index`` values, e.g. ``[[0, 1], [2, 3]]``), an
+        :class:`inference.modes.ChainModes`, an :class:`inference.diagnose.Diagnostics` (its
+        ``modes``) or the posterior DataTree (grouped by :func:`inference.modes.chain_modes`).
+        Default: the grouping :func:`attractors` stored (coordinate ``chain_mode``), else one
+        mode.
 
     Returns
     -------
     pandas.DataFrame
         One row per quantity: ``quantity`` ("P(line attractor)", "P(number of stable fixed
-        points = n)", ...), ``probability`` (pooled over chains), ``mcse`` (see
-        :data:`MCSE_METHOD`), ``per_chain`` (list, one value per chain), ``num_draws``.
+        points = n)", ...), ``probability`` (pooled: the mean of the chains' probabilities, so
+        modes weighted by their number of chains, :data:`POOLED_WEIGHTING`), ``mcse`` (see
+        :data:`MCSE_METHOD`), ``per_chain`` (list, one value per chain), ``per_mode`` and
+        ``per_mode_mcse`` (lists, one value per mode: the probability in that mode's chains and
+        its MCSE), ``num_chains_per_mode`` (list), ``num_draws``. ``attrs`` holds ``modes`` (the
+        chain groups) and ``pooled_weighting``.
     """
     import pandas as pd
 
@@ -195,24 +270,42 @@ def attractor_probabilities(result: xr.Dataset):
     chain = np.asarray(result["chain_index"].values) if "chain_index" in result.coords else \
         np.zeros(len(line), int)
     chains = np.unique(chain)
-    rows = []
-    p, se, per = _probability(line, chain, chains)
-    rows.append({"quantity": "P(line attractor)", "probability": p, "mcse": se,
-                 "per_chain": [float(v) for v in per], "num_draws": int(len(line))})
+    groups = _mode_groups(modes, result, chains)
     values = result["num_stable_value"].values if "num_stable_value" in result.coords else \
         np.arange(nstab.max() + 1 if nstab.size else 1)
-    for n in values:
-        p, se, per = _probability(nstab == int(n), chain, chains)
-        rows.append({"quantity": f"P(number of stable fixed points = {int(n)})", "probability": p,
-                     "mcse": se, "per_chain": [float(v) for v in per], "num_draws": int(len(line))})
-    return pd.DataFrame(rows)
+    indicators = [("P(line attractor)", line)] + \
+        [(f"P(number of stable fixed points = {int(n)})", nstab == int(n)) for n in values]
+    rows = []
+    for quantity, ind in indicators:
+        p, se, per = _probability(ind, chain, chains)
+        pm, sm = _by_mode(ind, chain, chains, groups)
+        rows.append({"quantity": quantity, "probability": p, "mcse": se,
+                     "per_chain": [float(v) for v in per], "per_mode": pm, "per_mode_mcse": sm,
+                     "num_chains_per_mode": [len(g) for g in groups], "num_draws": int(len(line))})
+    table = pd.DataFrame(rows)
+    table.attrs.update({"modes": groups, "pooled_weighting": POOLED_WEIGHTING})
+    return table
 
 
-def attractor_summary(result) -> str:
-    """A few lines summarising an :func:`inference.attractors` result: each probability with its
-    Monte Carlo standard error and its value in each chain (``inference.attractors.
-    attractor_probabilities``)."""
-    table = attractor_probabilities(result)
+def attractor_summary(result, modes=None) -> str:
+    """A few lines summarising an :func:`inference.attractors` result.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        The output of :func:`attractors`.
+    modes : optional
+        The chains' modes, as for :func:`attractor_probabilities`.
+
+    Returns
+    -------
+    str
+        Each probability with its Monte Carlo standard error and its value in each chain
+        (:func:`attractor_probabilities`); when the chains split into more than one mode, each
+        probability per mode (with its MCSE and number of chains) and how the pooled figure
+        weights the modes (:data:`POOLED_WEIGHTING`); the line-attractor score.
+    """
+    table = attractor_probabilities(result, modes)
     n_chains = len(table["per_chain"].iloc[0])
     lines = []
     for i, row in enumerate(table.itertuples()):
@@ -223,6 +316,18 @@ def attractor_summary(result) -> str:
             text += f"   ({int(result.attrs.get('num_draws', row.num_draws))} posterior draws, {n_chains} " \
                     f"chain{'s' if n_chains > 1 else ''})"
         lines.append(text)
+    groups = table.attrs["modes"]
+    if len(groups) > 1:
+        # say what the chains were grouped on only when it is known for these groups
+        on = result.attrs.get("mode_quantities") if modes is None else \
+            ", ".join(getattr(modes, "separating", None) or []) or None
+        lines.append(f"chains split into {len(groups)} modes: " + " | ".join(str(g) for g in groups)
+                     + (f" (grouped on {on})" if on else "") + "; per mode:")
+        for row in table.itertuples():
+            lines.append(f"  {row.quantity}: " + " | ".join(
+                f"{p:.3f} ± {se:.3f} ({n} chain{'s' if n > 1 else ''})"
+                for p, se, n in zip(row.per_mode, row.per_mode_mcse, row.num_chains_per_mode, strict=True)))
+        lines.append(f"  pooled figures above: {POOLED_WEIGHTING}")
     score = result["line_attractor_score"].values
     if np.isfinite(score).any():
         best = np.nanmax(np.where(np.isfinite(score), score, -np.inf), axis=1)
@@ -375,7 +480,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                line_score: float = 3.0, slow_frac: float = 0.2, num_grid_seeds: int = 8,
                dedup_tol: float = 0.02,
                num_mc: int = 64, max_distance: float | None = None,
-               seed: int = 0) -> xr.Dataset:
+               seed: int = 0, modes=None) -> xr.Dataset:
     """Fixed points, their stability and the posterior probability of attractors.
 
     Parameters
@@ -430,6 +535,12 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         places, which would otherwise count as spurious fixed points. Default None: the whole
         box. Needs the path ``x`` in ``post``.
     seed : int
+    modes : optional
+        How the chains group into posterior modes (see :func:`attractor_probabilities`: a list
+        of lists of chain positions, an :class:`inference.modes.ChainModes` or an
+        :class:`inference.diagnose.Diagnostics`). Default: grouped here by
+        :func:`inference.modes.chain_modes` when ``post`` is a DataTree or Dataset with more than
+        one chain (on the total log-likelihood and the sorted state occupancy when recorded).
 
     Returns
     -------
@@ -451,7 +562,9 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
         (Monte Carlo standard errors, method in ``attrs["mcse_method"]``, see
         :data:`MCSE_METHOD`), ``p_line_attractor_chain`` (chain) and ``p_num_stable_chain``
         (chain, num_stable_value): the same probabilities in each chain alone.
-        :func:`attractor_probabilities` lists them as a table.
+        :func:`attractor_probabilities` lists them as a table, with each probability per mode
+        when the chains split: the coordinate ``chain_mode`` (chain) holds each chain's mode,
+        ``attrs["mode_quantities"]`` what they were grouped on (when grouped here).
     """
     all_draws, chain_all, draw_all, chain_labels = _draws_with_chains(post)
     draws, keep_idx = _thin_by_chain(all_draws, chain_all, num_draws)
@@ -682,6 +795,13 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
     stab = [_probability(num_stable == n, chain_of, chains_present) for n in range(len(counts))]
     if make_maps:
         coords.update({gdims[d]: centres[d] for d in range(D)})
+    mode_attrs = {}
+    if len(chains_present) > 1:
+        groups, mode_attrs = _modes_of(post, modes, chains_present)
+        label = np.empty(len(chains_present), int)
+        for m, g in enumerate(groups):
+            label[np.isin(chains_present, g)] = m
+        coords["chain_mode"] = ("chain", label)
     ds = xr.Dataset(
         {
             "fixed_points": (("draw", "point", "latent"), out["points"]),
@@ -717,6 +837,7 @@ def attractors(model, post, grid=None, num_draws: int | None = 200, eps: float |
                float(max_distance), "continuous_time": int(bool(continuous)), "num_draws": S,
                "bounds": np.stack([lo, hi], -1).ravel().tolist(),
                "seeds": f"grid of {num_seed_grid}^D, regime centres / regime fixed points"
-                        + (", posterior-mean path points" if path is not None else "")},
+                        + (", posterior-mean path points" if path is not None else ""),
+               **mode_attrs},
     )
     return ds
