@@ -348,6 +348,9 @@ def diagnose(post: xr.DataTree, var_names: list[str] | None = None, *, emit: boo
         if missing:
             raise ValueError(f"var_names {missing} are not posterior variables")
         ds = ds[list(var_names)]
+    missing = sorted(set(mode_vars or ()) - set(post["posterior"].data_vars))
+    if missing:  # checked up front, not only when R-hat fails and the modes are needed
+        raise ValueError(f"mode_vars {missing} are not posterior variables")
     method = str(post.attrs.get("method", ""))
     aligned, perms = align_labels(ds)
     problems: list[tuple[str, str]] = []  # (level, message)

@@ -146,7 +146,7 @@ def group_chains(quantities: Mapping[str, np.ndarray], *, rhat_threshold: float 
         Chains are in different modes when no path of agreeing pairs joins them; a pair agrees
         unless some element differs on both counts. Elements constant in both chains differ
         when their values differ. NaN elements never separate chains (``diagnose`` reports
-        them). With fewer than 4 draws or one chain, all chains form one mode.
+        them). With fewer than 4 draws, one chain or no elements, all chains form one mode.
     """
     if not quantities:
         raise ValueError("quantities is empty: nothing to group the chains on")
@@ -167,7 +167,7 @@ def group_chains(quantities: Mapping[str, np.ndarray], *, rhat_threshold: float 
     rhat = np.full((C, C), np.nan)
     z = np.full((C, C), np.nan)
     linked = np.eye(C, dtype=bool)
-    if C >= 2 and S >= 4:
+    if C >= 2 and S >= 4 and X.shape[-1]:
         sd = X.std(axis=1)
         with np.errstate(all="ignore"):
             # each chain alone: MCSE of its mean from its own autocorrelation

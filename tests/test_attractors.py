@@ -289,3 +289,16 @@ def test_num_draws_thins_each_chain_evenly():
     np.testing.assert_array_equal(res["chain_index"].values, [0, 0, 1, 1])
     np.testing.assert_array_equal(res["draw_index"].values, [0, 7, 0, 7])
     assert res.sizes["draw"] == 4 and res.sizes["chain"] == 2
+
+
+def test_attractors_store_the_chains_modes():
+    from inference.attractors import attractor_probabilities
+
+    post, _ = _two_chain_linear_posterior()
+    kw = dict(bounds=[[-3, 3], [-3, 3]], grid_size=4, num_draws=4, eps=0.1)
+    res = attractors(Linear(), post, **kw)  # grouped by inference.modes.chain_modes
+    assert res["chain_mode"].dims == ("chain",) and res.attrs["modes_from"] == "inference.modes.chain_modes"
+    given = attractors(Linear(), post, modes=[[0], [1]], **kw)
+    np.testing.assert_array_equal(given["chain_mode"].values, [0, 1])
+    assert given.attrs["modes_from"] == "given"
+    assert attractor_probabilities(given).attrs["modes"] == [[0], [1]]

@@ -153,6 +153,8 @@ def test_diagnose_groups_on_identified_quantities_only():
     assert dg.modes == [[0, 1, 2, 3]] and not any("split" in w for w in dg.warnings)
     dg = _quiet(post, mode_vars=["a"])
     assert dg.modes == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="mode_vars"):
+        _quiet(post, mode_vars=["nope"])
     assert any("chains split into 2 modes: [0, 1] | [2, 3] (they differ on a)" in w for w in dg.warnings)
 
 
