@@ -12,10 +12,10 @@ or an SVI fit that did not converge; ``"ok"`` otherwise. When R-hat fails, the c
 into modes on identified quantities (:func:`inference.modes.chain_modes`: the total
 log-likelihood, the sorted state occupancy, chosen aligned variables); a split into more than
 one mode is listed with the problems ("chains split into 2 modes: [0, 1] | [2, 3] ...") and kept
-in ``modes``. Every problem is listed in
-``warnings`` and emitted as a ``RuntimeWarning``: nothing is silent. Sampler-specific figures
-(tree depth, SMC tempering steps, weight ESS, unique particles and acceptance, the SVI loss) are
-in ``sampler`` and printed with the verdict.
+in ``modes``; the verdict stays "fail". Every problem is listed in ``warnings`` and emitted as a
+``RuntimeWarning``: nothing is silent. Sampler-specific figures (tree depth, SMC tempering steps,
+weight ESS, unique particles and acceptance, the SVI loss) are in ``sampler`` and printed with the
+verdict.
 """
 
 from __future__ import annotations
