@@ -166,3 +166,28 @@ def test_whitened_blocked_matches_brute_force(tiny_recurrent):
             mcse = float(az.mcse(v, method="mean"))
             assert abs(v.mean() - truth[t]) < 4 * mcse, (name, t, v.mean(), truth[t], mcse)
     assert 0.05 < p_z1.min() and p_z1.max() < 0.95  # the states are uncertain: a real test
+
+
+def test_curvature_mass_is_the_pooled_inverse_precision():
+    """Gaussian targets with precisions P_c per chain: the dense mass is (mean_c P_c)^-1, the
+    diagonal one 1 / diag(mean_c P_c); a non-concave direction is floored."""
+    from inference.blocked import curvature_mass
+
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(3, 4, 4))
+    P = np.einsum("cij,ckj->cik", B, B) + np.eye(4)
+    P[:, 3, :] = P[:, :, 3] = 0.0
+    P[:, 3, 3] = -1.0  # a direction of negative curvature
+
+    def logdensity(f, c):
+        return -0.5 * f @ jax.numpy.asarray(P)[c] @ f
+
+    pos = jax.numpy.asarray(rng.normal(size=(3, 4)))
+    Pbar = P.mean(0)
+    dense = np.asarray(curvature_mass(logdensity, pos, dense=True, floor=1e-3))
+    want = np.zeros((4, 4))
+    want[:3, :3] = np.linalg.inv(Pbar[:3, :3])
+    want[3, 3] = 1e3
+    np.testing.assert_allclose(dense, want, rtol=1e-4, atol=1e-4)
+    diag = np.asarray(curvature_mass(logdensity, pos, dense=False, floor=1e-3))
+    np.testing.assert_allclose(diag, np.r_[1.0 / np.diagonal(Pbar)[:3], 1e3], rtol=1e-5)
