@@ -52,7 +52,7 @@ from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
-           "curvature_inverse_mass", "curvature_mass",
+           "curvature_inverse_mass", "curvature_mass", "adaptation_init", "adaptation_update",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
@@ -290,7 +290,20 @@ def warmup_schedule(num_warmup: int) -> np.ndarray:
     return out
 
 
-def _adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
+def adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
+    """The warmup state of the NUTS block.
+
+    Parameters
+    ----------
+    inv_mass_diag : array (d,)
+        First inverse mass (diagonal; a dense one starts as its diagonal matrix).
+    step_size : float
+    dense : bool
+
+    Returns
+    -------
+    Adaptation
+    """
     dim, dtype = inv_mass_diag.shape[-1], inv_mass_diag.dtype
     da_init, _, _ = dual_averaging_adaptation(0.8)
     w_init, _, _ = welford_algorithm(not dense)
@@ -353,8 +366,30 @@ def curvature_mass(logdensities: Callable, positions, dense: bool, floor: float 
     return (V / jnp.maximum(lam, floor)) @ V.T
 
 
-def _adapt(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool,
-           welford_mass: bool = True) -> Adaptation:
+def adaptation_update(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool,
+                      welford_mass: bool = True) -> Adaptation:
+    """One warmup step of Stan's windowed adaptation.
+
+    Parameters
+    ----------
+    adapt : Adaptation
+    stage : int array (2,)
+        A row of :func:`warmup_schedule`: (slow window?, end of a slow window?).
+    position : array (d,)
+        The NUTS block's position after the step.
+    acceptance : scalar
+        The step's acceptance rate.
+    target : float
+        Target acceptance rate.
+    dense : bool
+    welford_mass : bool
+        Set the inverse mass from the window's Welford (co)variances at its end; when False the
+        caller sets it (:func:`curvature_mass`) and only the step size restarts.
+
+    Returns
+    -------
+    Adaptation
+    """
     _, da_update, da_final = dual_averaging_adaptation(target)
     w_init, w_update, w_final = welford_algorithm(not dense)
     slow, window_end = stage[0], stage[1]
@@ -480,7 +515,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
                           for k, v in theta0.items()})[0]
     inv_mass0 = jax.jit(jax.vmap(lambda st: curvature_inverse_mass(
         lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which)))(states)
-    adapt = jax.vmap(lambda im: _adaptation_init(im, 0.1, dense))(inv_mass0)
+    adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
     # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
     # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then
     # partitioned along the chain axis
@@ -492,7 +527,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
             return sweep(k, state, blocks, ad.step_size, ad.inverse_mass, depth)
 
         def chain_adapt(ad, stage, position, acceptance):
-            return _adapt(ad, stage, position, acceptance, target, dense, welford)
+            return adaptation_update(ad, stage, position, acceptance, target, dense, welford)
 
         def body(carry, inp):
             states, ad = carry

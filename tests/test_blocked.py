@@ -50,7 +50,9 @@ def _kalman_loglik(y, z, a, b, q, c, d, r, s0):
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def truth():
+    """The tiny model (conditioned on FIXED), its data, and the brute-force posterior means of
+    a_k and of P(z_t = 1)."""
     m = SLDS(num_states=2, latent_dim=1, obs_dim=1)
     data = m.simulate(jax.random.key(2), num_steps=T, params={**FIXED, "dynamics": A_TRUE[:, None, None]})
     y = np.asarray(data["y"])
@@ -76,9 +78,27 @@ def tiny():
     mean_a = np.array([(w.sum(0) * a[..., k]).sum() for k in range(2)])
     z_arr = np.array(paths)  # (paths, T)
     p_z1 = (w.sum((1, 2))[:, None] * z_arr).sum(0)
+    return model, y, mean_a, p_z1
+
+
+@pytest.fixture(scope="module")
+def tiny(truth):
+    model, y, mean_a, p_z1 = truth
     post = inference.fit(model, y, num_chains=4, num_warmup=300, num_samples=1500, seed=3,
                          progress_bar=False, log_likelihood=False)
     return post, mean_a, p_z1
+
+
+def _within_4_mcse(A, z, mean_a, p_z1):
+    """Posterior means of a_k (A: (C, S, K)) and P(z_t = 1) (z: (C, S, T)) within 4 MCSE."""
+    for name, draws, want in [("a", A, mean_a), ("z", (z == 1).astype(float), p_z1)]:
+        for i in range(draws.shape[-1]):
+            x = draws[..., i]
+            if x.std() == 0:
+                assert x.mean() == pytest.approx(want[i], abs=1e-3), (name, i)
+                continue
+            mcse = float(az.mcse(x, method="mean"))
+            assert abs(x.mean() - want[i]) < 4 * mcse, (name, i, x.mean(), want[i], mcse)
 
 
 def test_blocked_matches_brute_force(tiny):
@@ -86,15 +106,22 @@ def test_blocked_matches_brute_force(tiny):
     assert post.attrs["method"] == "blocked"
     A = post["posterior"]["dynamics"].values[..., 0, 0]  # (C, S, K)
     z = post["posterior"]["z"].values  # (C, S, T)
-    for name, draws, truth in [("a", A, mean_a), ("z", (z == 1).astype(float), p_z1)]:
-        for i in range(draws.shape[-1]):
-            x = draws[..., i]
-            if x.std() == 0:
-                assert x.mean() == pytest.approx(truth[i], abs=1e-3), (name, i)
-                continue
-            mcse = float(az.mcse(x, method="mean"))
-            assert abs(x.mean() - truth[i]) < 4 * mcse, (name, i, x.mean(), truth[i], mcse)
+    _within_4_mcse(A, z, mean_a, p_z1)
     assert not post["sample_stats"]["diverging"].values.any()
+
+
+def test_numpyro_mcmc_kernel_matches_brute_force(truth):
+    """The same sweep through numpyro.infer.MCMC (inference.blocked_kernel.BlockedKernel)."""
+    from numpyro.infer import MCMC
+
+    from inference.blocked_kernel import BlockedKernel
+
+    model, y, mean_a, p_z1 = truth
+    mcmc = MCMC(BlockedKernel(model), num_warmup=300, num_samples=2000, progress_bar=False)
+    mcmc.run(jax.random.key(5), y)
+    draws = mcmc.get_samples(group_by_chain=True)
+    assert draws["z"].dtype == np.int32 and draws["x"].shape == (1, 2000, T, 1)
+    _within_4_mcse(np.asarray(draws["dynamics"])[..., 0, 0], np.asarray(draws["z"]), mean_a, p_z1)
 
 
 def test_warmup_schedule_windows():

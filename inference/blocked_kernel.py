@@ -1,0 +1,210 @@
+"""The blocked sweep as a NumPyro ``MCMCKernel`` and as a BlackJAX ``SamplingAlgorithm``.
+
+:func:`inference.fit` runs the sweep of :mod:`inference.blocked` with all chains vectorized and
+the inverse mass pooled over chains. These adapters give the same blocks to code written for
+NumPyro or BlackJAX:
+
+- :class:`BlockedKernel` for ``numpyro.infer.MCMC``: one chain per kernel state, warmup by the
+  same Stan windows (dual averaging; the inverse mass from the chain's own curvature, or Welford
+  variances, at each slow window's end). Samples are the constrained sites with the path ``x``
+  and the integer states ``z``.
+- :func:`blocked_algorithm` for BlackJAX: ``init(theta, states, path)`` and
+  ``step(key, state)``, a pure kernel for a given step size and inverse mass (no adaptation).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.step_size import dual_averaging_adaptation
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.infer.mcmc import MCMCKernel
+
+from inference._program import inspect_program
+from inference.blocked import (
+    Adaptation,
+    Blocks,
+    SweepState,
+    adaptation_init,
+    adaptation_update,
+    build_blocks,
+    curvature_inverse_mass,
+    curvature_mass,
+    sweep,
+    warmup_schedule,
+)
+from inference.starts import initial_positions
+from zoo.protocol import as_model
+
+__all__ = ["BlockedKernel", "BlockedKernelState", "blocked_algorithm"]
+
+
+def blocked_algorithm(blocks: Blocks, step_size: float, inverse_mass, max_tree_depth: int = 10
+                      ) -> blackjax.base.SamplingAlgorithm:
+    """The sweep as a BlackJAX sampling algorithm with a fixed step size and inverse mass.
+
+    Parameters
+    ----------
+    blocks : Blocks
+        From :func:`inference.blocked.build_blocks`.
+    step_size : float
+    inverse_mass : array (d,) or (d, d)
+    max_tree_depth : int
+
+    Returns
+    -------
+    blackjax.base.SamplingAlgorithm
+        ``init(theta (d,), states (..., T), path (..., T, D)) -> SweepState`` and
+        ``step(key, SweepState) -> (SweepState, NUTSInfo)``.
+    """
+    def init(theta, states, path) -> SweepState:
+        hmc = blackjax.nuts.init(theta, lambda f: blocks.theta_logdensity(f, states))
+        return SweepState(hmc, states, path)
+
+    def step(key, state: SweepState):
+        return sweep(key, state, blocks, step_size, inverse_mass, max_tree_depth)
+
+    return blackjax.base.SamplingAlgorithm(init, step)
+
+
+class BlockedKernelState(NamedTuple):
+    """State of :class:`BlockedKernel`: the sweep, its adaptation, the iteration, the key and
+    the current draw (``sample_field``)."""
+
+    sweep: SweepState
+    adapt: Adaptation
+    i: jax.Array
+    rng_key: jax.Array
+    draw: dict
+
+
+class BlockedKernel(MCMCKernel):
+    """The blocked sampler of a switching model as a NumPyro ``MCMCKernel``.
+
+    Parameters
+    ----------
+    model : zoo model or NumPyro program
+        A model with an exact blocked sampler (``blocked_sampler()``, e.g. ``zoo.SLDS``).
+    target_accept_prob : float
+    max_tree_depth : int
+    dense_mass : bool, optional
+        Default: dense for a collapsed path, diagonal for a whitened one.
+    state_sampler : {"collapsed", "ffbs"}
+        See :func:`inference.blocked.build_blocks`.
+    mass_adaptation : {"curvature", "welford"}, optional
+        Default: curvature for a collapsed path, Welford for a whitened one.
+
+    Notes
+    -----
+    ``MCMC(BlockedKernel(model), ...).run(key, y, **model_kwargs)``; ``init_params`` (optional)
+    are constrained start values of the model's latent sites (the path included), else the
+    model's ``initial_params``. Data-derived program arguments (``model.prepare``, e.g. the
+    SLDS's frame) are computed from ``y`` at ``init``. The samples hold the constrained sites,
+    ``x`` and ``z`` (no ``postprocess_fn`` is needed).
+    """
+
+    sample_field = "draw"
+
+    def __init__(self, model: Callable, target_accept_prob: float = 0.8, max_tree_depth: int = 10,
+                 dense_mass: bool | None = None, state_sampler: str = "collapsed",
+                 mass_adaptation: str | None = None):
+        self.model = as_model(model)
+        self.spec = self.model.blocked_sampler()
+        if self.spec is None:
+            raise ValueError(f"model: {type(self.model).__name__} has no exact blocked sampler with "
+                             "these settings")
+        self.target = float(target_accept_prob)
+        self.depth = int(max_tree_depth)
+        self.dense = self.spec.collapsed if dense_mass is None else bool(dense_mass)
+        self.state_sampler = state_sampler
+        adaptation = mass_adaptation or ("curvature" if self.spec.collapsed else "welford")
+        if adaptation not in ("curvature", "welford"):
+            raise ValueError(f"mass_adaptation must be 'curvature' or 'welford'; got {adaptation!r}")
+        self.welford = adaptation == "welford"
+        self._blocks = None
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        (y,) = model_args
+        kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
+        kwargs = {**kwargs, **self.model.prepare(y, kwargs)}
+        k_start, k_init, k_state = jax.random.split(rng_key, 3)
+        user = {k: v for k, v in kwargs.items() if k in ("inputs", "mask")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            values = dict(init_params) if init_params is not None else self.model.initial_params(
+                np.asarray(y), k_start, **user)
+            extra = {}
+            if values is not None:
+                values, extra = self.model.blocked_start(np.asarray(y), values, k_start, **user)
+        kwargs.update(extra)
+        if values is None:  # no point estimate (e.g. a plain program): NumPyro's prior median
+            latent = inspect_program(self.model, y, kwargs).latent
+            z0, _ = initial_positions(self.model, y, kwargs, "auto", k_init, 1, latent)
+        else:
+            latent = inspect_program(handlers.substitute(self.model, data=values), y, kwargs).latent
+            values = {k: v for k, v in values.items() if k in latent}
+            z0, _ = initial_positions(self.model, y, kwargs, values, k_init, 1, latent)
+        site = self.spec.path_site
+        theta0 = {k: v[0] for k, v in z0.items() if k != site}
+        path0 = jnp.asarray(z0[site][0])
+        if not self.spec.collapsed:
+            theta0[f"{site}_whitened"] = jnp.zeros_like(path0)
+        ref = None if self.spec.collapsed else (
+            values[site] if values is not None else jnp.zeros_like(path0))
+        blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler)
+        self._blocks = blocks
+        self._schedule = jnp.asarray(warmup_schedule(int(num_warmup)))
+        self._num_warmup = int(num_warmup)
+        flat = ravel_pytree(theta0)[0]
+        states = blocks.states_given_path(k_state, flat, path0)
+        flat = blocks.remap(flat, states, path0)
+        state = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
+        which = ravel_pytree({k: jnp.zeros_like(v) if k.endswith("_whitened") else jnp.ones_like(v)
+                              for k, v in theta0.items()})[0]
+        inv_mass = curvature_inverse_mass(lambda f: blocks.theta_logdensity(f, states), flat, which)
+        adapt = adaptation_init(inv_mass, 0.1, self.dense)
+        draw = blocks.record(flat, states, path0)
+        return BlockedKernelState(SweepState(state, states, path0), adapt, jnp.zeros((), jnp.int32),
+                                  rng_key, draw)
+
+    def sample(self, state: BlockedKernelState, model_args, model_kwargs) -> BlockedKernelState:
+        blocks, W = self._blocks, self._num_warmup
+        rng_key, key = jax.random.split(state.rng_key)
+        ad = state.adapt
+        new, info = sweep(key, state.sweep, blocks, ad.step_size, ad.inverse_mass, self.depth)
+        if W:
+            stage = self._schedule[jnp.minimum(state.i, W - 1)]
+
+            def adapt(ad):
+                ad = adaptation_update(ad, stage, new.hmc.position, info.acceptance_rate, self.target,
+                                       self.dense, self.welford)
+                if not self.welford:
+                    def curvature(_):
+                        mass = curvature_mass(lambda f, c: blocks.theta_logdensity(f, new.states),
+                                              new.hmc.position[None], self.dense)
+                        return mass.astype(ad.inverse_mass.dtype)
+
+                    mass = jax.lax.cond(stage[1] > 0, curvature, lambda _: ad.inverse_mass, None)
+                    ad = ad._replace(inverse_mass=mass)
+                # the last warmup step: the averaged step size of the last window from now on
+                _, _, da_final = dual_averaging_adaptation(self.target)
+                final = jnp.asarray(da_final(ad.dual_averaging), ad.step_size.dtype)
+                return ad._replace(step_size=jnp.where(state.i == W - 1, final, ad.step_size))
+
+            ad = jax.lax.cond(state.i < W, adapt, lambda ad: ad, ad)
+        draw = blocks.record(new.hmc.position, new.states, new.path)
+        return BlockedKernelState(new, ad, state.i + 1, rng_key, draw)
+
+    def get_diagnostics_str(self, state: BlockedKernelState) -> str:
+        return f"step size {float(state.adapt.step_size):.2e}"
+
+    @property
+    def default_fields(self):
+        return ("draw",)
