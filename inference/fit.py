@@ -109,6 +109,7 @@ def fit(
     chain_method: str = "auto",
     progress_bar: bool = True,
     model_kwargs: Mapping | None = None,
+    precision: str = "auto",
     **options,
 ) -> xr.DataTree:
     """Posterior of any zoo model (or NumPyro program) as an ArviZ 1.x DataTree.
@@ -146,6 +147,11 @@ def fit(
         Show progress bars (False silences them).
     model_kwargs : mapping, optional
         Extra keyword arguments for the model (``inputs``, ``mask``).
+    precision : {"auto", "float64", "float32"}
+        Floating-point precision of the run. ``"auto"``: double precision for models that
+        need it (``model.float64_recommended``: the GP models, whose collapsed Gaussians lose
+        too much precision in float32), else JAX's global setting. The choice applies to this
+        call only (``jax.enable_x64`` as a context); the global setting is left as it was.
     **options
         Method options (:func:`allowed_options` lists them): NUTS ``target_accept_prob``,
         ``max_tree_depth``, ``dense_mass``; HMC ``num_steps`` / ``trajectory_length``; SVI
@@ -174,7 +180,20 @@ def fit(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if precision not in ("auto", "float64", "float32"):
+        raise ValueError(f"precision must be 'auto', 'float64' or 'float32'; got {precision!r}")
     proto = as_model(model)
+    x64 = (precision == "float64" or (precision == "auto" and proto.float64_recommended)
+           or (precision == "auto" and bool(jax.config.jax_enable_x64)))
+    with jax.enable_x64(x64):
+        post = _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, init, chain_method,
+                    progress_bar, model_kwargs, options)
+    post.attrs["precision"] = "float64" if x64 else "float32"
+    return post
+
+
+def _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, init, chain_method,
+         progress_bar, model_kwargs, options) -> xr.DataTree:
     method = resolve_method(proto, method)
     chosen = backend(method)
     num_chains = _check_int(num_chains, "num_chains", 1)
@@ -267,8 +286,8 @@ def warn_if_float32(model: Model) -> None:
     if model.float64_recommended and not jax.config.jax_enable_x64:
         warnings.warn(f"fit: {type(model).__name__} is running in float32, where its collapsed "
                       "Gaussians lose too much precision (qualitatively wrong attractor posteriors "
-                      "were measured); call jax.config.update('jax_enable_x64', True) at the start "
-                      "of the program", RuntimeWarning, stacklevel=4)
+                      "were measured); use fit(..., precision='auto') (the default) or 'float64'",
+                      RuntimeWarning, stacklevel=5)
 
 
 def _nonfinite_draws(samples: dict) -> np.ndarray:

@@ -55,8 +55,10 @@ def _numpyro_dense_mass(value):
 
 
 def _mcmc(model, method, num_chains, num_warmup, num_samples, chain_method, progress_bar, opts, shapes):
+    # x64 in the key: a sampler compiled in one precision must not serve the other (fit's
+    # precision argument switches it per call)
     rest = (method, num_chains, num_warmup, num_samples, chain_method, progress_bar,
-            tuple(sorted(opts.items())), shapes)
+            tuple(sorted(opts.items())), shapes, bool(jax.config.jax_enable_x64))
     try:
         key = (model, *rest)
         hash(key)

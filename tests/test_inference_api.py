@@ -1,6 +1,7 @@
 """fit's argument checking, DataTree conversion (dims, trials, masks, fallbacks), chain starts,
 label alignment and loud diagnostics."""
 
+import functools
 import warnings
 
 import jax
@@ -41,6 +42,7 @@ def lds():
         ({"dense_mass": []}, "dense_mass"),
         ({"dense_mass": [("dynamics", 3)]}, "dense_mass"),
         ({"dense_mass": [("dynamics", "not_a_site")]}, "not_a_site"),
+        ({"precision": "half"}, "precision"),
     ],
 )
 def test_bad_options_raise_clear_errors(lds, kwargs, match):
@@ -187,6 +189,33 @@ def test_gp_models_warn_when_fitted_in_float32():
     with jax.enable_x64(False), warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_float32(HMM(num_states=2, obs_dim=3))  # the switching models run in float32
+
+
+def test_fit_runs_models_that_need_float64_in_float64_without_a_global_switch(lds):
+    """precision='auto': double precision for a model that recommends it (the GP models), for
+    that call only; JAX's default (float32 here) for the others; 'float32' can still be forced,
+    and then warns. An LDS that declares float64_recommended stands in for the GP models (their
+    SVI predictive fails, see the closing note of the session that added this)."""
+    import warnings
+
+    class LDS64(LDS):
+        float64_recommended = True
+
+    m, y = lds
+    m64 = LDS64(latent_dim=1, obs_dim=1)
+    fit = functools.partial(inference.fit, y=y, method="svi", num_samples=4, num_steps=3, seed=0,
+                            progress_bar=False, log_likelihood=False)
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SVI did not converge")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*float32.*")
+            post = fit(m64)
+        assert post.attrs["precision"] == "float64" and not jax.config.jax_enable_x64
+        assert post["posterior"]["dynamics"].dtype == np.float64
+        with pytest.warns(RuntimeWarning, match="float32"):
+            post32 = fit(m64, precision="float32")
+        assert post32.attrs["precision"] == "float32" and post32["posterior"]["dynamics"].dtype == np.float32
+        assert fit(m).attrs["precision"] == "float32"
 
 
 def test_datatree_dims_trials_mask_and_loglik():
