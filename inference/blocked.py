@@ -56,7 +56,7 @@ __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmu
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
-                             "mass_adaptation"})
+                             "state_sweeps", "mass_adaptation"})
 
 
 class Blocks(NamedTuple):
@@ -115,7 +115,7 @@ class Adaptation(NamedTuple):
 
 
 def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
-                 reference_path=None, state_sampler: str = "collapsed") -> Blocks:
+                 reference_path=None, state_sampler: str = "collapsed", state_sweeps: int = 4) -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
@@ -136,6 +136,11 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     state_sampler : {"collapsed", "ffbs"}
         With a collapsed path: draw z site by site with x integrated out (default; it mixes
         where small dynamics noise ties z and x together), or by FFBS given x.
+    state_sweeps : int
+        Single-site sweeps over z per sweep of the sampler (``state_sampler="collapsed"``).
+        Site by site, a segment boundary moves about one step per sweep; at fixed parameters on
+        NASCAR (T = 2000) the sorted state occupancy had lag-1 autocorrelation 0.75-0.84 per
+        state sweep, while one state sweep costs a fraction of the NUTS block's gradients.
 
     Returns
     -------
@@ -143,6 +148,8 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     """
     if state_sampler not in ("collapsed", "ffbs"):
         raise ValueError(f"state_sampler must be 'collapsed' or 'ffbs'; got {state_sampler!r}")
+    if int(state_sweeps) < 1:
+        raise ValueError(f"state_sweeps must be an integer >= 1; got {state_sweeps!r}")
     kwargs = dict(model_kwargs)
     site = spec.path_site
     _, unravel = ravel_pytree(dict(theta_example))
@@ -170,7 +177,11 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             if state_sampler == "ffbs":
                 return draw_states_given(key, params, path)
             dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, states, path)
-            return sweep_states(key, dynamics, states, y_seen, emission.H, emission.d, emission.R)
+
+            def one(z, k):
+                return sweep_states(k, dynamics, z, y_seen, emission.H, emission.d, emission.R), None
+
+            return jax.lax.scan(one, states, jax.random.split(key, int(state_sweeps)))[0]
 
         def draw_path(key, flat, states):
             params = constrained(flat, states)
@@ -470,8 +481,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         for a collapsed path: a dense inverse mass for the parameter block, which is small,
         since the dynamics slopes and offsets of a state are correlated; False for a whitened
         path, whose eps has T x D coordinates); ``state_sampler`` ("collapsed", the default,
-        or "ffbs"; see :func:`build_blocks`); ``mass_adaptation``: at the end of each slow
-        warmup window, the inverse mass from the pooled curvature of the chains' targets
+        or "ffbs") and ``state_sweeps`` (4), see :func:`build_blocks`; ``mass_adaptation``: at
+        the end of each slow warmup window, the inverse mass from the pooled curvature of the chains' targets
         ("curvature", :func:`curvature_mass`; the default for a collapsed path, whose
         parameter block is small) or from the window's Welford (co)variances ("welford", the
         default for a whitened path, whose Hessian would be (T D)^2).
@@ -497,7 +508,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     if not spec.collapsed:  # eps of the whitened path joins the NUTS block; remapped at the start
         theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
     blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
-                          str(options.get("state_sampler", "collapsed")))
+                          str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 

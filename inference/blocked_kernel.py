@@ -97,6 +97,7 @@ class BlockedKernel(MCMCKernel):
     dense_mass : bool, optional
         Default: dense for a collapsed path, diagonal for a whitened one.
     state_sampler : {"collapsed", "ffbs"}
+    state_sweeps : int
         See :func:`inference.blocked.build_blocks`.
     mass_adaptation : {"curvature", "welford"}, optional
         Default: curvature for a collapsed path, Welford for a whitened one.
@@ -113,7 +114,7 @@ class BlockedKernel(MCMCKernel):
     sample_field = "draw"
 
     def __init__(self, model: Callable, target_accept_prob: float = 0.8, max_tree_depth: int = 10,
-                 dense_mass: bool | None = None, state_sampler: str = "collapsed",
+                 dense_mass: bool | None = None, state_sampler: str = "collapsed", state_sweeps: int = 4,
                  mass_adaptation: str | None = None):
         self.model = as_model(model)
         self.spec = self.model.blocked_sampler()
@@ -123,7 +124,7 @@ class BlockedKernel(MCMCKernel):
         self.target = float(target_accept_prob)
         self.depth = int(max_tree_depth)
         self.dense = self.spec.collapsed if dense_mass is None else bool(dense_mass)
-        self.state_sampler = state_sampler
+        self.state_sampler, self.state_sweeps = state_sampler, int(state_sweeps)
         adaptation = mass_adaptation or ("curvature" if self.spec.collapsed else "welford")
         if adaptation not in ("curvature", "welford"):
             raise ValueError(f"mass_adaptation must be 'curvature' or 'welford'; got {adaptation!r}")
@@ -158,7 +159,8 @@ class BlockedKernel(MCMCKernel):
             theta0[f"{site}_whitened"] = jnp.zeros_like(path0)
         ref = None if self.spec.collapsed else (
             values[site] if values is not None else jnp.zeros_like(path0))
-        blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler)
+        blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler,
+                              self.state_sweeps)
         self._blocks = blocks
         self._schedule = jnp.asarray(warmup_schedule(int(num_warmup)))
         self._num_warmup = int(num_warmup)

@@ -150,7 +150,8 @@ def fit(
     precision : {"auto", "float64", "float32"}
         Floating-point precision of the run. ``"auto"``: double precision for models that
         need it (``model.float64_recommended``: the GP models, whose collapsed Gaussians lose
-        too much precision in float32), else JAX's global setting. The choice applies to this
+        too much precision in float32) and for the blocked sampler (its Kalman recursions meet
+        dynamics noise variances near 1e-8), else JAX's global setting. The choice applies to this
         call only (``jax.enable_x64`` as a context); the global setting is left as it was.
     **options
         Method options (:func:`allowed_options` lists them): NUTS ``target_accept_prob``,
@@ -183,8 +184,11 @@ def fit(
     if precision not in ("auto", "float64", "float32"):
         raise ValueError(f"precision must be 'auto', 'float64' or 'float32'; got {precision!r}")
     proto = as_model(model)
-    x64 = (precision == "float64" or (precision == "auto" and proto.float64_recommended)
-           or (precision == "auto" and bool(jax.config.jax_enable_x64)))
+    # the blocked sampler's Kalman recursions meet dynamics noise variances near 1e-8 in the
+    # tails of the noise scales: 23 of 4000 NASCAR draws were NaN in float32; one sweep costs
+    # about the same in float64 on CPU (see benchmarks/results/slds_blocked.md)
+    needs_x64 = proto.float64_recommended or resolve_method(proto, method) == "blocked"
+    x64 = precision == "float64" or (precision == "auto" and (needs_x64 or bool(jax.config.jax_enable_x64)))
     with jax.enable_x64(x64):
         post = _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, init, chain_method,
                     progress_bar, model_kwargs, options)
