@@ -216,3 +216,21 @@ def test_through_inference_fit_and_attractors_on_the_datatree():
     res = attractors(m, post, num_draws=10, grid_size=8)
     assert res.sizes["draw"] == 10
     assert 0.0 <= float(res["p_line_attractor"]) <= 1.0
+
+
+def test_svi_fit_and_predictive_draws_run():
+    """method='svi' on the GP-SDE: the guide's draws go through NumPyro's Predictive, whose
+    mask handler calls ``Distribution.mask``; an attribute named ``mask`` on the SDE
+    distributions used to shadow it ('NoneType' object is not callable)."""
+    import warnings
+
+    import inference
+
+    model = GPSDE(1, 2, dt=0.05)
+    y = np.asarray(model.simulate(jax.random.key(0), num_steps=20)["y"], float)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SVI did not converge")
+        post = inference.fit(model, y, method="svi", num_samples=4, num_steps=3, seed=0,
+                             progress_bar=False, log_likelihood=False)
+    x = post["posterior"]["x"].values
+    assert x.shape[:2] == (1, 4) and np.isfinite(x).all()

@@ -181,7 +181,7 @@ class EulerMaruyama(ConsumesDelayed, dist.Distribution):
     """
 
     support = constraints.real
-    pytree_data_fields = ("weights", "sigma", "init_loc", "init_scale", "drive", "mask")
+    pytree_data_fields = ("weights", "sigma", "init_loc", "init_scale", "drive", "step_mask")
     pytree_aux_fields = ("features", "dt", "num_steps", "trials")
 
     def __init__(self, features, weights, sigma, dt, init_loc, init_scale, num_steps, trials=(),
@@ -189,7 +189,7 @@ class EulerMaruyama(ConsumesDelayed, dist.Distribution):
         self.features, self.weights, self.sigma, self.dt = features, weights, sigma, dt
         self.init_loc, self.init_scale = init_loc, init_scale
         self.num_steps, self.trials = num_steps, tuple(trials)
-        self.drive, self.mask = drive, mask
+        self.drive, self.step_mask = drive, mask
         D = init_loc.shape[-1]
         super().__init__((), self.trials + (num_steps, D), validate_args=validate_args)
 
@@ -203,7 +203,8 @@ class EulerMaruyama(ConsumesDelayed, dist.Distribution):
         r = x[..., 1:, :] - x[..., :-1, :]
         if self.drive is not None:
             r = r - self.dt * self.drive
-        m = jnp.ones(r.shape[:-1], r.dtype) if self.mask is None else self.mask[..., 1:].astype(r.dtype)
+        m = (jnp.ones(r.shape[:-1], r.dtype) if self.step_mask is None
+             else self.step_mask[..., 1:].astype(r.dtype))
         return r, m
 
     def log_prob(self, value):
@@ -251,7 +252,7 @@ class EulerMaruyama(ConsumesDelayed, dist.Distribution):
     def collapsed(self, prior_scale_tril) -> CollapsedEulerMaruyama:
         return CollapsedEulerMaruyama(self.features, prior_scale_tril, self.sigma, self.dt,
                                       self.init_loc, self.init_scale, self.num_steps, self.trials,
-                                      self.drive, self.mask)
+                                      self.drive, self.step_mask)
 
 
 def _suff_stats(phi, r, m):
@@ -298,7 +299,7 @@ class CollapsedEulerMaruyama(Decodable, EulerMaruyama):
     trials jointly, computed in O(K P^2 + P^3) from the sufficient statistics of Phi.
     """
 
-    pytree_data_fields = ("prior_scale_tril", "sigma", "init_loc", "init_scale", "drive", "mask")
+    pytree_data_fields = ("prior_scale_tril", "sigma", "init_loc", "init_scale", "drive", "step_mask")
 
     def __init__(self, features, prior_scale_tril, sigma, dt, init_loc, init_scale, num_steps,
                  trials=(), drive=None, mask=None, validate_args=None):
@@ -333,7 +334,7 @@ class CollapsedEulerMaruyama(Decodable, EulerMaruyama):
         k0, k1 = jax.random.split(key)
         W = DriftWeights(self.prior_scale_tril, self.init_loc.shape[-1]).sample(k0)
         base = EulerMaruyama(self.features, W, self.sigma, self.dt, self.init_loc, self.init_scale,
-                             self.num_steps, self.trials, self.drive, self.mask)
+                             self.num_steps, self.trials, self.drive, self.step_mask)
         return base.sample(k1, sample_shape)
 
 
@@ -357,13 +358,13 @@ class SequenceEmission(dist.Distribution):
     mask : bool array (*trials, T), optional
     """
 
-    pytree_data_fields = ("x", "C", "d", "noise", "mask")
+    pytree_data_fields = ("x", "C", "d", "noise", "step_mask")
     pytree_aux_fields = ("kind", "dt", "link")
 
     def __init__(self, x, C, d, kind, noise=None, dt=1.0, link="softplus", mask=None,
                  validate_args=None):
         self.x, self.C, self.d, self.kind, self.noise = x, C, d, kind, noise
-        self.dt, self.link, self.mask = dt, link, mask
+        self.dt, self.link, self.step_mask = dt, link, mask
         super().__init__(tuple(x.shape[:-2]), (x.shape[-2], C.shape[0]), validate_args=validate_args)
 
     @property
@@ -378,8 +379,8 @@ class SequenceEmission(dist.Distribution):
 
     def pointwise_log_prob(self, value):
         lp = jnp.sum(masked_log_prob(self.base(), value), -1)
-        if self.mask is not None:
-            lp = jnp.where(self.mask, lp, 0.0)
+        if self.step_mask is not None:
+            lp = jnp.where(self.step_mask, lp, 0.0)
         return lp
 
     def log_prob(self, value):
@@ -388,6 +389,6 @@ class SequenceEmission(dist.Distribution):
     def sample(self, key, sample_shape=()):
         y = self.base().sample(key, sample_shape)
         y = y.astype(self.x.dtype)
-        if self.mask is not None:
-            y = jnp.where(self.mask[..., None], y, jnp.nan)
+        if self.step_mask is not None:
+            y = jnp.where(self.step_mask[..., None], y, jnp.nan)
         return y
