@@ -81,13 +81,15 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="slds_blocked")
+    ap.add_argument("--state-sweeps", type=int, default=None, help="option state_sweeps (default: fit's)")
     args = ap.parse_args(argv)
     data = nascar(seed=args.seed, num_steps=args.steps)
     y = data["y"]
     model = SLDS(4, 2, y.shape[-1], transitions="standard")
     t0 = time.perf_counter()
+    opts = {} if args.state_sweeps is None else {"state_sweeps": args.state_sweeps}
     post = inference.fit(model, y, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
-                         seed=args.seed, progress_bar=True)
+                         seed=args.seed, progress_bar=True, **opts)
     wall = time.perf_counter() - t0
     q = identified(post, 4)
     summary = summarise(q)
@@ -98,7 +100,8 @@ def main(argv=None):
     # autocorrelation of the sorted occupancy across sweeps (the z-x coupling of the issue)
     lag1 = [float(np.corrcoef(occ[c, :-1, -1], occ[c, 1:, -1])[0, 1]) for c in range(occ.shape[0])]
     res = {
-        "T": args.steps, "chains": args.chains, "warmup": args.warmup, "samples": args.samples,
+        "T": args.steps, "chains": args.chains, "options": opts, "precision": post.attrs.get("precision"),
+        "warmup": args.warmup, "samples": args.samples,
         "wall_time_s": wall, "sampling_time_s": float(post.attrs["sampling_time"]),
         "state_accuracy_last_draw_per_chain": acc,
         "divergences": int(ss["diverging"].values.sum()),
