@@ -119,7 +119,8 @@ def main(argv=None):
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2))
     lines = [f"# Gaussian SLDS (standard transitions), blocked sampler, NASCAR T = {args.steps}", "",
              f"Measured {res['date']} on this machine (2 cores); {args.chains} chains x ({args.warmup} warmup + "
-             f"{args.samples} draws); `inference.fit(model, y)` defaults.", "",
+             f"{args.samples} draws); `inference.fit(model, y)` defaults"
+             + (f" except {opts}." if opts else "."), "",
              "| figure | value |", "|---|---:|",
              f"| wall time (fit, incl. compilation and start) | {wall:.0f} s |",
              f"| R-hat max over identified quantities | {worst:.3f} |",
