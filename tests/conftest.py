@@ -43,8 +43,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
 HEAVY_FIRST = ("TestNotebook_05_samplers", "test_slds", "TestNotebook_03_line_attractors",
                "TestNotebook_01_quickstart", "test_cli", "test_gpslds", "TestNotebook_04_spikes_gpsde",
                "test_given_states", "test_inference_sbc", "test_blocked", "test_guides", "test_scans",
-               "test_inference_quadrature", "TestNotebook_06_deterministic", "test_inference_devices",
-               "test_gpsde", "test_reproducible", "test_attractors")
+               "test_elk", "test_blocked_geweke", "test_inference_quadrature", "test_inference_api",
+               "TestNotebook_06_deterministic", "test_inference_devices", "test_gpsde",
+               "test_collapsed_states", "test_reproducible", "test_attractors")
 
 
 def _weight(item: pytest.Item) -> int:
