@@ -102,6 +102,12 @@ class BlockedKernel(MCMCKernel):
     mass_adaptation : {"curvature", "welford"}, optional
         Default: curvature for a collapsed path, Welford for a whitened one.
 
+    Attributes
+    ----------
+    blocks : Blocks or None
+        The sweep's blocks for the data of the last ``init`` (None before it), e.g. to continue
+        with :func:`blocked_algorithm` from ``mcmc.last_state``.
+
     Notes
     -----
     ``MCMC(BlockedKernel(model), ...).run(key, y, **model_kwargs)``; ``init_params`` (optional)
@@ -129,7 +135,7 @@ class BlockedKernel(MCMCKernel):
         if adaptation not in ("curvature", "welford"):
             raise ValueError(f"mass_adaptation must be 'curvature' or 'welford'; got {adaptation!r}")
         self.welford = adaptation == "welford"
-        self._blocks = None
+        self.blocks = None
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         (y,) = model_args
@@ -161,7 +167,7 @@ class BlockedKernel(MCMCKernel):
             values[site] if values is not None else jnp.zeros_like(path0))
         blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler,
                               self.state_sweeps)
-        self._blocks = blocks
+        self.blocks = blocks
         self._schedule = jnp.asarray(warmup_schedule(int(num_warmup)))
         self._num_warmup = int(num_warmup)
         flat = ravel_pytree(theta0)[0]
@@ -177,7 +183,7 @@ class BlockedKernel(MCMCKernel):
                                   rng_key, draw)
 
     def sample(self, state: BlockedKernelState, model_args, model_kwargs) -> BlockedKernelState:
-        blocks, W = self._blocks, self._num_warmup
+        blocks, W = self.blocks, self._num_warmup
         rng_key, key = jax.random.split(state.rng_key)
         ad = state.adapt
         new, info = sweep(key, state.sweep, blocks, ad.step_size, ad.inverse_mass, self.depth)

@@ -117,11 +117,27 @@ def test_numpyro_mcmc_kernel_matches_brute_force(truth):
     from inference.blocked_kernel import BlockedKernel
 
     model, y, mean_a, p_z1 = truth
-    mcmc = MCMC(BlockedKernel(model), num_warmup=300, num_samples=2000, progress_bar=False)
+    kernel = BlockedKernel(model)
+    mcmc = MCMC(kernel, num_warmup=300, num_samples=2000, progress_bar=False)
     mcmc.run(jax.random.key(5), y)
     draws = mcmc.get_samples(group_by_chain=True)
     assert draws["z"].dtype == np.int32 and draws["x"].shape == (1, 2000, T, 1)
     _within_4_mcse(np.asarray(draws["dynamics"])[..., 0, 0], np.asarray(draws["z"]), mean_a, p_z1)
+
+    # the BlackJAX-shaped algorithm with the kernel's adapted step size and mass
+    from inference.blocked_kernel import blocked_algorithm
+
+    last = mcmc.last_state
+    alg = blocked_algorithm(kernel.blocks, last.adapt.step_size, last.adapt.inverse_mass)
+    state = alg.init(last.sweep.hmc.position, last.sweep.states, last.sweep.path)
+
+    def body(st, k):
+        st, _ = alg.step(k, st)
+        rec = kernel.blocks.record(st.hmc.position, st.states, st.path)
+        return st, (rec["dynamics"][..., 0, 0], st.states)
+
+    _, (A, z) = jax.jit(lambda k: jax.lax.scan(body, state, jax.random.split(k, 2000)))(jax.random.key(6))
+    _within_4_mcse(np.asarray(A)[None], np.asarray(z)[None], mean_a, p_z1)
 
 
 def test_warmup_schedule_windows():
