@@ -122,10 +122,12 @@ def fit(
     y : array (T, N) or (B, T, N)
         Observations; NaN marks missing entries.
     method : {"auto", "blocked", "nuts", "hmc", "svi", "blackjax_nuts", "chees", "mclmc", "smc"}
-        ``"auto"``: the model's exact blocked sampler where it has one (every SLDS and rSLDS:
-        states by FFBS, then NUTS on the parameters with the path integrated out given the
-        states, or on parameters and path with the path whitened given them;
-        :mod:`inference.blocked`), else NUTS. NumPyro NUTS / HMC over parameters and path;
+        ``"auto"``: the model's exact blocked sampler where it has one (every SLDS and rSLDS;
+        :mod:`inference.blocked`), else NUTS. With Gaussian emissions and standard or sticky
+        transitions: states site by site with the path integrated out, NUTS on the parameters
+        with the path integrated out, the path by the simulation smoother; otherwise states by
+        FFBS given the path, NUTS on parameters and path with the path whitened given them.
+        NumPyro NUTS / HMC over parameters and path;
         SVI with a structured guide; BlackJAX NUTS with window adaptation; ChEES-HMC (many
         chains, vectorized); Metropolis-adjusted microcanonical Langevin with its tuner;
         adaptive tempered SMC (log evidence in ``attrs["log_evidence"]``).
@@ -155,7 +157,9 @@ def fit(
         call only (``jax.enable_x64`` as a context); the global setting is left as it was.
     **options
         Method options (:func:`allowed_options` lists them): NUTS ``target_accept_prob``,
-        ``max_tree_depth``, ``dense_mass``; HMC ``num_steps`` / ``trajectory_length``; SVI
+        ``max_tree_depth``, ``dense_mass``; blocked also ``state_sampler``, ``state_sweeps``,
+        ``mass_adaptation`` (:func:`inference.blocked.run_blocked`); HMC ``num_steps`` /
+        ``trajectory_length``; SVI
         ``guide`` ("structured", "auto_normal", "auto_mvn", "auto_delta" or an AutoGuide),
         ``num_steps``, ``learning_rate``, ``tol``; ChEES ``learning_rate``; MCLMC
         ``target_acceptance``; SMC ``target_ess``, ``num_mcmc_steps``; all: ``shard_trials``
