@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
-from zoo.collapsed_states import sweep_states
+from zoo.collapsed_states import boundary_shift, sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
@@ -56,7 +56,7 @@ __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmu
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
-                             "state_sweeps", "mass_adaptation"})
+                             "state_sweeps", "boundary_moves", "max_shift", "mass_adaptation"})
 
 
 class Blocks(NamedTuple):
@@ -115,7 +115,8 @@ class Adaptation(NamedTuple):
 
 
 def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
-                 reference_path=None, state_sampler: str = "collapsed", state_sweeps: int = 4) -> Blocks:
+                 reference_path=None, state_sampler: str = "collapsed", state_sweeps: int = 4,
+                 boundary_moves: int = 8, max_shift: int = 8) -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
@@ -141,6 +142,10 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         Site by site, a segment boundary moves about one step per sweep; at fixed parameters on
         NASCAR (T = 2000) the sorted state occupancy had lag-1 autocorrelation 0.75-0.84 per
         state sweep, while one state sweep costs a fraction of the NUTS block's gradients.
+    boundary_moves, max_shift : int
+        After the state sweeps, Metropolis moves that shift a segment boundary by up to
+        ``max_shift`` steps (:func:`zoo.collapsed_states.boundary_shift`; target p(z | theta,
+        y), one Kalman filter each): larger steps than the single-site random walk.
 
     Returns
     -------
@@ -181,7 +186,21 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             def one(z, k):
                 return sweep_states(k, dynamics, z, y_seen, emission.H, emission.d, emission.R), None
 
-            return jax.lax.scan(one, states, jax.random.split(key, int(state_sweeps)))[0]
+            k_sweep, k_shift = jax.random.split(key)
+            z = jax.lax.scan(one, states, jax.random.split(k_sweep, int(state_sweeps)))[0]
+            if not boundary_moves:
+                return z
+
+            def log_density(z):
+                return theta_logdensity(flat, z)
+
+            def shift(carry, k):
+                z, value = carry
+                z, value, _ = boundary_shift(k, z, log_density, int(max_shift), value)
+                return (z, value), None
+
+            carry = (z, log_density(z))
+            return jax.lax.scan(shift, carry, jax.random.split(k_shift, int(boundary_moves)))[0][0]
 
         def draw_path(key, flat, states):
             params = constrained(flat, states)
@@ -481,7 +500,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         for a collapsed path: a dense inverse mass for the parameter block, which is small,
         since the dynamics slopes and offsets of a state are correlated; False for a whitened
         path, whose eps has T x D coordinates); ``state_sampler`` ("collapsed", the default,
-        or "ffbs") and ``state_sweeps`` (4), see :func:`build_blocks`; ``mass_adaptation``: at
+        or "ffbs"), ``state_sweeps`` (4), ``boundary_moves`` (8) and ``max_shift`` (8), see
+        :func:`build_blocks`; ``mass_adaptation``: at
         the end of each slow warmup window, the inverse mass from the pooled curvature of the chains' targets
         ("curvature", :func:`curvature_mass`; the default for a collapsed path, whose
         parameter block is small) or from the window's Welford (co)variances ("welford", the
@@ -508,7 +528,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     if not spec.collapsed:  # eps of the whitened path joins the NUTS block; remapped at the start
         theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
     blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
-                          str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)))
+                          str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)),
+                          int(options.get("boundary_moves", 8)), int(options.get("max_shift", 8)))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 

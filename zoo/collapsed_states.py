@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-__all__ = ["single_move_states", "sweep_states", "emission_information"]
+__all__ = ["single_move_states", "sweep_states", "emission_information", "boundary_shift"]
 
 
 def _sym(M):
@@ -251,3 +251,60 @@ def sweep_states(key, dynamics, states, y, H, d, R):
         return single_move_states(k, z, yy, *args, bb, *tail, dd, R, mm)[0]
 
     return jax.vmap(one)(keys, states, y, b, d, mask)
+
+
+def boundary_shift(key, states, log_density, max_shift: int = 8, log_density_value=None):
+    """One Metropolis move of a segment boundary of z, exact for the target ``log_density``.
+
+    Single-site updates move a boundary between two segments by about one step per sweep (a
+    random walk); this move shifts a uniformly chosen boundary by s steps, |s| uniform in
+    1 .. ``max_shift`` with a random sign, relabelling the s steps it passes over, and accepts
+    with the Metropolis ratio. Moves that would remove a segment are rejected, so the number of
+    boundaries is kept and the proposal is symmetric.
+
+    Parameters
+    ----------
+    key : jax.random key
+    states : int array (..., T)
+        Leading axes are trials; boundaries never cross a trial's edge.
+    log_density : callable int array (..., T) -> scalar
+        log p(z | ...) up to a constant (e.g. log p(theta, z | y) with the path integrated out).
+    max_shift : int
+    log_density_value : scalar, optional
+        ``log_density(states)`` if known.
+
+    Returns
+    -------
+    states : int array (..., T)
+    value : scalar
+        ``log_density`` at the returned states.
+    accepted : bool scalar
+    """
+    shape = states.shape
+    T = shape[-1]
+    rows = states.reshape(-1, T)
+    current = log_density(states) if log_density_value is None else log_density_value
+    change = (rows[:, 1:] != rows[:, :-1]).ravel()  # boundary before step t + 1 of its trial
+    k_pick, k_size, k_sign, k_accept = jax.random.split(key, 4)
+    any_boundary = jnp.any(change)
+    idx = jax.random.categorical(k_pick, jnp.where(change | ~any_boundary, 0.0, -jnp.inf))
+    trial, b = idx // (T - 1), idx % (T - 1) + 1  # z[b - 1] != z[b] in that trial
+    size = jax.random.randint(k_size, (), 1, max_shift + 1)
+    s = jnp.where(jax.random.bernoulli(k_sign), size, -size)
+    row = rows[trial]
+    left, right = row[b - 1], row[b]
+    t = jnp.arange(T)
+    # s > 0: steps b .. b + s - 1 become `left`; the right segment must outlast them (z[b + s]
+    # is still `right`). s < 0: steps b + s .. b - 1 become `right`; z[b + s - 1] stays `left`.
+    grow_left = (t >= b) & (t < b + s)
+    grow_right = (t >= b + s) & (t < b)
+    span_ok = jnp.where(s > 0,
+                        (b + s <= T - 1) & jnp.all(jnp.where((t >= b) & (t <= b + s), row == right, True)),
+                        (b + s - 1 >= 0) & jnp.all(jnp.where((t >= b + s - 1) & (t < b), row == left, True)))
+    new_row = jnp.where(grow_left, left, jnp.where(grow_right, right, row))
+    proposal = rows.at[trial].set(new_row).reshape(shape)
+    value = log_density(proposal)
+    log_ratio = jnp.where(jnp.isfinite(value), value - current, -jnp.inf)
+    accept = any_boundary & span_ok & (jnp.log(jax.random.uniform(k_accept, (), current.dtype)) < log_ratio)
+    return (jnp.where(accept, proposal, states).astype(states.dtype), jnp.where(accept, value, current),
+            accept)
