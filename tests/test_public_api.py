@@ -23,7 +23,7 @@ PACKAGES = {
 
 MODULES = {
     "zoo.conjugate": ["ConjugatePrior", "ConsumesDelayed", "Decodable", "Delayed", "IntegratedOut"],
-    "zoo.collapsed_states": ["emission_information", "single_move_states", "sweep_states"],
+    "zoo.collapsed_states": ["boundary_shift", "emission_information", "single_move_states", "sweep_states"],
     "zoo.datasets": ["double_well", "line_attractor", "nascar", "nascar_params",
                      "two_point_attractors", "two_spirals", "van_der_pol"],
     "zoo.deterministic": ["elk", "rnn", "s5"],
