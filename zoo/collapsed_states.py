@@ -12,6 +12,10 @@ Kalman mixture grows as K^T), but its single-site conditionals are: Gerlach, Car
 so a systematic sweep t = 1 .. T costs O(T K D^3), like one Kalman filter per state. Each
 site is drawn exactly from its conditional, so a sweep leaves p(z | theta, y) invariant.
 
+Site by site, a boundary between two segments moves about one step per sweep (a random walk).
+:func:`boundary_shift` adds Metropolis moves that shift a whole boundary by several steps,
+accepted on the same target (one Kalman filter each).
+
 Model (one trial), as :class:`zoo.distributions.SwitchingLinearDynamics` with non-recurrent
 transitions and linear-Gaussian emissions:
 
