@@ -33,7 +33,8 @@ from zoo import scans
 from zoo.distributions import SwitchingLinearDynamics
 from zoo.scans.linalg import matmul, matvec, transpose
 
-__all__ = ["GaussianPathReparam", "emission_information", "reference_states", "state_centres"]
+__all__ = ["GaussianPathReparam", "emission_information", "reference_states", "state_centres",
+           "gauss_markov_factor", "path_from_whitened", "whitened_from_path"]
 
 
 def _offsets(b, z):
@@ -87,28 +88,9 @@ class GaussianPathReparam(Reparam):
         z = self.states
         # parameters may be NumPy arrays (e.g. conditioned values): traced states index JAX arrays
         fn = jax.tree.map(jnp.asarray, fn)
-        dtype = fn.A.dtype
-        eye = jnp.eye(fn.A.shape[-1], dtype=dtype)
-        Lq = fn.scale_tril[z[..., 1:]]  # (..., T-1, D, D)
-        Li = scans.solve_lower(Lq, jnp.broadcast_to(eye, Lq.shape))  # L^{-1}
-        Li_A = scans.solve_lower(Lq, fn.A[z[..., 1:]])
-        Li_b = scans.solve_lower(Lq, _offsets(fn.b, z)[..., 1:, :])
-        L0 = fn.init_scale_tril[z[..., 0]]
-        Li0 = scans.solve_lower(L0, jnp.broadcast_to(eye, L0.shape))
-        # small (D x D) products as fused broadcast sums, as in the scan kernels (hot path: every
-        # gradient evaluation)
-        mm, mv, tr = matmul, matvec, transpose
-        H = self.obs_precision.astype(dtype)
-        h = self.obs_info.astype(dtype)
-        diag = H.at[..., 0, :, :].add(mm(tr(Li0), Li0))
-        diag = diag.at[..., 1:, :, :].add(mm(tr(Li), Li))
-        diag = diag.at[..., :-1, :, :].add(mm(tr(Li_A), Li_A))
-        off = -mm(tr(Li_A), Li)  # Lam[t, t+1] = -A_{t+1}^T Q_{t+1}^{-1}
-        m0 = fn.init_mean[z[..., 0]]
-        h = h.at[..., 0, :].add(mv(tr(Li0), mv(Li0, m0)))
-        h = h.at[..., 1:, :].add(mv(tr(Li), Li_b))
-        h = h.at[..., :-1, :].add(-mv(tr(Li_A), Li_b))
-        return scans.block_tridiagonal_cholesky(diag, off, h)
+        return gauss_markov_factor(fn.A[z[..., 1:]], _offsets(fn.b, z)[..., 1:, :], fn.scale_tril[z[..., 1:]],
+                                   fn.init_mean[z[..., 0]], fn.init_scale_tril[z[..., 0]],
+                                   self.obs_precision, self.obs_info)
 
     def transform(self, fn: SwitchingLinearDynamics, eps) -> tuple[jax.Array, jax.Array]:
         """x = mu + U^{-1} eps and log |det dx/deps|, summed over trials.
@@ -123,10 +105,7 @@ class GaussianPathReparam(Reparam):
         x : array (..., T, D)
         log_det : scalar
         """
-        f = self.factor(fn)
-        x = scans.block_bidiagonal_solve(f, f.rhs_solved + eps)
-        log_det = -jnp.sum(jnp.log(jnp.diagonal(f.chol, axis1=-2, axis2=-1)))
-        return x, log_det
+        return path_from_whitened(self.factor(fn), eps)
 
     def whiten(self, fn: SwitchingLinearDynamics, x) -> jax.Array:
         """eps with :meth:`transform` (fn, eps) = x: eps = U (x - mu).
@@ -140,8 +119,7 @@ class GaussianPathReparam(Reparam):
         -------
         array (..., T, D)
         """
-        f = self.factor(fn)
-        return scans.block_bidiagonal_multiply(f, jnp.asarray(x, f.chol.dtype)) - f.rhs_solved
+        return whitened_from_path(self.factor(fn), x)
 
     def __call__(self, name, fn, obs):
         if obs is not None:
@@ -159,6 +137,87 @@ class GaussianPathReparam(Reparam):
         path_lp = fn.given_states(self.states).log_prob(x) if self.given_states else fn.log_prob(x)
         numpyro.factor(f"{name}_log_density", jnp.sum(path_lp) + log_det - base.log_prob(eps))
         return None, x
+
+
+def gauss_markov_factor(A, b, scale_tril, init_mean, init_scale_tril, obs_precision,
+                        obs_info) -> scans.BlockTridiagonalCholesky:
+    """The factorised precision of a linear-Gaussian path with Gaussian(-approximated) emissions.
+
+    x_0 ~ N(m0, L0 L0^T), x_{t+1} = A_t x_t + b_t + N(0, L_t L_t^T), and emission terms
+    -x_t^T H_t x_t / 2 + h_t^T x_t: the posterior precision Lam (block-tridiagonal) and
+    information, factorised as Lam = U^T U (:func:`zoo.scans.block_tridiagonal_cholesky`). The
+    path's posterior mean is ``block_bidiagonal_solve(f, f.rhs_solved)``. Shared by the
+    switching models' whitened path (the reference states' dynamics) and the GP models' Laplace
+    path (the drift linearised at the previous iterate, :mod:`zoo.sde_laplace`).
+
+    Parameters
+    ----------
+    A : array (..., T-1, D, D)
+        Transition of step t -> t+1.
+    b : array (..., T-1, D)
+        Offset of step t -> t+1.
+    scale_tril : array (..., T-1, D, D)
+        Lower Cholesky factor of the transition noise covariance.
+    init_mean : array (..., D)
+    init_scale_tril : array (..., D, D)
+    obs_precision : array (..., T, D, D)
+        H_t (symmetric positive semi-definite).
+    obs_info : array (..., T, D)
+        h_t.
+
+    Returns
+    -------
+    zoo.scans.BlockTridiagonalCholesky
+    """
+    dtype = A.dtype
+    eye = jnp.eye(A.shape[-1], dtype=dtype)
+    Lq = scale_tril  # (..., T-1, D, D)
+    Li = scans.solve_lower(Lq, jnp.broadcast_to(eye, Lq.shape))  # L^{-1}
+    Li_A = scans.solve_lower(Lq, A)
+    Li_b = scans.solve_lower(Lq, b)
+    L0 = init_scale_tril
+    Li0 = scans.solve_lower(L0, jnp.broadcast_to(eye, L0.shape))
+    # small (D x D) products as fused broadcast sums, as in the scan kernels (hot path: every
+    # gradient evaluation)
+    mm, mv, tr = matmul, matvec, transpose
+    H = jnp.asarray(obs_precision).astype(dtype)
+    h = jnp.asarray(obs_info).astype(dtype)
+    batch = jnp.broadcast_shapes(H.shape[:-3], A.shape[:-3], L0.shape[:-2])
+    H = jnp.broadcast_to(H, batch + H.shape[-3:])
+    h = jnp.broadcast_to(h, batch + h.shape[-2:])
+    diag = H.at[..., 0, :, :].add(mm(tr(Li0), Li0))
+    diag = diag.at[..., 1:, :, :].add(mm(tr(Li), Li))
+    diag = diag.at[..., :-1, :, :].add(mm(tr(Li_A), Li_A))
+    off = -mm(tr(Li_A), Li)  # Lam[t, t+1] = -A_t^T Q_t^{-1}
+    h = h.at[..., 0, :].add(mv(tr(Li0), mv(Li0, init_mean)))
+    h = h.at[..., 1:, :].add(mv(tr(Li), Li_b))
+    h = h.at[..., :-1, :].add(-mv(tr(Li_A), Li_b))
+    return scans.block_tridiagonal_cholesky(diag, off, h)
+
+
+def path_from_whitened(factor: scans.BlockTridiagonalCholesky, eps) -> tuple[jax.Array, jax.Array]:
+    """x = mu + U^{-1} eps for Lam = U^T U and mu = Lam^{-1} h, with log |det dx/deps|.
+
+    Parameters
+    ----------
+    factor : zoo.scans.BlockTridiagonalCholesky
+        From :func:`gauss_markov_factor`.
+    eps : array (..., T, D)
+
+    Returns
+    -------
+    x : array (..., T, D)
+    log_det : scalar
+        -sum log diag(chol), summed over trials.
+    """
+    x = scans.block_bidiagonal_solve(factor, factor.rhs_solved + eps)
+    log_det = -jnp.sum(jnp.log(jnp.diagonal(factor.chol, axis1=-2, axis2=-1)))
+    return x, log_det
+
+
+def whitened_from_path(factor: scans.BlockTridiagonalCholesky, x) -> jax.Array:
+    """eps = U (x - mu), the inverse of :func:`path_from_whitened`, (..., T, D)."""
+    return scans.block_bidiagonal_multiply(factor, jnp.asarray(x, factor.chol.dtype)) - factor.rhs_solved
 
 
 def emission_information(C, d, from_eta, x_ref, y, mask=None) -> tuple[jax.Array, jax.Array]:
