@@ -7,7 +7,7 @@ r_t = f(x^(i)_{t-1}, u_t) - J_t x^(i)_{t-1}, the linearised dynamics are
 x_t = J_t x_{t-1} + r_t, a *linear recurrence*.
 
 - ``"deer"`` (Lim et al., ICLR 2024): Newton. The next iterate is the linear recurrence with
-  dense J_t, run by :func:`zoo.scans.linear_recurrence` (parallel associative scan).
+  dense J_t, run by :func:`zoo.scans.linear_recurrence`.
 - ``"quasi_deer"`` (Gonzalez et al., NeurIPS 2024): J_t replaced by its diagonal; the recurrence
   is diagonal (O(T D) memory and work per iteration instead of O(T D^2) / O(T D^3)).
 - ``"elk"`` (Gonzalez et al., NeurIPS 2024): Levenberg-Marquardt. The next iterate minimises
@@ -15,12 +15,15 @@ x_t = J_t x_{t-1} + r_t, a *linear recurrence*.
   posterior mean of the linear-Gaussian state-space model with dynamics
   x_t = J_t x_{t-1} + r_t + N(0, I) and pseudo-observations y_t = x^(i)_t + N(0, I / damping).
   The *whole* posterior mean is needed (the LM step is a joint solve over all t), so this is a
-  Kalman **smoother**: :func:`zoo.scans.kalman_smoother` with ``parallel=True`` (parallel
-  filter + parallel RTS smoother). A filter alone would only give the right value at t = T.
+  Kalman **smoother**: :func:`zoo.scans.kalman_smoother` (filter + RTS smoother). A filter
+  alone would only give the right value at t = T.
 - ``"quasi_elk"``: the same with diagonal J_t. The problem then splits into D independent
-  scalar state-space models, solved by the same parallel smoother with 1x1 matrices, vmapped
-  over the D dimensions (O(T D) memory).
+  scalar state-space models, solved by the same smoother with 1x1 matrices, vmapped over the D
+  dimensions (O(T D) memory).
 
+``damping`` is the lambda of the ELK paper (Gonzalez et al. 2024, which writes the
+pseudo-observation variance sigma^2 = 1 / lambda in its code): the pseudo-observation
+precision relative to unit process noise and a unit prior covariance of x_1.
 ``damping -> 0`` recovers (quasi-)DEER; larger damping gives shorter, safer steps (a trust
 region), which keeps the iteration bounded on unstable networks where the Newton recurrence
 overflows.
@@ -32,6 +35,12 @@ the first i states are exact), which is why T is the cap: beyond it the sequenti
 cheaper anyway. ``converged`` reports whether the tolerance was met; unconverged states are
 replaced by NaN unless ``on_failure="flag"`` (keep the last iterate, for diagnostics) or
 raise with ``on_failure="raise"`` (only outside ``jit``).
+
+Every linear solve runs either as a parallel associative scan (O(log T) depth) or as a
+sequential ``lax.scan`` (O(T) depth, less work): ``parallel=None`` picks the first on a GPU or
+TPU and the second on a CPU (:func:`parallel_default`); both give the same iterates up to
+rounding. :func:`trace` records the residual and the deviation from a reference trajectory at
+every iteration.
 
 Gradients use the implicit function theorem at the solution, not the iterations: for a
 cotangent g (T, D) of the states, the adjoint lambda_t = g_t + J_{t+1}^T lambda_{t+1}
@@ -52,7 +61,8 @@ from jax import lax
 
 from zoo.scans import kalman_smoother, linear_recurrence
 
-__all__ = ["METHODS", "ELKResult", "evaluate", "linearized_step", "residual", "sequential"]
+__all__ = ["METHODS", "ELKResult", "ELKTrace", "evaluate", "linearized_step", "parallel_default", "residual",
+           "sequential", "trace"]
 
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 
@@ -107,20 +117,20 @@ def _jac_all(f, xp, inputs, consts, diagonal: bool):
     return jax.vmap(one)(xp, inputs)
 
 
-def _step(method: str, damping, x0, x, fx, J):
+def _step(method: str, damping, x0, x, fx, J, parallel: bool = True):
     """Next iterate from the current one x (T, D), f at it (fx) and its Jacobians J."""
     T, D = x.shape
     xp = _shift(x0, x)
     diagonal = method in ("quasi_deer", "quasi_elk")
     r = fx - (J * xp if diagonal else jnp.einsum("tij,tj->ti", J, xp))
     if method in ("deer", "quasi_deer"):
-        return linear_recurrence(J, r, x0, parallel=True)
+        return linear_recurrence(J, r, x0, parallel=parallel)
     dtype = x.dtype
     # x_1 = J_1 x_0 + r_1 = f(x_0, u_1): the prior mean of the first state.
     if method == "elk":
         eye = jnp.eye(D, dtype=dtype)
         post = kalman_smoother(
-            x, fx[0], eye, J[1:], r[1:], eye, eye, jnp.zeros(D, dtype), eye / damping, parallel=True
+            x, fx[0], eye, J[1:], r[1:], eye, eye, jnp.zeros(D, dtype), eye / damping, parallel=parallel
         )
         return post.smoothed_means
     # quasi_elk: D independent scalar smoothers, same parallel kernel with 1x1 matrices.
@@ -129,7 +139,7 @@ def _step(method: str, damping, x0, x, fx, J):
     def scalar(y, m0, F, b):
         post = kalman_smoother(
             y[:, None], m0[None], one, F[:, None, None], b[:, None], one, one,
-            jnp.zeros(1, dtype), one / damping, parallel=True,
+            jnp.zeros(1, dtype), one / damping, parallel=parallel,
         )
         return post.smoothed_means[:, 0]
 
@@ -167,7 +177,7 @@ def _check_common(f, x0, inputs, method, damping):
 
 
 def linearized_step(f: Callable, x0: jax.Array, inputs, states: jax.Array, method: str = "deer",
-                    damping: float = 1.0) -> jax.Array:
+                    damping: float = 1.0, parallel: bool | None = None) -> jax.Array:
     """One iteration of ``method`` from the iterate ``states``; exposed for testing and study.
 
     Parameters
@@ -180,6 +190,8 @@ def linearized_step(f: Callable, x0: jax.Array, inputs, states: jax.Array, metho
     method : {"deer", "quasi_deer", "elk", "quasi_elk"}
     damping : float
         Levenberg-Marquardt damping (pseudo-observation precision) for ELK methods.
+    parallel : bool, optional
+        Parallel associative scans or sequential scans (default :func:`parallel_default`).
 
     Returns
     -------
@@ -187,6 +199,7 @@ def linearized_step(f: Callable, x0: jax.Array, inputs, states: jax.Array, metho
         The next iterate x^(i+1).
     """
     x0, inputs, u0, T = _check_common(f, x0, inputs, method, damping)
+    parallel = _check_parallel(parallel)
     states = jnp.asarray(states, x0.dtype)
     if states.shape != (T, x0.shape[0]):
         raise ValueError(f"states must have shape (T, D) = ({T}, {x0.shape[0]}); got {states.shape}")
@@ -194,7 +207,7 @@ def linearized_step(f: Callable, x0: jax.Array, inputs, states: jax.Array, metho
     xp = _shift(x0, states)
     fx = _f_all(fc, xp, inputs, consts)
     J = _jac_all(fc, xp, inputs, consts, method in ("quasi_deer", "quasi_elk"))
-    return _step(method, damping, x0, states, fx, J)
+    return _step(method, damping, x0, states, fx, J, parallel)
 
 
 def residual(f: Callable, x0: jax.Array, inputs, states: jax.Array) -> jax.Array:
@@ -218,7 +231,21 @@ def _merit(x, fx):
     return jnp.where(finite, jnp.max(jnp.abs(d)), inf), jnp.where(finite, jnp.sum(d * d), inf)
 
 
-def _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
+class _Record(NamedTuple):
+    """What :func:`_iterate` records per iteration for :func:`trace` (static settings + arrays)."""
+
+    reference: jax.Array  # (T, K) compared with states[:, components]
+    components: tuple  # K state indices
+    reset: bool  # zero non-finite entries of a new iterate and go on
+
+
+def _iterate(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts,
+             record: _Record | None = None):
+    """The (quasi-)Newton / Levenberg-Marquardt loop shared by :func:`evaluate` and :func:`trace`.
+
+    Returns (x, iterations, converged, residual) and, with ``record``, the per-iteration history
+    (residual, deviation, non-finite flag, damping), each (max_iters,), NaN / False past the stop.
+    """
     diagonal = method in ("quasi_deer", "quasi_elk")
     lm = method in ("elk", "quasi_elk")
     dtype = x0.dtype
@@ -230,13 +257,17 @@ def _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, cons
         return (fx, J) + _merit(x, fx)
 
     def cond(c):
-        i, _, _, _, err, _, _ = c
+        i, _, _, _, err, _, _, _ = c
         return (i < max_iters) & (err > tol) & jnp.isfinite(err)
 
     def body(c):
-        i, x, fx, J, err, merit, lam = c
-        x_new = _step(method, lam, x0, x, fx, J)
+        i, x, fx, J, err, merit, lam, hist = c
+        x_new = _step(method, lam, x0, x, fx, J, parallel)
+        bad = ~jnp.all(jnp.isfinite(x_new))
+        if record is not None and record.reset:
+            x_new = jnp.where(jnp.isfinite(x_new), x_new, jnp.zeros((), dtype))
         new = (x_new,) + linearise(x_new)
+        lam_used = lam
         if lm and adaptive:
             # Levenberg-Marquardt trust region: accept if the merit sum ||x - f||^2 decreased
             # (then relax the damping), otherwise keep the iterate and damp harder.
@@ -247,36 +278,50 @@ def _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, cons
             lam = jnp.where(accept, jnp.maximum(lam * _LM_DOWN, _LM_MIN), lam * _LM_UP)
         else:
             x, fx, J, err, merit = new
-        return i + 1, x, fx, J, err, merit, lam
+        if record is not None:
+            dev = jnp.mean(jnp.abs(x[:, record.components] - record.reference))
+            h_err, h_dev, h_bad, h_lam = hist
+            hist = (h_err.at[i].set(err), h_dev.at[i].set(dev), h_bad.at[i].set(bad),
+                    h_lam.at[i].set(lam_used))
+        return i + 1, x, fx, J, err, merit, lam, hist
 
+    if record is None:
+        hist0 = ()
+    else:
+        nan = jnp.full((max_iters,), jnp.nan, dtype)
+        hist0 = (nan, nan, jnp.zeros((max_iters,), bool), nan)
     fx, J, err, merit = linearise(init)
-    c0 = (jnp.asarray(0, jnp.int32), init, fx, J, err, merit, jnp.asarray(damping, dtype))
-    i, x, _, _, err, _, _ = lax.while_loop(cond, body, c0)
+    c0 = (jnp.asarray(0, jnp.int32), init, fx, J, err, merit, jnp.asarray(damping, dtype), hist0)
+    i, x, _, _, err, _, _, hist = lax.while_loop(cond, body, c0)
     converged = err <= tol  # False for NaN / inf
-    return x, i, converged, err
+    return (x, i, converged, err) + ((hist,) if record is not None else ())
+
+
+def _solve(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts):
+    return _iterate(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts)
 
 
 _LM_DOWN, _LM_UP, _LM_MIN = 0.3, 4.0, 1e-6
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _solve_ift(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
-    return _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _solve_ift(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts):
+    return _solve(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts)
 
 
-def _solve_fwd(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts):
-    out = _solve(fc, method, tol, max_iters, damping, adaptive, x0, inputs, init, consts)
+def _solve_fwd(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts):
+    out = _solve(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs, init, consts)
     return out, (out[0], x0, inputs, init, consts)
 
 
-def _solve_bwd(fc, method, tol, max_iters, damping, adaptive, res, cts):
+def _solve_bwd(fc, method, tol, max_iters, damping, adaptive, parallel, res, cts):
     x, x0, inputs, init, consts = res
     g = cts[0]
     xp = _shift(x0, x)
     J = _jac_all(fc, xp, inputs, consts, diagonal=False)  # exact Jacobians at the solution
     # lambda_t = g_t + J_{t+1}^T lambda_{t+1}; the last A multiplies lambda_{T+1} = 0.
     A = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])], axis=0)
-    lam = linear_recurrence(A, g, jnp.zeros_like(x0), parallel=True, reverse=True)
+    lam = linear_recurrence(A, g, jnp.zeros_like(x0), parallel=parallel, reverse=True)
     _, vjp = jax.vjp(lambda xx, uu, cc: _f_all(fc, xx, uu, cc), xp, inputs, consts)
     d_xp, d_inputs, d_consts = vjp(lam)
     return d_xp[0], d_inputs, jnp.zeros_like(init), d_consts
@@ -287,6 +332,49 @@ _solve_ift.defvjp(_solve_fwd, _solve_bwd)
 
 def _default_tol(dtype) -> float:
     return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-12
+
+
+def parallel_default() -> bool:
+    """Whether the linear solves run as parallel associative scans when ``parallel=None``.
+
+    True on an accelerator (JAX's default backend is a GPU or TPU), False on a CPU, where a
+    parallel scan does O(log T) times more work on a few cores and the sequential scan is faster.
+
+    Returns
+    -------
+    bool
+    """
+    return jax.default_backend() not in ("cpu",)
+
+
+def _check_parallel(parallel) -> bool:
+    if parallel is None:
+        return parallel_default()
+    if not isinstance(parallel, (bool, np.bool_)):
+        raise ValueError(f"parallel must be True, False or None (automatic); got {parallel!r}")
+    return bool(parallel)
+
+
+def _check_run(x0, T, tol, max_iters, init):
+    """Validated (tol, max_iters, init) of an iteration over T steps from x0 (D,)."""
+    D = x0.shape[0]
+    if tol is None:
+        tol = _default_tol(x0.dtype)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive float; got {tol!r}")
+    if max_iters is None:
+        max_iters = T
+    if isinstance(max_iters, (bool, np.bool_)) or not isinstance(max_iters, (int, np.integer)) or not (
+        1 <= max_iters <= T
+    ):
+        raise ValueError(f"max_iters must be an integer in [1, T] = [1, {T}]; got {max_iters!r}")
+    if init is None:
+        init = jnp.zeros((T, D), x0.dtype)
+    else:
+        init = jnp.asarray(init, x0.dtype)
+        if init.shape != (T, D):
+            raise ValueError(f"init must have shape (T, D) = ({T}, {D}); got {init.shape}")
+    return float(tol), int(max_iters), init
 
 
 def evaluate(
@@ -300,6 +388,7 @@ def evaluate(
     adaptive: bool = True,
     init: jax.Array | None = None,
     on_failure: str = "nan",
+    parallel: bool | None = None,
 ) -> ELKResult:
     """Evaluate x_t = f(x_{t-1}, u_t), t = 1..T, for all t in parallel.
 
@@ -335,6 +424,12 @@ def evaluate(
         What to do when the tolerance is not met within ``max_iters``: set the states to NaN
         (default), return the last iterate with ``converged=False``, or raise RuntimeError
         (needs concrete values, i.e. a call outside ``jit``).
+    parallel : bool, optional
+        Run each linear solve (the linear recurrence of (quasi-)DEER, the Kalman smoother of
+        (quasi-)ELK, and the adjoint recurrence of the gradient) as a parallel associative scan
+        (True) or a sequential ``lax.scan`` (False). Default :func:`parallel_default`: parallel on
+        an accelerator, sequential on a CPU (where the sequential scan is the faster of the two;
+        both give the same iterates up to rounding).
 
     Returns
     -------
@@ -348,28 +443,13 @@ def evaluate(
     the forward problem.
     """
     x0, inputs, u0, T = _check_common(f, x0, inputs, method, damping)
-    D = x0.shape[0]
-    if tol is None:
-        tol = _default_tol(x0.dtype)
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive float; got {tol!r}")
-    if max_iters is None:
-        max_iters = T
-    if isinstance(max_iters, (bool, np.bool_)) or not isinstance(max_iters, (int, np.integer)) or not (
-        1 <= max_iters <= T
-    ):
-        raise ValueError(f"max_iters must be an integer in [1, T] = [1, {T}]; got {max_iters!r}")
+    tol, max_iters, init = _check_run(x0, T, tol, max_iters, init)
     if on_failure not in ("nan", "flag", "raise"):
         raise ValueError(f"on_failure must be 'nan', 'flag' or 'raise'; got {on_failure!r}")
-    if init is None:
-        init = jnp.zeros((T, D), x0.dtype)
-    else:
-        init = jnp.asarray(init, x0.dtype)
-        if init.shape != (T, D):
-            raise ValueError(f"init must have shape (T, D) = ({T}, {D}); got {init.shape}")
+    parallel = _check_parallel(parallel)
     fc, consts = jax.closure_convert(f, x0, u0)
     x, iters, converged, err = _solve_ift(
-        fc, method, float(tol), int(max_iters), float(damping), bool(adaptive), x0, inputs, init, consts
+        fc, method, tol, max_iters, float(damping), bool(adaptive), parallel, x0, inputs, init, consts
     )
     if on_failure == "raise":
         if isinstance(converged, jax.core.Tracer):
@@ -382,3 +462,97 @@ def evaluate(
     elif on_failure == "nan":
         x = jnp.where(converged, x, jnp.nan)
     return ELKResult(x, iters, converged, err)
+
+
+class ELKTrace(NamedTuple):
+    """Result of :func:`trace`: the iteration's history, one entry per linearised solve.
+
+    Attributes
+    ----------
+    states : (T, D) the last iterate (not masked).
+    iterations : () int, number of linearised solves performed (n).
+    converged : () bool, whether the residual reached ``tol``.
+    residual : (max_iters,) max_t ||x_t - f(x_{t-1}, u_t)||_inf after each solve (+inf if the
+        iterate was not finite); NaN from entry n on.
+    deviation : (max_iters,) mean absolute deviation of ``states[:, components]`` from
+        ``reference`` after each solve; NaN from entry n on.
+    nonfinite : (max_iters,) bool, whether that solve produced a NaN or infinite value (before
+        any reset); False from entry n on.
+    damping : (max_iters,) the damping the solve used (ELK methods; NaN from entry n on).
+    """
+
+    states: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    residual: jax.Array
+    deviation: jax.Array
+    nonfinite: jax.Array
+    damping: jax.Array
+
+
+def trace(
+    f: Callable,
+    x0: jax.Array,
+    inputs,
+    reference: jax.Array,
+    method: str = "deer",
+    components: tuple[int, ...] | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    damping: float = 1.0,
+    adaptive: bool = True,
+    init: jax.Array | None = None,
+    on_nonfinite: str = "stop",
+    parallel: bool | None = None,
+) -> ELKTrace:
+    """Run the iteration of :func:`evaluate` and record its progress at every solve.
+
+    For studying convergence (the deviation-per-iteration curves of the DEER and ELK papers);
+    not differentiable. Same iteration and stopping rule as :func:`evaluate` (tolerance,
+    ``max_iters``, non-finite iterate), except that ``on_nonfinite="reset"`` replaces the NaN or
+    infinite entries of a new iterate by zero and goes on (the "zeroing heuristic" the ELK
+    paper applies to DEER and quasi-DEER).
+
+    Parameters
+    ----------
+    f : callable f(x (D,), u) -> (D,)
+    x0 : array (D,)
+    inputs : array (T, ...) or pytree with a leading T axis
+    reference : array (T, K)
+        The trajectory to compare with, usually the sequential evaluation (its ``components``).
+    method : {"deer", "quasi_deer", "elk", "quasi_elk"}
+    components : tuple of int, optional
+        The K state components compared with ``reference`` (default all D).
+    tol, max_iters, damping, adaptive, init, parallel
+        As in :func:`evaluate`.
+    on_nonfinite : {"stop", "reset"}
+        Stop at a non-finite iterate (as :func:`evaluate`) or zero its non-finite entries and
+        continue.
+
+    Returns
+    -------
+    ELKTrace
+        ``states`` (T, D), ``iterations`` (), ``converged`` (), and per-solve ``residual``,
+        ``deviation``, ``nonfinite``, ``damping``, each (max_iters,).
+    """
+    x0, inputs, u0, T = _check_common(f, x0, inputs, method, damping)
+    tol, max_iters, init = _check_run(x0, T, tol, max_iters, init)
+    parallel = _check_parallel(parallel)
+    D = x0.shape[0]
+    components = tuple(range(D)) if components is None else tuple(int(k) for k in components)
+    if not components or any(not 0 <= k < D for k in components):
+        raise ValueError(f"components must be state indices in [0, {D}); got {components}")
+    reference = jnp.asarray(reference, x0.dtype)
+    if reference.shape != (T, len(components)):
+        raise ValueError(
+            f"reference must have shape (T, K) = ({T}, {len(components)}); got {reference.shape}"
+        )
+    if on_nonfinite not in ("stop", "reset"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'reset'; got {on_nonfinite!r}")
+    fc, consts = jax.closure_convert(f, x0, u0)
+    record = _Record(reference, components, on_nonfinite == "reset")
+    x, iters, converged, _, hist = _iterate(
+        fc, method, tol, max_iters, float(damping), bool(adaptive), parallel, x0, inputs, init, consts,
+        record,
+    )
+    return ELKTrace(x, iters, converged, *hist)
