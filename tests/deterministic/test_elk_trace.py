@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.deterministic import elk, rnn
+from zoo.deterministic import elk, rnn, s5
 
 jax.config.update("jax_enable_x64", True)
 
@@ -21,6 +21,10 @@ def gru(T=120, D=3, dtype=jnp.float64):
 
 def test_parallel_default_is_sequential_on_cpu():
     assert elk.parallel_default() is (jax.default_backend() != "cpu")
+    with pytest.raises(ValueError, match="parallel"):
+        s5.S5Layer(H=2, P=2, parallel="yes")
+    with pytest.raises(ValueError, match="parallel"):
+        s5.S5Model(input_dim=1, output_dim=1, parallel=1)
 
 
 @pytest.mark.parametrize("method", elk.METHODS)

@@ -64,7 +64,8 @@ def loop_reference(layer, params, u, dt=None):
         dict(discretization="bilinear", blocks=2),
         dict(conj_sym=False, blocks=4),
         dict(bidirectional=True, blocks=2),
-        dict(parallel=False),
+        dict(parallel=True),  # the default is sequential on a CPU
+        dict(parallel=True, bidirectional=True, blocks=2),
     ],
 )
 @pytest.mark.parametrize("irregular", [False, True])

@@ -59,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from zoo.deterministic._parallel import parallel_default
+from zoo.deterministic._parallel import resolve_parallel as _check_parallel
 from zoo.scans import kalman_smoother, linear_recurrence
 
 __all__ = ["METHODS", "ELKResult", "ELKTrace", "evaluate", "linearized_step", "parallel_default", "residual",
@@ -332,27 +334,6 @@ _solve_ift.defvjp(_solve_fwd, _solve_bwd)
 
 def _default_tol(dtype) -> float:
     return 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-12
-
-
-def parallel_default() -> bool:
-    """Whether the linear solves run as parallel associative scans when ``parallel=None``.
-
-    True on an accelerator (JAX's default backend is a GPU or TPU), False on a CPU, where a
-    parallel scan does O(log T) times more work on a few cores and the sequential scan is faster.
-
-    Returns
-    -------
-    bool
-    """
-    return jax.default_backend() not in ("cpu",)
-
-
-def _check_parallel(parallel) -> bool:
-    if parallel is None:
-        return parallel_default()
-    if not isinstance(parallel, (bool, np.bool_)):
-        raise ValueError(f"parallel must be True, False or None (automatic); got {parallel!r}")
-    return bool(parallel)
 
 
 def _check_run(x0, T, tol, max_iters, init):

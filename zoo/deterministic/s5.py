@@ -20,8 +20,10 @@ B_bar is never formed per step: B u_k (L, P') is computed once and scaled elemen
 (L, P') factors, so irregular sampling costs O(L P') memory, never O(L P' H).
 
 The recurrence x_k = Lambda_bar_k x_{k-1} + B_bar_k u_k runs on
-:func:`zoo.scans.linear_recurrence` with complex diagonal A (parallel associative scan by
-default; ``parallel=False`` uses the sequential scan, faster on a CPU).
+:func:`zoo.scans.linear_recurrence` with complex diagonal A: a parallel associative scan
+(``parallel=True``) or a sequential scan (``parallel=False``). The default ``parallel=None``
+picks the parallel scan on a GPU or TPU and the sequential one on a CPU, where it is faster
+(:func:`zoo.deterministic.elk.parallel_default`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
+from zoo.deterministic._parallel import resolve_parallel
 from zoo.scans import linear_recurrence
 
 __all__ = [
@@ -164,8 +167,9 @@ class S5Layer:
         Add a backward-in-time recurrence with its own C; ``step`` is then unavailable.
     dt_min, dt_max : float
         Range of the log-uniform initial time steps.
-    parallel : bool
-        Associative scan (True) or sequential scan (False) in ``linear_recurrence``.
+    parallel : bool or None
+        Associative scan (True) or sequential scan (False) in ``linear_recurrence``; None
+        (default) chooses at call time: parallel on a GPU / TPU, sequential on a CPU.
     """
 
     H: int
@@ -176,9 +180,10 @@ class S5Layer:
     bidirectional: bool = False
     dt_min: float = 1e-3
     dt_max: float = 1e-1
-    parallel: bool = True
+    parallel: bool | None = None
 
     def __post_init__(self):
+        resolve_parallel(self.parallel)  # validates
         if self.H < 1:
             raise ValueError(f"H must be a positive integer; got {self.H}")
         if self.P < 1 or self.blocks < 1 or self.P % self.blocks:
@@ -275,10 +280,11 @@ class S5Layer:
         b = gamma * Bu  # (L, P')
         A = jnp.broadcast_to(Lbar, b.shape)
         x0 = jnp.zeros(b.shape[-1], b.dtype)
-        xs = linear_recurrence(A, b, x0, parallel=self.parallel)
+        parallel = resolve_parallel(self.parallel)
+        xs = linear_recurrence(A, b, x0, parallel=parallel)
         y = self._out(params, xs, u, 0)
         if self.bidirectional:
-            xb = linear_recurrence(A, b, x0, parallel=self.parallel, reverse=True)
+            xb = linear_recurrence(A, b, x0, parallel=parallel, reverse=True)
             y = y + self._out(params, xb, u, 1)
         return y + params["D"] * u
 
@@ -383,9 +389,10 @@ class S5Model:
     prenorm: bool = True
     dt_min: float = 1e-3
     dt_max: float = 1e-1
-    parallel: bool = True
+    parallel: bool | None = None
 
     def __post_init__(self):
+        resolve_parallel(self.parallel)  # validates
         if self.input_dim < 1 or self.output_dim < 1:
             raise ValueError(
                 f"input_dim and output_dim must be positive; got {self.input_dim}, {self.output_dim}"
