@@ -53,6 +53,7 @@ from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
+           "start_state", "initial_inverse_mass", "chain_starts", "parameter_mask",
            "curvature_inverse_mass", "curvature_mass", "adaptation_init", "adaptation_update",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
@@ -166,7 +167,9 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         values = {**params, site: path}
         with decode(rng_key=key) as dec:
             handlers.substitute(handlers.seed(model, key), data=values)(y, **kwargs)
-        return dec.posteriors[site].sample.astype(jnp.int32)
+        draw = dec.posteriors[site].sample
+        # the discrete states (int), or a conjugate site drawn given the path (the GP models' W)
+        return draw.astype(jnp.int32) if spec.states_site == "z" else draw
 
     if spec.collapsed:
         def collapsed(states):
@@ -244,7 +247,9 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return draw_states_given(key, constrained(flat, states), path)
 
     def states_given_path(key, flat, path):
-        return draw_states(key, flat, jnp.zeros(path.shape[:-1], jnp.int32), path)
+        # placeholder states for the constrained parameters (a conjugate site: None)
+        placeholder = jnp.zeros(path.shape[:-1], jnp.int32) if spec.states_site == "z" else None
+        return draw_states(key, flat, placeholder, path)
 
     def remap(flat, states, path):
         values = dict(unravel(flat))
@@ -255,7 +260,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return constrained(flat, states)[site]
 
     def record(flat, states, path):
-        return {**params_only(constrained(flat, states)), site: path, "z": states}
+        return {**params_only(constrained(flat, states)), site: path, spec.states_site: states}
 
     return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path)
 
@@ -326,8 +331,9 @@ def adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
 
     Parameters
     ----------
-    inv_mass_diag : array (d,)
-        First inverse mass (diagonal; a dense one starts as its diagonal matrix).
+    inv_mass_diag : array (d,) or (d, d)
+        First inverse mass: a diagonal (d,) (with ``dense``, it starts as its diagonal matrix)
+        or, with ``dense``, a full (d, d) matrix.
     step_size : float
     dense : bool
 
@@ -338,7 +344,7 @@ def adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
     dim, dtype = inv_mass_diag.shape[-1], inv_mass_diag.dtype
     da_init, _, _ = dual_averaging_adaptation(0.8)
     w_init, _, _ = welford_algorithm(not dense)
-    mass = jnp.diag(inv_mass_diag) if dense else inv_mass_diag
+    mass = jnp.diag(inv_mass_diag) if dense and inv_mass_diag.ndim == 1 else inv_mass_diag
     eps = jnp.asarray(step_size, dtype)
     return Adaptation(da_init(eps), w_init(dim), eps, mass)
 
@@ -478,6 +484,62 @@ def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - i) for i in range(0, total, size)]
 
 
+def start_state(blocks: Blocks, key, theta, path) -> SweepState:
+    """A chain's first state from start values (theta, x): z drawn first given that path
+    (``blocks.states_given_path``), then the NUTS block's position remapped to it, so that
+    the chain starts from a consistent (theta, z, x).
+
+    Parameters
+    ----------
+    blocks : Blocks
+    key : jax.random key
+    theta : array (d,)
+        Flat unconstrained NUTS-block position.
+    path : array (..., T, D)
+
+    Returns
+    -------
+    SweepState
+    """
+    states = blocks.states_given_path(key, theta, path)
+    theta = blocks.remap(theta, states, path)
+    hmc = blackjax.nuts.init(theta, lambda f: blocks.theta_logdensity(f, states))
+    return SweepState(hmc, states, path)
+
+
+def parameter_mask(theta: Mapping) -> jax.Array:
+    """Flat mask (d,) of one chain's NUTS-block coordinates that are parameters (1), not a
+    whitened path's eps (0): the unit-free parameters get a curvature-based first mass, eps is
+    N(0, I)-like by construction."""
+    return ravel_pytree({k: jnp.zeros_like(v) if k.endswith("_whitened") else jnp.ones_like(v)
+                         for k, v in theta.items()})[0]
+
+
+def initial_inverse_mass(blocks: Blocks, states: SweepState, which, dense: bool, pooled: bool) -> jax.Array:
+    """The NUTS block's first inverse mass, for chains (C, ...) in their start states.
+
+    ``pooled`` (a collapsed path, whose parameter block is small): the chains' pooled
+    curvature (:func:`curvature_mass`, dense or diagonal), the same estimate the warmup windows
+    end with; a dense start removes the slope-offset correlations that otherwise keep the first
+    window's trees at depth 5-6. Otherwise (a whitened path, eps of T x D coordinates) each
+    chain's diagonal curvature on the parameter coordinates ``which`` and 1 on eps
+    (:func:`curvature_inverse_mass`).
+
+    Returns
+    -------
+    array (C, d) or (C, d, d) when ``pooled`` and ``dense``
+    """
+    C = states.hmc.position.shape[0]
+    if pooled:
+        def logdensity(f, c):
+            return blocks.theta_logdensity(f, jnp.take(states.states, c, axis=0))
+
+        mass = curvature_mass(logdensity, states.hmc.position, dense)
+        return jnp.broadcast_to(mass, (C,) + mass.shape)
+    return jax.vmap(lambda st: curvature_inverse_mass(
+        lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which))(states)
+
+
 def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start: Mapping, num_chains: int,
                 num_warmup: int, num_samples: int, progress_bar: bool, options: Mapping,
                 reference_path=None) -> tuple[dict, dict]:
@@ -534,20 +596,11 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 
-    def init_chain(k, flat, path):
-        # draw z | x first, so that the chain starts from a consistent (theta, z, x)
-        states = blocks.states_given_path(k, flat, path)
-        flat = blocks.remap(flat, states, path)
-        hmc = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
-        return SweepState(hmc, states, path)
-
     k_init, k_warm, k_run = jax.random.split(key, 3)
-    states = jax.jit(jax.vmap(init_chain))(jax.random.split(k_init, num_chains), flat0, path0)
-    # the unit-free parameters first; the whitened path's eps is N(0, I)-like by construction
-    which = ravel_pytree({k: jnp.zeros_like(v[0]) if k.endswith("_whitened") else jnp.ones_like(v[0])
-                          for k, v in theta0.items()})[0]
-    inv_mass0 = jax.jit(jax.vmap(lambda st: curvature_inverse_mass(
-        lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which)))(states)
+    states = jax.jit(jax.vmap(lambda k, f, x: start_state(blocks, k, f, x)))(
+        jax.random.split(k_init, num_chains), flat0, path0)
+    which = parameter_mask(jax.tree.map(lambda v: v[0], theta0))
+    inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which, dense, pooled=not welford))(states)
     adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
     # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
     # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then
@@ -632,6 +685,77 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     return samples, stats
 
 
+def chain_starts(model, y, run_kwargs: Mapping, key, num_chains: int, estimate: Mapping | None = None,
+                 init="auto", options: Mapping | None = None, user_kwargs: Mapping | None = None
+                 ) -> tuple[dict, dict, jax.Array, str]:
+    """Where the chains of the blocked sampler start (shared by :func:`inference.fit` and
+    :class:`inference.blocked_kernel.BlockedKernel`).
+
+    Parameters
+    ----------
+    model : zoo.protocol.Model
+    y : array (T, N) or (B, T, N)
+    run_kwargs : mapping
+        Program arguments (prepared, e.g. with the SLDS's frame).
+    key : jax.random key
+    num_chains : int
+    estimate : mapping, optional
+        Constrained values of every latent site of the plain program (the path included), e.g.
+        ``model.initial_params``: passed through ``model.blocked_start`` (which may add program
+        arguments, such as the SLDS's ``bias_centres``), then jittered per chain. It is also
+        the whitened path's linearisation point.
+    init : str or mapping
+        Without ``estimate``: :func:`inference.starts.initial_positions`' ``init``.
+    options : mapping, optional
+        :func:`inference.starts.initial_positions`' options.
+    user_kwargs : mapping, optional
+        The user's program arguments (``inputs``, ``mask``) for ``model.blocked_start``;
+        default: those of ``run_kwargs``.
+
+    Returns
+    -------
+    positions : dict name -> array (num_chains, ...)
+        Unconstrained start values of every latent site, the path included.
+    run_kwargs : dict
+        ``run_kwargs`` with ``blocked_start``'s extra arguments.
+    reference_path : array (..., T, D)
+        The whitened path's fixed linearisation point: the estimate's path, else a path given
+        in ``init``, else zero (exact for Gaussian emissions, whose information does not depend
+        on it).
+    description : str
+    """
+    spec = model.blocked_sampler()
+    y_host = np.asarray(y)
+    run_kwargs = dict(run_kwargs)
+    user = dict(user_kwargs) if user_kwargs is not None else {
+        k: v for k, v in run_kwargs.items() if k in ("inputs", "mask")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if estimate is not None:
+            values, extra = model.blocked_start(y_host, estimate, key, **user)
+            run_kwargs.update(extra)
+            # the program's coordinates may change with the extra arguments (centred offsets)
+            latent = inspect_program(handlers.substitute(model, data=values), y_host, run_kwargs).latent
+            values = {k: v for k, v in values.items() if k in latent}
+            z0, _ = initial_positions(model, y, run_kwargs, values, jax.random.fold_in(key, 7), num_chains,
+                                      latent)
+            text = (f"all {num_chains} chain(s) started from a point estimate (model.initial_params: "
+                    "PCA of y and a fast fit, unless given), jittered by N(0, 0.01^2) in unconstrained "
+                    f"space; z drawn first given that path; extra program arguments {sorted(extra)} "
+                    "from that estimate")
+        else:
+            latent = inspect_program(model, y_host, run_kwargs).latent
+            z0, text = initial_positions(model, y, run_kwargs, init, key, num_chains, latent, options)
+    site = spec.path_site
+    if estimate is not None:
+        x_ref = jnp.asarray(estimate[site])
+    elif isinstance(init, Mapping) and site in init:
+        x_ref = jnp.asarray(init[site])  # a user's start path (e.g. a MAP path)
+    else:
+        x_ref = jnp.zeros(latent[site])
+    return z0, run_kwargs, x_ref, text
+
+
 def _run(problem, key, settings) -> RunResult:
     model = problem.model
     spec = model.blocked_sampler()
@@ -640,30 +764,11 @@ def _run(problem, key, settings) -> RunResult:
                          f"{type(model).__name__} has none with these settings (use method='nuts')")
     key_init, key_run = jax.random.split(key)
     C = settings.num_chains
-    run_kwargs = dict(problem.run_kwargs)
-    own = model.initial_params(problem.y_host, key_init, **problem.model_kwargs) \
+    estimate = model.initial_params(problem.y_host, key_init, **problem.model_kwargs) \
         if settings.init in ("auto", "pca") else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        if own is not None:
-            values, extra = model.blocked_start(problem.y_host, own, key_init, **problem.model_kwargs)
-            run_kwargs.update(extra)
-            # the program's coordinates may change with the extra arguments (centred offsets)
-            latent = inspect_program(handlers.substitute(model, data=values), problem.y_host,
-                                     run_kwargs).latent
-            values = {k: v for k, v in values.items() if k in latent}
-            z0, _ = initial_positions(model, problem.y, run_kwargs, values,
-                                      jax.random.fold_in(key_init, 7), C, latent)
-            text = (f"all {C} chain(s) started from model.initial_params (PCA of y and a fast point "
-                    "estimate), jittered by N(0, 0.01^2) in unconstrained space; z drawn first given "
-                    f"that path; extra program arguments {sorted(extra)} from that estimate")
-        else:
-            z0, text = initial_positions(model, problem.y, run_kwargs, settings.init, key_init, C,
-                                         problem.info.latent, {**settings.options,
-                                                               "progress_bar": settings.progress_bar})
-    # the whitened path's linearisation point: the point estimate's path, a constant of the run
-    # (without one, zero: exact for Gaussian emissions, whose information does not depend on it)
-    x_ref = own[spec.path_site] if own is not None else jnp.zeros(problem.info.latent[spec.path_site])
+    z0, run_kwargs, x_ref, text = chain_starts(
+        model, problem.y, problem.run_kwargs, key_init, C, estimate, settings.init,
+        {**settings.options, "progress_bar": settings.progress_bar}, problem.model_kwargs)
     samples, stats = run_blocked(model, problem.y, run_kwargs, key_run, spec=spec, reference_path=x_ref,
                                  start=z0, num_chains=C, num_warmup=settings.num_warmup,
                                  num_samples=settings.num_samples, progress_bar=settings.progress_bar,
@@ -676,6 +781,12 @@ def _run(problem, key, settings) -> RunResult:
                  "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
         kind = ("blocked: single-site z (path integrated out)" if single_site else "blocked: FFBS") + \
             " | NUTS (path collapsed) | smoother"
+    elif spec.states_site != "z":  # a conjugate block given the path (the GP models' drift weights)
+        w = spec.states_site
+        text += (f"; each sweep: {w} | x, theta drawn exactly (conjugate), then (theta, x) | {w} by one NUTS "
+                 f"transition with x whitened around the Gauss-Newton mean of p(x | {w}, theta, y) (x = mu + "
+                 f"U^-1 eps, eps remapped after the {w} update so that x is unchanged)")
+        kind = f"blocked: exact {w} | NUTS (path whitened around its Gauss-Newton mean)"
     else:
         text += ("; each sweep: z | x, theta by FFBS, then (theta, x) | z by one NUTS transition with x "
                  "whitened given z (x = mu(theta, z) + U(theta, z)^-1 eps, eps remapped after the state "

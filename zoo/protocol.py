@@ -54,10 +54,17 @@ class BlockedSpec(NamedTuple):
         whitened given the states and moved by NUTS with the parameters; the program then takes
         ``path_reference={"states": z, "path": x_ref, "given_states": True, "whiten": x}`` (see
         :class:`zoo.slds.SLDS`).
+    states_site : str
+        The name under which the block drawn exactly given the path is recorded: ``"z"``, the
+        discrete states (FFBS; int), or a conjugate site integrated out by the program, e.g. the
+        GP models' ``"drift_weights"`` (its exact conditional given the path, drawn by
+        :class:`zoo.handlers.decode`; then ``path_reference["states"]`` carries its value, None
+        when only the constrained parameters are wanted).
     """
 
     path_site: str = "x"
     collapsed: bool = True
+    states_site: str = "z"
 
 
 class Model(abc.ABC):

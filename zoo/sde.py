@@ -25,6 +25,7 @@ from zoo._base import check_choice, check_mask, check_positive_int, sequence_sha
 from zoo.conjugate import Delayed
 from zoo.handlers import integrate_out
 from zoo.preprocess import bin_observations, initial_path
+from zoo.protocol import BlockedSpec
 from zoo.sde_distributions import (
     LINKS,
     CollapsedEulerMaruyama,
@@ -172,13 +173,73 @@ class SDEModel:
             p["drift_weights"] = self.sample_drift_weights(p, key)
         return p
 
+    # ---------------------------------------------------------------- inference helpers
+    def blocked_sampler(self) -> BlockedSpec:
+        """The exact blocked sampler (:mod:`inference.blocked`): the drift weights drawn exactly
+        given the path, then NUTS on the parameters and the path whitened around the Gauss-Newton
+        mean of its conditional given the weights (:mod:`zoo.sde_laplace`)."""
+        return BlockedSpec("x", collapsed=False, states_site="drift_weights")
+
+    def initial_params(self, y, key, inputs=None, mask=None, num_steps: int = 1000,
+                       learning_rate: float = 0.02) -> dict:
+        """A MAP point estimate to start chains from (:meth:`zoo.protocol.Model.initial_params`).
+
+        Adam on the program with the weights integrated out (``AutoDelta``), the path started at a
+        smoothed PCA path of y (:func:`zoo.preprocess.initial_path`, linearly interpolated onto
+        the Euler grid) and the diffusion held at its prior median: the joint MAP over a path and
+        its diffusion is degenerate (sigma -> 0 makes the path density unbounded).
+
+        Parameters
+        ----------
+        y : array (T, N) or (B, T, N)
+        key : jax.random key
+        inputs : array (..., T, I), optional
+        mask : bool array (..., T), optional
+        num_steps : int
+            Adam steps.
+        learning_rate : float
+
+        Returns
+        -------
+        dict
+            Constrained values of the latent sites (the path ``x`` (..., K, D) and the diffusion
+            included).
+        """
+        import optax
+        from numpyro import handlers as nh
+        from numpyro.infer import SVI, Trace_ELBO, init_to_value
+        from numpyro.infer.autoguide import AutoDelta
+
+        y = jnp.asarray(y)
+        dtype = jnp.asarray(0.0).dtype
+        y = y.astype(dtype)
+        kw = {k: jnp.asarray(v) for k, v in {"inputs": inputs, "mask": mask}.items() if v is not None}
+        if "inputs" in kw:
+            kw["inputs"] = kw["inputs"].astype(dtype)
+        x0 = np.asarray(initial_path(np.asarray(y), self.latent_dim, counts=self.emissions == "poisson",
+                                     smooth=2.0, scale=3.0))
+        s = int(self.substeps)
+        if s > 1:  # linear interpolation onto the Euler grid
+            T = x0.shape[-2]
+            t_f = np.arange((T - 1) * s + 1) / s
+            flat = x0.reshape((-1,) + x0.shape[-2:])
+            x0 = np.stack([np.stack([np.interp(t_f, np.arange(T), xx[:, d]) for d in range(xx.shape[-1])], -1)
+                           for xx in flat]).reshape(x0.shape[:-2] + (len(t_f), -1))
+        fixed = {"diffusion": jnp.full(self.latent_dim, self.diffusion_scale, dtype)}
+        conditioned = nh.condition(self, data=fixed)
+        guide = AutoDelta(conditioned, init_loc_fn=init_to_value(values={"x": jnp.asarray(x0, dtype)}))
+        svi = SVI(conditioned, guide, optax.adam(learning_rate), Trace_ELBO())
+        key = jax.random.key(0) if key is None else key
+        res = svi.run(key, int(num_steps), y, progress_bar=False, **kw)
+        return {k: np.asarray(v) for k, v in dict(guide.median(res.params), **fixed).items()}
+
     def grid_time(self, num_steps: int):
         """Times of the observation grid, (T,), in the units of ``dt``."""
         return np.arange(num_steps) * self.dt
 
     # ---------------------------------------------------------------- the program
     def __call__(self, y=None, num_steps=None, num_trials=None, mask=None, inputs=None,
-                 collapse: bool = True):
+                 collapse: bool = True, path_reference=None):
         """The NumPyro program.
 
         Parameters
@@ -194,6 +255,15 @@ class SDEModel:
             External inputs u (required iff ``input_dim > 0``), held constant over each step.
         collapse : bool
             Integrate the drift weights out (only when y is observed).
+        path_reference : dict, optional
+            The path block of the blocked sampler (:mod:`inference.blocked`, :mod:`zoo.sde_laplace`):
+            ``states`` (P, D), the drift weights W (observed: their prior term counts; None reads
+            zeros, for the constrained parameters alone), ``path`` (*trials, K, D), the fixed
+            first linearisation point, optional ``iterations`` (Gauss-Newton iterations, 2) and
+            ``whiten`` (*trials, K, D). The path is then sampled whitened as ``x_whitened`` (eps)
+            around the Gauss-Newton mean of p(x | W, theta, y), x a deterministic site, its exact
+            density and log-Jacobian in the factor ``x_log_density``; ``whiten``, if given,
+            records the eps of that path as ``x_whitened_target``.
         """
         D, N = self.latent_dim, self.obs_dim
         poisson = self.emissions == "poisson"
@@ -215,24 +285,82 @@ class SDEModel:
         grid_mask = None
         if mask is not None:
             grid_mask = mask[..., (jnp.arange(K) + s - 1) // s]
-        ctx = integrate_out() if (collapse and y is not None) else contextlib.nullcontext()
-        with ctx:
-            W = numpyro.sample("drift_weights", DriftWeights(L, D))
-            path = EulerMaruyama(features, W, sigma, dte, jnp.zeros(D, dtype),
-                                 jnp.full(D, self.init_scale, dtype), K, trials, drive, grid_mask)
-            x = numpyro.sample("x", path)
-        if isinstance(W, Delayed):
-            post = path.collapsed(L).weight_posterior(x)
-            numpyro.deterministic("drift_weights_mean", post.mean)
-            numpyro.deterministic("drift_weights_factor", post.factor)
+        init_loc, init_scale = jnp.zeros(D, dtype), jnp.full(D, self.init_scale, dtype)
+        if path_reference is not None:
+            if y is None:
+                raise ValueError("path_reference (the blocked sampler's whitened path) needs observed y")
+            emission = self._emission_params()
+            W_given = path_reference.get("states")
+            W_given = jnp.zeros((L.shape[-1], D), dtype) if W_given is None else jnp.asarray(W_given, dtype)
+            W = numpyro.sample("drift_weights", DriftWeights(L, D), obs=W_given)
+            path = EulerMaruyama(features, W, sigma, dte, init_loc, init_scale, K, trials, drive, grid_mask)
+            x = self._whitened_path(path, features, W, emission, path_reference, y, mask, drive)
+        else:
+            ctx = integrate_out() if (collapse and y is not None) else contextlib.nullcontext()
+            with ctx:
+                W = numpyro.sample("drift_weights", DriftWeights(L, D))
+                path = EulerMaruyama(features, W, sigma, dte, init_loc, init_scale, K, trials, drive,
+                                     grid_mask)
+                x = numpyro.sample("x", path)
+            if isinstance(W, Delayed):
+                post = path.collapsed(L).weight_posterior(x)
+                numpyro.deterministic("drift_weights_mean", post.mean)
+                numpyro.deterministic("drift_weights_factor", post.factor)
+            emission = self._emission_params()
+        C, d, r = emission
         xo = x[..., ::s, :]
-        C = numpyro.sample("emission_matrix", dist.Normal(0.0, 1.0).expand([N, D]).to_event(2))
         if poisson:
-            loc, scale = (0.0, 3.0) if self.link == "exp" else (0.0, 10.0)
-            d = numpyro.sample("emission_bias", dist.Normal(loc, scale).expand([N]).to_event(1))
             fn = SequenceEmission(xo, C, d, "poisson", dt=self.dt, link=self.link, mask=mask)
         else:
-            d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
-            r = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
             fn = SequenceEmission(xo, C, d, "gaussian", noise=r, mask=mask)
         return numpyro.sample("y", fn, obs=y)
+
+    def _emission_params(self) -> tuple:
+        """Sample the emission sites: (C (N, D), d (N,), noise (N,) or None)."""
+        D, N = self.latent_dim, self.obs_dim
+        C = numpyro.sample("emission_matrix", dist.Normal(0.0, 1.0).expand([N, D]).to_event(2))
+        if self.emissions == "poisson":
+            loc, scale = (0.0, 3.0) if self.link == "exp" else (0.0, 10.0)
+            d = numpyro.sample("emission_bias", dist.Normal(loc, scale).expand([N]).to_event(1))
+            return C, d, None
+        d = numpyro.sample("emission_bias", dist.Normal(0.0, 2.0).expand([N]).to_event(1))
+        r = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
+        return C, d, r
+
+    def _whitened_path(self, path: EulerMaruyama, features, W, emission, reference, y, mask, drive):
+        """x = mu(theta, W) + U^{-1} eps around the Gauss-Newton mean of p(x | W, theta, y)
+        (:mod:`zoo.sde_laplace`); the factor holds the exact path density and the log-Jacobian."""
+        from zoo.reparam import emission_information
+        from zoo.sde_laplace import LaplacePath, laplace_path_factor
+
+        C, d, r = emission
+        s = self.substeps
+        y = jnp.asarray(y, C.dtype)
+        if self.emissions == "poisson":
+            link = LINKS[self.link]
+
+            def from_eta(eta):
+                return dist.Poisson(self.dt * link(eta))
+        else:
+            def from_eta(eta):
+                return dist.Normal(eta, r)
+
+        def emission_info(x_bar):
+            H, h = emission_information(C, d, from_eta, x_bar[..., ::s, :], y, mask)
+            if s == 1:
+                return H, h
+            Hg = jnp.zeros(x_bar.shape + x_bar.shape[-1:], H.dtype).at[..., ::s, :, :].set(H)
+            return Hg, jnp.zeros(x_bar.shape, h.dtype).at[..., ::s, :].set(h)
+
+        x_ref = jnp.broadcast_to(jnp.asarray(reference["path"], C.dtype), path.event_shape)
+        factor = laplace_path_factor(lambda v: features(v) @ W, path.sigma, path.dt, path.init_loc,
+                                     path.init_scale, emission_info, x_ref,
+                                     int(reference.get("iterations", 2)), drive)
+        lap = LaplacePath(factor)
+        if reference.get("whiten") is not None:
+            numpyro.deterministic("x_whitened_target", lap.whiten(jnp.asarray(reference["whiten"], C.dtype)))
+        base = dist.Normal(jnp.zeros(path.event_shape, C.dtype), 1.0).to_event(len(path.event_shape))
+        eps = numpyro.sample("x_whitened", base)
+        x, log_det = lap.transform(eps)
+        numpyro.factor("x_log_density", path.log_prob(x) + log_det - base.log_prob(eps))
+        return numpyro.deterministic("x", x)
