@@ -82,12 +82,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="slds_blocked")
     ap.add_argument("--state-sweeps", type=int, default=None, help="option state_sweeps (default: fit's)")
+    ap.add_argument("--boundary-moves", type=int, default=None, help="option boundary_moves (default: fit's)")
     args = ap.parse_args(argv)
     data = nascar(seed=args.seed, num_steps=args.steps)
     y = data["y"]
     model = SLDS(4, 2, y.shape[-1], transitions="standard")
     t0 = time.perf_counter()
-    opts = {} if args.state_sweeps is None else {"state_sweeps": args.state_sweeps}
+    opts = {k: v for k, v in (("state_sweeps", args.state_sweeps), ("boundary_moves", args.boundary_moves))
+            if v is not None}
     post = inference.fit(model, y, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
                          seed=args.seed, progress_bar=True, **opts)
     wall = time.perf_counter() - t0

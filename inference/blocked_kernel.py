@@ -24,10 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jax.flatten_util import ravel_pytree
-from numpyro import handlers
 from numpyro.infer.mcmc import MCMCKernel
 
-from inference._program import inspect_program
 from inference.blocked import (
     Adaptation,
     Blocks,
@@ -35,12 +33,14 @@ from inference.blocked import (
     adaptation_init,
     adaptation_update,
     build_blocks,
-    curvature_inverse_mass,
+    chain_starts,
     curvature_mass,
+    initial_inverse_mass,
+    parameter_mask,
+    start_state,
     sweep,
     warmup_schedule,
 )
-from inference.starts import initial_positions
 from zoo.protocol import as_model
 
 __all__ = ["BlockedKernel", "BlockedKernelState", "blocked_algorithm"]
@@ -97,7 +97,7 @@ class BlockedKernel(MCMCKernel):
     dense_mass : bool, optional
         Default: dense for a collapsed path, diagonal for a whitened one.
     state_sampler : {"collapsed", "ffbs"}
-    state_sweeps : int
+    state_sweeps, boundary_moves, max_shift : int
         See :func:`inference.blocked.build_blocks`.
     mass_adaptation : {"curvature", "welford"}, optional
         Default: curvature for a collapsed path, Welford for a whitened one.
@@ -121,7 +121,7 @@ class BlockedKernel(MCMCKernel):
 
     def __init__(self, model: Callable, target_accept_prob: float = 0.8, max_tree_depth: int = 10,
                  dense_mass: bool | None = None, state_sampler: str = "collapsed", state_sweeps: int = 4,
-                 mass_adaptation: str | None = None):
+                 mass_adaptation: str | None = None, boundary_moves: int = 8, max_shift: int = 8):
         self.model = as_model(model)
         self.spec = self.model.blocked_sampler()
         if self.spec is None:
@@ -131,6 +131,7 @@ class BlockedKernel(MCMCKernel):
         self.depth = int(max_tree_depth)
         self.dense = self.spec.collapsed if dense_mass is None else bool(dense_mass)
         self.state_sampler, self.state_sweeps = state_sampler, int(state_sweeps)
+        self.boundary_moves, self.max_shift = int(boundary_moves), int(max_shift)
         adaptation = mass_adaptation or ("curvature" if self.spec.collapsed else "welford")
         if adaptation not in ("curvature", "welford"):
             raise ValueError(f"mass_adaptation must be 'curvature' or 'welford'; got {adaptation!r}")
@@ -141,46 +142,31 @@ class BlockedKernel(MCMCKernel):
         (y,) = model_args
         kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}
         kwargs = {**kwargs, **self.model.prepare(y, kwargs)}
-        k_start, k_init, k_state = jax.random.split(rng_key, 3)
+        k_start, k_state = jax.random.split(rng_key)
         user = {k: v for k, v in kwargs.items() if k in ("inputs", "mask")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            values = dict(init_params) if init_params is not None else self.model.initial_params(
+            estimate = dict(init_params) if init_params is not None else self.model.initial_params(
                 np.asarray(y), k_start, **user)
-            extra = {}
-            if values is not None:
-                values, extra = self.model.blocked_start(np.asarray(y), values, k_start, **user)
-        kwargs.update(extra)
-        if values is None:  # no point estimate (e.g. a plain program): NumPyro's prior median
-            latent = inspect_program(self.model, y, kwargs).latent
-            z0, _ = initial_positions(self.model, y, kwargs, "auto", k_init, 1, latent)
-        else:
-            latent = inspect_program(handlers.substitute(self.model, data=values), y, kwargs).latent
-            values = {k: v for k, v in values.items() if k in latent}
-            z0, _ = initial_positions(self.model, y, kwargs, values, k_init, 1, latent)
+        z0, kwargs, ref, _ = chain_starts(self.model, y, kwargs, k_start, 1, estimate, "auto")
         site = self.spec.path_site
         theta0 = {k: v[0] for k, v in z0.items() if k != site}
         path0 = jnp.asarray(z0[site][0])
         if not self.spec.collapsed:
             theta0[f"{site}_whitened"] = jnp.zeros_like(path0)
-        ref = None if self.spec.collapsed else (
-            values[site] if values is not None else jnp.zeros_like(path0))
         blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler,
-                              self.state_sweeps)
+                              self.state_sweeps, self.boundary_moves, self.max_shift)
         self.blocks = blocks
         self._schedule = jnp.asarray(warmup_schedule(int(num_warmup)))
         self._num_warmup = int(num_warmup)
-        flat = ravel_pytree(theta0)[0]
-        states = blocks.states_given_path(k_state, flat, path0)
-        flat = blocks.remap(flat, states, path0)
-        state = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
-        which = ravel_pytree({k: jnp.zeros_like(v) if k.endswith("_whitened") else jnp.ones_like(v)
-                              for k, v in theta0.items()})[0]
-        inv_mass = curvature_inverse_mass(lambda f: blocks.theta_logdensity(f, states), flat, which)
+        start = start_state(blocks, k_state, ravel_pytree(theta0)[0], path0)
+        one = jax.tree.map(lambda v: v[None], start)  # a batch of one chain
+        inv_mass = initial_inverse_mass(blocks, one, parameter_mask(theta0), self.dense,
+                                        pooled=not self.welford)[0]
         adapt = adaptation_init(inv_mass, 0.1, self.dense)
+        flat, states = start.hmc.position, start.states
         draw = blocks.record(flat, states, path0)
-        return BlockedKernelState(SweepState(state, states, path0), adapt, jnp.zeros((), jnp.int32),
-                                  rng_key, draw)
+        return BlockedKernelState(start, adapt, jnp.zeros((), jnp.int32), rng_key, draw)
 
     def sample(self, state: BlockedKernelState, model_args, model_kwargs) -> BlockedKernelState:
         blocks, W = self.blocks, self._num_warmup
