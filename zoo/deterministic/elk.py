@@ -258,15 +258,19 @@ def _iterate(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs
         J = _jac_all(fc, xp, inputs, consts, diagonal)
         return (fx, J) + _merit(x, fx)
 
+    reset = record is not None and record.reset
+
     def cond(c):
         i, _, _, _, err, _, _, _ = c
+        if reset:  # go on after a non-finite residual (f overflowed at a huge but finite iterate)
+            return (i < max_iters) & ~(err <= tol)
         return (i < max_iters) & (err > tol) & jnp.isfinite(err)
 
     def body(c):
         i, x, fx, J, err, merit, lam, hist = c
         x_new = _step(method, lam, x0, x, fx, J, parallel)
         bad = ~jnp.all(jnp.isfinite(x_new))
-        if record is not None and record.reset:
+        if reset:
             x_new = jnp.where(jnp.isfinite(x_new), x_new, jnp.zeros((), dtype))
         new = (x_new,) + linearise(x_new)
         lam_used = lam
@@ -281,7 +285,8 @@ def _iterate(fc, method, tol, max_iters, damping, adaptive, parallel, x0, inputs
         else:
             x, fx, J, err, merit = new
         if record is not None:
-            dev = jnp.mean(jnp.abs(x[:, record.components] - record.reference))
+            n = record.reference.size  # mean of |d| / n, not sum / n: no overflow at huge iterates
+            dev = jnp.sum(jnp.abs(x[:, record.components] - record.reference) / n)
             h_err, h_dev, h_bad, h_lam = hist
             hist = (h_err.at[i].set(err), h_dev.at[i].set(dev), h_bad.at[i].set(bad),
                     h_lam.at[i].set(lam_used))
@@ -492,7 +497,8 @@ def trace(
     not differentiable. Same iteration and stopping rule as :func:`evaluate` (tolerance,
     ``max_iters``, non-finite iterate), except that ``on_nonfinite="reset"`` replaces the NaN or
     infinite entries of a new iterate by zero and goes on (the "zeroing heuristic" the ELK
-    paper applies to DEER and quasi-DEER).
+    paper applies to DEER and quasi-DEER), also past a non-finite residual (f overflowing at
+    a huge but finite iterate): it then stops only at ``tol`` or ``max_iters``.
 
     Parameters
     ----------
