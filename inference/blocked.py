@@ -58,7 +58,8 @@ __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmu
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
-                             "state_sweeps", "boundary_moves", "max_shift", "mass_adaptation"})
+                             "state_sweeps", "boundary_moves", "max_shift", "mass_adaptation",
+                             "path_iterations"})
 
 
 class Blocks(NamedTuple):
@@ -87,6 +88,10 @@ class Blocks(NamedTuple):
     states_given_path : callable (key, flat theta, path) -> states
         An exact draw of z | x, theta (FFBS): the chains' first states, consistent with the
         start path.
+    shift_states : callable (key, flat theta, states) -> states, optional
+        For a whitened path: Metropolis shifts of segment boundaries of z with theta and eps
+        held (so x = mu(theta, z) + U(theta, z)^-1 eps follows the new states), exact for
+        p(z | theta, eps, y). None: no such move.
     """
 
     theta_logdensity: Callable
@@ -96,6 +101,7 @@ class Blocks(NamedTuple):
     unravel: Callable
     remap: Callable
     states_given_path: Callable
+    shift_states: Callable | None = None
 
 
 class SweepState(NamedTuple):
@@ -118,7 +124,7 @@ class Adaptation(NamedTuple):
 
 def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
                  reference_path=None, state_sampler: str = "collapsed", state_sweeps: int = 4,
-                 boundary_moves: int = 8, max_shift: int = 8) -> Blocks:
+                 boundary_moves: int = 8, max_shift: int = 8, path_iterations: int | None = None) -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
@@ -147,7 +153,13 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     boundary_moves, max_shift : int
         After the state sweeps, Metropolis moves that shift a segment boundary by up to
         ``max_shift`` steps (:func:`zoo.collapsed_states.boundary_shift`; target p(z | theta,
-        y), one Kalman filter each): larger steps than the single-site random walk.
+        y), one Kalman filter each): larger steps than the single-site random walk. For a
+        whitened path (the rSLDS, Poisson emissions), the same moves after the FFBS draw, on
+        p(z | theta, eps, y) with eps held (``Blocks.shift_states``; one evaluation of the
+        whitened density each).
+    path_iterations : int, optional
+        For a whitened path whose program takes it (the GP models, :mod:`zoo.sde_laplace`):
+        Gauss-Newton iterations of the whitening's mean (``path_reference["iterations"]``).
 
     Returns
     -------
@@ -192,19 +204,8 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
 
             k_sweep, k_shift = jax.random.split(key)
             z = jax.lax.scan(one, states, jax.random.split(k_sweep, int(state_sweeps)))[0]
-            if not boundary_moves:
-                return z
-
-            def log_density(z):
-                return theta_logdensity(flat, z)
-
-            def shift(carry, k):
-                z, value = carry
-                z, value, _ = boundary_shift(k, z, log_density, int(max_shift), value)
-                return (z, value), None
-
-            carry = (z, log_density(z))
-            return jax.lax.scan(shift, carry, jax.random.split(k_shift, int(boundary_moves)))[0][0]
+            return _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, z), int(boundary_moves),
+                                     int(max_shift))
 
         def draw_path(key, flat, states):
             params = constrained(flat, states)
@@ -227,8 +228,12 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     eps_site, target_site = f"{site}_whitened", f"{site}_whitened_target"
     x_ref = jnp.asarray(reference_path)
 
+    conditional = spec.states_site is not None  # else the program integrates the block out itself
+
     def with_reference(states, target=None):
-        ref = {"states": states, "path": x_ref, "given_states": True}
+        ref = {"states": states if conditional else None, "path": x_ref, "given_states": True}
+        if path_iterations is not None:
+            ref["iterations"] = int(path_iterations)
         if target is not None:
             ref["whiten"] = target
         return {**kwargs, "path_reference": ref}
@@ -244,9 +249,13 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return {k: v for k, v in values.items() if k not in (eps_site, target_site, site)}
 
     def draw_states(key, flat, states, path):
+        if not conditional:
+            return states
         return draw_states_given(key, constrained(flat, states), path)
 
     def states_given_path(key, flat, path):
+        if not conditional:
+            return jnp.zeros((), jnp.int32)
         # placeholder states for the constrained parameters (a conjugate site: None)
         placeholder = jnp.zeros(path.shape[:-1], jnp.int32) if spec.states_site == "z" else None
         return draw_states(key, flat, placeholder, path)
@@ -260,9 +269,38 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return constrained(flat, states)[site]
 
     def record(flat, states, path):
-        return {**params_only(constrained(flat, states)), site: path, spec.states_site: states}
+        out = {**params_only(constrained(flat, states)), site: path}
+        if conditional:
+            out[spec.states_site] = states
+        return out
 
-    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path)
+    shift_states = None
+    if conditional and spec.states_site == "z" and boundary_moves:
+        def shift_states(key, flat, states):
+            # z | theta, eps: with eps held, a new z moves x to the whitening of the new states
+            # (its conditional mean given them, plus the same standardised deviation), so a
+            # boundary moves together with the path around it, which z | x cannot do where the
+            # path nearly determines the states
+            return _shift_boundaries(key, states, lambda z: theta_logdensity(flat, z), int(boundary_moves),
+                                     int(max_shift))
+
+    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path,
+                  shift_states)
+
+
+def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
+    """``moves`` Metropolis boundary shifts of z (:func:`zoo.collapsed_states.boundary_shift`)
+    for the target ``log_density`` (z -> scalar)."""
+    if not moves:
+        return states
+
+    def shift(carry, k):
+        z, value = carry
+        z, value, _ = boundary_shift(k, z, log_density, max_shift, value)
+        return (z, value), None
+
+    carry = (states, log_density(states))
+    return jax.lax.scan(shift, carry, jax.random.split(key, moves))[0][0]
 
 
 def _linear_gaussian_parts(model, y, kwargs, site, params, states, path):
@@ -282,7 +320,8 @@ def _linear_gaussian_parts(model, y, kwargs, site, params, states, path):
 def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_tree_depth: int = 10):
     """One sweep: z by ``blocks.draw_states``; then either theta | z by NUTS with x integrated
     out and x | theta, z by the simulation smoother (collapsed path), or (theta, x) | z by NUTS
-    with x whitened given z, its eps remapped first so that x is unchanged (whitened path).
+    with x whitened given z, its eps remapped first so that x is unchanged, after boundary
+    shifts of z given (theta, eps) (``blocks.shift_states``; whitened path).
 
     Returns
     -------
@@ -292,6 +331,8 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     k_z, k_theta, k_x = jax.random.split(key, 3)
     states = blocks.draw_states(k_z, state.hmc.position, state.states, state.path)
     position = blocks.remap(state.hmc.position, states, state.path)
+    if blocks.shift_states is not None:
+        states = blocks.shift_states(jax.random.fold_in(k_z, 1), position, states)
 
     def logdensity(flat):
         return blocks.theta_logdensity(flat, states)
@@ -592,7 +633,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
     blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
                           str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)),
-                          int(options.get("boundary_moves", 8)), int(options.get("max_shift", 8)))
+                          int(options.get("boundary_moves", 8)), int(options.get("max_shift", 8)),
+                          options.get("path_iterations"))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 
@@ -781,6 +823,11 @@ def _run(problem, key, settings) -> RunResult:
                  "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
         kind = ("blocked: single-site z (path integrated out)" if single_site else "blocked: FFBS") + \
             " | NUTS (path collapsed) | smoother"
+    elif spec.states_site is None:  # no conditional block: the program integrates it out
+        text += ("; each sweep: one NUTS transition on the parameters and the path, x whitened around the "
+                 "Gauss-Newton mean of its conditional (x = mu(theta) + U(theta)^-1 eps), the conjugate "
+                 "weights integrated out (their conditional moments recorded)")
+        kind = "blocked: NUTS (path whitened around its Gauss-Newton mean, weights integrated out)"
     elif spec.states_site != "z":  # a conjugate block given the path (the GP models' drift weights)
         w = spec.states_site
         text += (f"; each sweep: {w} | x, theta drawn exactly (conjugate), then (theta, x) | {w} by one NUTS "

@@ -10,6 +10,8 @@ against independent truth at small sizes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from numpyro.infer.util import log_density
 import inference
 from zoo import GPSDE, GPSLDS
 from zoo.handlers import decode
+from zoo.protocol import BlockedSpec
 from zoo.reparam import emission_information
 from zoo.sde_laplace import LaplacePath, laplace_path_factor
 
@@ -126,6 +129,28 @@ def test_whitened_program_density_is_the_joint_density_plus_log_jacobian():
     np.testing.assert_allclose(tr2["x_whitened_target"]["value"], eps, atol=1e-9)
 
 
+def test_collapsed_whitened_program_density_is_the_marginal_plus_log_jacobian():
+    """Weights integrated out: the whitened program's density is the collapsed program's at
+    x(eps) plus the log-Jacobian (brute force), and the recorded weight moments are the same."""
+    m, data = _tiny_gpslds_draw(seed=5)
+    p = {k: jnp.asarray(v) for k, v in data["params"].items() if k != "drift_weights"}
+    y = jnp.asarray(data["y"])
+    ref = {"states": None, "path": jnp.asarray(data["x"]) + 0.1, "given_states": True, "iterations": 3}
+    eps = 0.5 * jax.random.normal(jax.random.key(3), ref["path"].shape)
+
+    def x_of(e):
+        return log_density(m, (y,), {"path_reference": ref}, {**p, "x_whitened": e})[1]["x"]["value"]
+
+    lp_w, tr = log_density(m, (y,), {"path_reference": ref}, {**p, "x_whitened": eps})
+    x = tr["x"]["value"]
+    J = jax.jacfwd(lambda e: x_of(e.reshape(eps.shape)).reshape(-1))(eps.reshape(-1))
+    log_det = np.linalg.slogdet(np.asarray(J))[1]
+    lp_plain, tr_plain = log_density(m, (y,), {}, {**p, "x": x})
+    np.testing.assert_allclose(float(lp_w), float(lp_plain) + log_det, rtol=1e-10)
+    for k in ("drift_weights_mean", "drift_weights_factor"):
+        np.testing.assert_allclose(tr[k]["value"], tr_plain[k]["value"], rtol=1e-10, atol=1e-12)
+
+
 def _emission_info(m, p, y, xb):
     def from_eta(eta):
         return dist.Poisson(m.dt * jax.nn.softplus(eta))
@@ -140,16 +165,28 @@ FIXED = {"lengthscale": np.array([1.0]), "output_scale": np.array(1.0), "emissio
 Y_TINY = np.array([[0.8], [0.2], [-0.5]])
 
 
+@dataclass(frozen=True)
+class _GivenWeightsGPSDE(GPSDE):
+    """The variant that draws W exactly given the path and runs NUTS given W."""
+
+    def blocked_sampler(self):
+        return BlockedSpec("x", collapsed=False, states_site="drift_weights")
+
+
+def _tiny(cls):
+    return cls(1, 1, num_inducing=3, bound=2.0, dt=0.2, init_scale=1.0, diffusion_scale=0.5)
+
+
 @pytest.fixture(scope="module")
-def tiny_sde():
-    """A GP-SDE with D = N = 1, T = 3, all but the diffusion and the path fixed; the brute-force
+def tiny_truth():
+    """A GP-SDE with D = N = 1, T = 3, all but the diffusion and the path fixed: the brute-force
     posterior means of log sigma and x_t by quadrature (W integrated out in closed form)."""
-    m = GPSDE(1, 1, num_inducing=3, bound=2.0, dt=0.2, init_scale=1.0, diffusion_scale=0.5)
-    model = handlers.condition(m, data=FIXED)
+    model = handlers.condition(_tiny(GPSDE), data=FIXED)
     ls = np.linspace(np.log(0.5) - 4 * 0.5, np.log(0.5) + 4 * 0.5, 41)
     g = np.linspace(-2.5, 2.5, 61)
     X = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3, 1)
 
+    @jax.jit
     def log_joint(log_s):
         vals = {**FIXED, "diffusion": jnp.exp(log_s)[None]}
         lp = jax.vmap(lambda x: log_density(model, (jnp.asarray(Y_TINY),), {}, {**vals, "x": x})[0])(
@@ -159,22 +196,33 @@ def tiny_sde():
     lj = np.stack([np.asarray(log_joint(jnp.asarray(v))) for v in ls])  # (41, n)
     w = np.exp(lj - lj.max())
     w /= w.sum()
-    truth = {"log_sigma": float(np.sum(w.sum(1) * ls)),
-             "x": np.einsum("sn,nt->t", w, X[..., 0])}
-    post = inference.fit(model, Y_TINY, num_chains=2, num_warmup=300, num_samples=1000, seed=1,
-                         progress_bar=False, log_likelihood=False)
-    return truth, post
+    return {"log_sigma": float(np.sum(w.sum(1) * ls)), "x": np.einsum("sn,nt->t", w, X[..., 0])}
 
 
-def test_blocked_sweep_matches_brute_force_posterior(tiny_sde):
-    truth, post = tiny_sde
+def _check_against_truth(post, truth):
     assert post.attrs["method"] == "blocked"
     ds = post["posterior"]
     log_s = np.log(ds["diffusion"].values[..., 0])
     xs = ds["x"].values[..., 0]
-    assert "drift_weights" in ds
     checks = [("log_sigma", log_s, truth["log_sigma"])] + [(f"x{t}", xs[..., t], truth["x"][t]) for t in range(3)]
     for name, draws, want in checks:
         mcse = float(az.mcse(draws, method="mean"))
         assert abs(draws.mean() - want) < 4 * mcse + 2e-3, (name, draws.mean(), want, mcse)
     assert int(post["sample_stats"]["diverging"].sum()) == 0
+
+
+def test_blocked_sweep_matches_brute_force_posterior(tiny_truth):
+    """The default GP path block (weights integrated out, path whitened)."""
+    post = inference.fit(handlers.condition(_tiny(GPSDE), data=FIXED), Y_TINY, num_chains=2, num_warmup=300,
+                         num_samples=1000, seed=1, progress_bar=False, log_likelihood=False)
+    assert {"drift_weights_mean", "drift_weights_factor"} <= set(post["posterior"].data_vars)
+    _check_against_truth(post, tiny_truth)
+
+
+@pytest.mark.slow
+def test_weights_given_sweep_matches_brute_force_posterior(tiny_truth):
+    """The variant W | x exactly, NUTS on (theta, eps) given W, eps remapped after each W draw."""
+    post = inference.fit(handlers.condition(_tiny(_GivenWeightsGPSDE), data=FIXED), Y_TINY, num_chains=2,
+                         num_warmup=300, num_samples=1000, seed=1, progress_bar=False, log_likelihood=False)
+    assert "drift_weights" in post["posterior"]
+    _check_against_truth(post, tiny_truth)

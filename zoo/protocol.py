@@ -59,12 +59,14 @@ class BlockedSpec(NamedTuple):
         discrete states (FFBS; int), or a conjugate site integrated out by the program, e.g. the
         GP models' ``"drift_weights"`` (its exact conditional given the path, drawn by
         :class:`zoo.handlers.decode`; then ``path_reference["states"]`` carries its value, None
-        when only the constrained parameters are wanted).
+        when only the constrained parameters are wanted); or None: no block is drawn given the
+        path (the program integrates it out, ``path_reference["states"]`` is None), and the
+        sweep is one NUTS transition on the parameters and the whitened path.
     """
 
     path_site: str = "x"
     collapsed: bool = True
-    states_site: str = "z"
+    states_site: str | None = "z"
 
 
 class Model(abc.ABC):

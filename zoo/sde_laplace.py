@@ -79,8 +79,9 @@ def linearised_transitions(drift: Callable, x_bar, dt: float, drive=None) -> tup
     return A, b
 
 
-def laplace_path_factor(drift: Callable, sigma, dt: float, init_loc, init_scale, emission_info: Callable,
-                        x_ref, num_iterations: int = 2, drive=None) -> scans.BlockTridiagonalCholesky:
+def laplace_path_factor(drift: Callable | None, sigma, dt: float, init_loc, init_scale,
+                        emission_info: Callable, x_ref, num_iterations: int = 2, drive=None,
+                        drift_given_path: Callable | None = None) -> scans.BlockTridiagonalCholesky:
     """The Gauss-Newton (Laplace) Gaussian of the path's conditional, factorised.
 
     ``num_iterations`` linearisations: the first at ``x_ref``, each next one at the previous
@@ -89,8 +90,8 @@ def laplace_path_factor(drift: Callable, sigma, dt: float, init_loc, init_scale,
 
     Parameters
     ----------
-    drift : callable
-        f, x (..., D) -> (..., D).
+    drift : callable or None
+        f, x (..., D) -> (..., D); None with ``drift_given_path``.
     sigma : array (D,)
         Diffusion standard deviations.
     dt : float
@@ -105,6 +106,10 @@ def laplace_path_factor(drift: Callable, sigma, dt: float, init_loc, init_scale,
     num_iterations : int
         >= 1.
     drive : array (..., K-1, D), optional
+    drift_given_path : callable, optional
+        x_bar -> f: the drift re-estimated at each linearisation point (the weights integrated
+        out: their posterior mean given x_bar), instead of a fixed ``drift``. The iteration then
+        alternates the weights' and the path's conditional modes.
 
     Returns
     -------
@@ -122,8 +127,12 @@ def laplace_path_factor(drift: Callable, sigma, dt: float, init_loc, init_scale,
     m0 = jnp.broadcast_to(jnp.asarray(init_loc, dtype), (D,))
     Lq = jnp.diag(sigma * jnp.sqrt(jnp.asarray(dt, dtype)))
 
+    if (drift is None) == (drift_given_path is None):
+        raise ValueError("give exactly one of drift and drift_given_path")
+
     def factor_at(xb):
-        A, b = linearised_transitions(drift, xb, dt, drive)
+        f = drift if drift is not None else drift_given_path(xb)
+        A, b = linearised_transitions(f, xb, dt, drive)
         H, h = emission_info(xb)
         return gauss_markov_factor(A, b, jnp.broadcast_to(Lq, A.shape), m0, L0, H, h)
 
