@@ -266,7 +266,7 @@ def flow_field(post, data, num_draws=100, grid=25):
 def bench_nuts(data, args):
     model, y, z = data["model"], np.asarray(data["y"]), np.asarray(data["z"])
     t0 = time.perf_counter()
-    post = inference.fit(model, y, "nuts", num_chains=args.chains, num_warmup=args.warmup,
+    post = inference.fit(model, y, args.method, num_chains=args.chains, num_warmup=args.warmup,
                          num_samples=args.samples, seed=args.seed, progress_bar=False,
                          max_tree_depth=args.max_tree_depth, init="auto", chain_method=args.chain_method)
     wall = time.perf_counter() - t0
@@ -610,6 +610,9 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--max-tree-depth", type=int, default=10)
     ap.add_argument("--chain-method", default="auto")
+    ap.add_argument("--method", default="nuts",
+                    help="fit's method for the 'nuts' part: 'nuts' (over parameters and path) or 'auto' "
+                         "(the default sampler of the model: the blocked sweep)")
     ap.add_argument("--decode-draws", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--pointfit-long", type=int, default=0,

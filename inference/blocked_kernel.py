@@ -43,7 +43,7 @@ from inference.blocked import (
 )
 from zoo.protocol import as_model
 
-__all__ = ["BlockedKernel", "BlockedKernelState", "blocked_algorithm"]
+__all__ = ["BlockedKernel", "BlockedKernelState", "adapt_after_sweep", "blocked_algorithm"]
 
 
 def blocked_algorithm(blocks: Blocks, step_size: float, inverse_mass, max_tree_depth: int = 10
@@ -72,6 +72,46 @@ def blocked_algorithm(blocks: Blocks, step_size: float, inverse_mass, max_tree_d
         return sweep(key, state, blocks, step_size, inverse_mass, max_tree_depth)
 
     return blackjax.base.SamplingAlgorithm(init, step)
+
+
+def adapt_after_sweep(adapt: Adaptation, stage, state: SweepState, info, blocks: Blocks, target: float,
+                      dense: bool, welford: bool, last=False) -> Adaptation:
+    """Stan's windowed adaptation of one chain's NUTS block after a warmup sweep: dual averaging
+    of the step size; at a slow window's end the inverse mass from this chain's curvature
+    (:func:`inference.blocked.curvature_mass`) or from the window's Welford variances.
+
+    Parameters
+    ----------
+    adapt : Adaptation
+    stage : int array (2,)
+        A row of :func:`inference.blocked.warmup_schedule`.
+    state : SweepState
+        The chain after the sweep.
+    info : blackjax NUTSInfo
+        The sweep's NUTS transition.
+    blocks : Blocks
+    target : float
+        Target acceptance rate.
+    dense, welford : bool
+        Dense inverse mass; Welford (else curvature) mass at the windows' ends.
+    last : bool or bool array
+        The last warmup sweep: the step size becomes the window's averaged one.
+
+    Returns
+    -------
+    Adaptation
+    """
+    ad = adaptation_update(adapt, stage, state.hmc.position, info.acceptance_rate, target, dense, welford)
+    if not welford:
+        def curvature(_):
+            mass = curvature_mass(lambda f, c: blocks.theta_logdensity(f, state.states),
+                                  state.hmc.position[None], dense)
+            return mass.astype(ad.inverse_mass.dtype)
+
+        ad = ad._replace(inverse_mass=jax.lax.cond(stage[1] > 0, curvature, lambda _: ad.inverse_mass, None))
+    _, _, da_final = dual_averaging_adaptation(target)
+    final = jnp.asarray(da_final(ad.dual_averaging), ad.step_size.dtype)
+    return ad._replace(step_size=jnp.where(last, final, ad.step_size))
 
 
 class BlockedKernelState(NamedTuple):
@@ -175,24 +215,9 @@ class BlockedKernel(MCMCKernel):
         new, info = sweep(key, state.sweep, blocks, ad.step_size, ad.inverse_mass, self.depth)
         if W:
             stage = self._schedule[jnp.minimum(state.i, W - 1)]
-
-            def adapt(ad):
-                ad = adaptation_update(ad, stage, new.hmc.position, info.acceptance_rate, self.target,
-                                       self.dense, self.welford)
-                if not self.welford:
-                    def curvature(_):
-                        mass = curvature_mass(lambda f, c: blocks.theta_logdensity(f, new.states),
-                                              new.hmc.position[None], self.dense)
-                        return mass.astype(ad.inverse_mass.dtype)
-
-                    mass = jax.lax.cond(stage[1] > 0, curvature, lambda _: ad.inverse_mass, None)
-                    ad = ad._replace(inverse_mass=mass)
-                # the last warmup step: the averaged step size of the last window from now on
-                _, _, da_final = dual_averaging_adaptation(self.target)
-                final = jnp.asarray(da_final(ad.dual_averaging), ad.step_size.dtype)
-                return ad._replace(step_size=jnp.where(state.i == W - 1, final, ad.step_size))
-
-            ad = jax.lax.cond(state.i < W, adapt, lambda ad: ad, ad)
+            ad = jax.lax.cond(state.i < W, lambda a: adapt_after_sweep(
+                a, stage, new, info, blocks, self.target, self.dense, self.welford, last=state.i == W - 1),
+                lambda a: a, ad)
         draw = blocks.record(new.hmc.position, new.states, new.path)
         return BlockedKernelState(new, ad, state.i + 1, rng_key, draw)
 
