@@ -835,10 +835,13 @@ def _run(problem, key, settings) -> RunResult:
                  f"U^-1 eps, eps remapped after the {w} update so that x is unchanged)")
         kind = f"blocked: exact {w} | NUTS (path whitened around its Gauss-Newton mean)"
     else:
-        text += ("; each sweep: z | x, theta by FFBS, then (theta, x) | z by one NUTS transition with x "
-                 "whitened given z (x = mu(theta, z) + U(theta, z)^-1 eps, eps remapped after the state "
-                 "update so that x is unchanged)")
-        kind = "blocked: FFBS | NUTS (path whitened given the states)"
+        moves = int(settings.options.get("boundary_moves", 8))
+        shifts = f"{moves} Metropolis shifts of segment boundaries of z given (theta, eps), " if moves else ""
+        text += ("; each sweep: z | x, theta by FFBS, eps remapped so that x is unchanged, "
+                 f"{shifts}then (theta, x) | z by one NUTS transition with x whitened given z "
+                 "(x = mu(theta, z) + U(theta, z)^-1 eps)")
+        kind = "blocked: FFBS" + (" + boundary shifts" if moves else "") + \
+            " | NUTS (path whitened given the states)"
     return RunResult(samples, stats, text, {"sampler": kind})
 
 

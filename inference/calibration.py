@@ -125,10 +125,24 @@ def sbc_ranks(
     true_s, draw_s = summaries(truths), summaries(draws)
     true_s = {k: np.asarray(v) for k, v in true_s.items()}
     draw_s = {k: np.asarray(draw_s[k]) for k in true_s}
-    ranks = {k: (draw_s[k] < true_s[k][:, None]).sum(axis=1) for k in true_s}
+    ranks = _ranks(draw_s, true_s, seed)
     num_ranks = draw_s[next(iter(true_s))].shape[1] + 1
     return SBCResult(ranks=ranks, num_ranks=num_ranks, truth=true_s, draws=draw_s,
                      divergences=np.asarray(divergences))
+
+
+def _ranks(draws: Mapping, truth: Mapping, seed: int) -> dict:
+    """Rank of each truth among its draws, (num_reps,) per summary: the number of draws below it,
+    plus a uniform share of the draws equal to it. Why the share: a discrete summary (a state
+    occupancy, a count) ties with its draws, and counting only the draws strictly below would
+    push every tied rank to the bottom of the histogram."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in truth:
+        below = (draws[k] < truth[k][:, None]).sum(axis=1)
+        ties = (draws[k] == truth[k][:, None]).sum(axis=1)
+        out[k] = below + rng.integers(0, ties + 1)
+    return out
 
 
 def rank_uniformity(ranks: np.ndarray, num_ranks: int, num_bins: int) -> tuple[np.ndarray, float]:
@@ -290,7 +304,7 @@ def sbc_blocked_ranks(
     true_s, draw_s = summaries(truths), summaries(draws)
     true_s = {k: np.asarray(v) for k, v in true_s.items()}
     draw_s = {k: np.asarray(draw_s[k]) for k in true_s}
-    ranks = {k: (draw_s[k] < true_s[k][:, None]).sum(axis=1) for k in true_s}
+    ranks = _ranks(draw_s, true_s, seed)
     num_ranks = draw_s[next(iter(true_s))].shape[1] + 1
     return SBCResult(ranks=ranks, num_ranks=num_ranks, truth=true_s, draws=draw_s,
                      divergences=np.asarray(divergences))
