@@ -126,7 +126,10 @@ def fit(
         :mod:`inference.blocked`), else NUTS. With Gaussian emissions and standard or sticky
         transitions: states site by site with the path integrated out, NUTS on the parameters
         with the path integrated out, the path by the simulation smoother; otherwise states by
-        FFBS given the path, NUTS on parameters and path with the path whitened given them.
+        FFBS given the path, NUTS on parameters and path with the path whitened given them. GP-SLDS
+        and GP-SDE: NUTS on the parameters and the path whitened around the Gauss-Newton mean of
+        its conditional, the drift weights integrated out (:mod:`zoo.sde_laplace`), started from
+        the model's MAP (``initial_params``); option ``path_iterations`` (Gauss-Newton steps, 2).
         NumPyro NUTS / HMC over parameters and path;
         SVI with a structured guide; BlackJAX NUTS with window adaptation; ChEES-HMC (many
         chains, vectorized); Metropolis-adjusted microcanonical Langevin with its tuner;
