@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from .conftest import FAST_COMPILE_ENV
+
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -32,7 +34,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_two_host_devices_parallel_chains_and_sharded_trials():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # compile-bound (70 NUTS iterations on a 15-step HMM): unoptimised compiles
+    env = {**os.environ, **FAST_COMPILE_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert proc.returncode == 0, proc.stderr[-3000:]
