@@ -25,7 +25,6 @@ import argparse
 import functools
 import json
 import pathlib
-import platform
 import time
 
 import jax
@@ -34,6 +33,11 @@ import jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
 
 from zoo.deterministic import elk, rnn  # noqa: E402
+
+try:
+    from benchmarks.deterministic_common import SHARED_NOTE, environment, environment_line  # noqa: E402
+except ModuleNotFoundError:  # run as a script from benchmarks/
+    from deterministic_common import SHARED_NOTE, environment, environment_line  # noqa: E402
 
 OUT = pathlib.Path(__file__).parent / "results"
 
@@ -87,16 +91,29 @@ def lyapunov(f, h0, D, dtype=jnp.float64, T=5000, burn_in=500, k=2) -> list[floa
 
 
 def run(f, x0, u, ref, method, **kw):
-    """One compiled ``elk.evaluate`` call (wall time includes compilation) and its summary."""
+    """One ``elk.evaluate`` call: compile, then time one call; its summary and memory.
+
+    ``time_incl_compile_s`` is compilation plus the call, ``time_s`` the call alone, and
+    ``mem_bytes`` the temporary + output bytes of the compiled call (XLA memory analysis).
+    """
     t0 = time.perf_counter()
-    res = jax.jit(lambda x0, u: elk.evaluate(f, x0, u, method=method, on_failure="flag", **kw))(x0, u)
-    jax.block_until_ready(res)
+    compiled = jax.jit(lambda x0, u: elk.evaluate(f, x0, u, method=method, on_failure="flag", **kw)).lower(
+        x0, u).compile()
+    t_compile = time.perf_counter() - t0
+    try:
+        ma = compiled.memory_analysis()
+        mem = int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+    except Exception:  # backend dependent
+        mem = None
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(compiled(x0, u))
     el = time.perf_counter() - t0
     err = jnp.abs(res.states - ref)
     finite = bool(jnp.all(jnp.isfinite(err)))
     return dict(method=method, iterations=int(res.iterations), converged=bool(res.converged),
                 residual=float(res.residual), max_abs_err=float(jnp.max(err)) if finite else float("inf"),
-                time_incl_compile_s=el)
+                time_s=el, time_incl_compile_s=t_compile + el, mem_bytes=mem,
+                solver="parallel" if kw.get("parallel", elk.parallel_default()) else "sequential")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,22 +167,25 @@ def predictability(lengths, elk_max_T_chaotic, D=16, gains=(0.8, 2.0), tol=1e-8)
 
 def predictability_markdown(res) -> str:
     out = ["# Predictability: iterations to converge vs T (random tanh map, float64)", "",
+           f"Run {res['date']}. {environment_line(res['environment'])} {SHARED_NOTE}", "",
            "h_t = tanh(gain W h_{t-1} + 0.1 u_t), W ~ N(0, 1/D) (seed 0), u_t ~ N(0, I), D = 16, "
            "h_0 on the attractor. Produced by `benchmarks/deterministic_elk_predictability.py "
            "predictability`. Max iterations = T for every method; ELK methods use the default "
            "damping 1.0 with adaptive (Levenberg-Marquardt) control; init = zeros. "
            "`residual` = max_t ||h_t - f(h_{t-1}, u_t)||_inf of the returned iterate; "
-           "`max abs err` = vs the sequential lax.scan. Wall times include compilation.", "",
+           "`max abs err` = vs the sequential lax.scan. Time: one call after compilation (compilation "
+           "excluded), linear solves by the backend's default solver (column `solver`); memory: "
+           "temporary + output bytes of the compiled call (XLA memory analysis).", "",
            "Largest Lyapunov exponents (QR tangent propagation over 5000 driven steps after 500 "
            "burn-in, per step):", ""]
     for s in res["systems"]:
         out.append(f"- gain {s['gain']} ({s['kind']}): " + ", ".join(f"{v:.4f}" for v in s["lyapunov_5000_steps"]))
-    out += ["", "| gain | system | T | Lyapunov (along 1..T) | method | tol | iterations | converged | "
-            "residual | max abs err | time (s) |", "|" + "---|" * 11]
+    out += ["", "| gain | system | T | Lyapunov (along 1..T) | method | solver | tol | iterations | converged | "
+            "residual | max abs err | time (s) | memory (MB) |", "|" + "---|" * 13]
     for r in res["rows"]:
         out.append(f"| {r['gain']} | {r['kind']} | {r['T']} | {r['lyapunov_along_T']:.3f} | {r['method']} | "
-                   f"{r['tol']:.0e} | {r['iterations']} | {r['converged']} | {r['residual']:.1e} | "
-                   f"{r['max_abs_err']:.1e} | {r['time_incl_compile_s']:.1f} |")
+                   f"{r['solver']} | {r['tol']:.0e} | {r['iterations']} | {r['converged']} | {r['residual']:.1e} | "
+                   f"{r['max_abs_err']:.1e} | {r['time_s']:.3f} | {_mb(r['mem_bytes'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -175,7 +195,8 @@ def predictability_markdown(res) -> str:
 
 
 def unstable(scales, T, D=8, dtype=jnp.float32):
-    """All four methods (plus fixed-damping ELK) on large-weight GRUs.
+    """All four methods on large-weight GRUs; ELK methods with the ELK paper's fixed damping
+    (lambda = 1e-6 for ELK, 1e-2 for quasi-ELK) and with the adaptive control (initial 1.0).
 
     Parameters
     ----------
@@ -197,9 +218,9 @@ def unstable(scales, T, D=8, dtype=jnp.float32):
         x0 = jnp.zeros(D, dtype)
         ref = rnn.sequential(f, x0, u)
         lyap = float(rnn.lyapunov_spectrum(f, x0 + 0.1, u, k=1, burn_in=T // 3)[0])
-        configs = [("deer", {}), ("quasi_deer", {}), ("elk", dict(damping=1.0)),
-                   ("quasi_elk", dict(damping=1.0)), ("elk", dict(damping=1.0, adaptive=False)),
-                   ("quasi_elk", dict(damping=1.0, adaptive=False))]
+        configs = [("deer", {}), ("quasi_deer", {}),
+                   ("elk", dict(damping=1e-6, adaptive=False)), ("quasi_elk", dict(damping=1e-2, adaptive=False)),
+                   ("elk", dict(damping=1.0)), ("quasi_elk", dict(damping=1.0))]
         for method, kw in configs:
             row = dict(dtype=jnp.dtype(dtype).name, weight_scale=scale, T=T, D=D, lyapunov=lyap,
                        damping=kw.get("damping"), adaptive=kw.get("adaptive", True),
@@ -209,21 +230,29 @@ def unstable(scales, T, D=8, dtype=jnp.float32):
     return rows
 
 
-def unstable_markdown(rows) -> str:
+def _mb(b) -> str:
+    return "-" if b is None else f"{b / 2**20:.2f}"
+
+
+def unstable_markdown(res) -> str:
+    rows = res["rows"]
     out = ["# Large-weight GRUs: DEER / quasi-DEER / ELK / quasi-ELK", "",
+           f"Run {res['date']}. {environment_line(res['environment'])} {SHARED_NOTE}", "",
            "GRU (rnn.init_gru, seed 0, input size 2, x0 = 0, u ~ N(0, I)), weights x scale; default "
            "tol (1e-6 in float32); max iterations = T; init = zeros. Produced by "
            "`benchmarks/deterministic_elk_predictability.py unstable`. `adaptive` = Levenberg-Marquardt "
-           "control of the damping (initial 1.0); False = fixed damping 1.0 as in the ELK paper. "
-           "Times include compilation (shared 2-core CPU).", "",
-           "| dtype | D | scale | T | Lyapunov | method | damping | adaptive | iterations | converged | "
-           "residual | max abs err | time (s) |", "|" + "---|" * 13]
+           "control of the damping (initial 1.0); False = the ELK paper's fixed damping (lambda = 1e-6 "
+           "for ELK, 1e-2 for quasi-ELK; the paper's sigmasq = 1 / lambda). Time: one call after "
+           "compilation; memory: temporary + output bytes of the compiled call. The 20-seed version "
+           "with per-iteration deviations is section 2 of `deterministic_elk_fig4.md`.", "",
+           "| dtype | D | scale | T | Lyapunov | method | solver | damping | adaptive | iterations | converged | "
+           "residual | max abs err | time (s) | memory (MB) |", "|" + "---|" * 15]
     for r in rows:
         lm = r["method"].endswith("elk")
         out.append(f"| {r['dtype']} | {r['D']} | {r['weight_scale']} | {r['T']} | {r['lyapunov']:.3f} | "
-                   f"{r['method']} | {r['damping'] if lm else '-'} | {r['adaptive'] if lm else '-'} | "
-                   f"{r['iterations']} | {r['converged']} | {r['residual']:.1e} | {r['max_abs_err']:.1e} | "
-                   f"{r['time_incl_compile_s']:.1f} |")
+                   f"{r['method']} | {r['solver']} | {r['damping'] if lm else '-'} | "
+                   f"{r['adaptive'] if lm else '-'} | {r['iterations']} | {r['converged']} | "
+                   f"{r['residual']:.1e} | {r['max_abs_err']:.1e} | {r['time_s']:.2f} | {_mb(r['mem_bytes'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -232,17 +261,15 @@ def main():
     ap.add_argument("which", choices=["predictability", "unstable"])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = ap.parse_args()
-    machine = f"{platform.processor() or platform.machine()}, JAX {jax.__version__}"
     stem = f"deterministic_elk_{args.which}" + ("_quick" if args.quick else "")
     if args.which == "predictability":
         lengths = [50, 100] if args.quick else [50, 100, 200, 300, 1000, 3000]
         res = predictability(lengths, elk_max_T_chaotic=100 if args.quick else 300)
-        md = predictability_markdown(res)
     else:
-        rows = unstable([4.0], 300) if args.quick else unstable([4.0], 1000)
-        res = dict(rows=rows)
-        md = unstable_markdown(rows)
-    res["machine"] = machine
+        res = dict(rows=unstable([4.0], 300) if args.quick else unstable([3.0, 4.0], 1000))
+    res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    res["environment"] = environment()
+    md = predictability_markdown(res) if args.which == "predictability" else unstable_markdown(res)
     OUT.mkdir(exist_ok=True)
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (OUT / f"{stem}.md").write_text(md)
