@@ -21,6 +21,13 @@ lag-1 autocorrelation 0.92-0.95 of the state occupancy, ``benchmarks/results/sld
 Models whose path is not Gaussian given the states (recurrent transitions, Poisson emissions)
 draw z | x, theta by FFBS and move (theta, x) together by NUTS, x whitened given z.
 
+The GP models (``BlockedSpec.states_site`` None) have no block drawn given the path: each sweep
+is one NUTS transition on theta and the path whitened around the Gauss-Newton mean of its
+conditional, the drift weights integrated out (:mod:`zoo.sde_laplace`). With ``states_site =
+"drift_weights"`` the states slot carries W instead: W | x, theta drawn exactly, then NUTS on
+(theta, eps) given W, eps remapped so that x is unchanged (exact, but slow to mix: given W the
+partition parameters are pinned).
+
 The blocks are pure functions of (key, state) -> state (:func:`build_blocks`, :func:`sweep`), in
 the shape of BlackJAX kernels; step size and inverse mass of the NUTS block are adapted during
 warmup by Stan's windowed scheme (dual averaging, Welford variances), written here from
