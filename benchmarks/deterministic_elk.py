@@ -1,9 +1,12 @@
 """Benchmark of DEER / quasi-DEER / ELK / quasi-ELK against sequential ``lax.scan`` on this CPU.
 
 Writes benchmarks/results/deterministic_elk.json and .md with three tables:
-1. the ELK family on GRUs (iterations, converged, max abs error vs sequential, wall time, ratio to
-   lax.scan, compiled temporary memory), float32 and float64;
-2. large-weight GRUs (far from contracting linearisations): quasi-DEER vs ELK with damping;
+1. the ELK family on GRUs (iterations, converged, max abs error vs sequential, median wall time
+   with its spread, ratio to lax.scan, compiled temporary + output memory), float32 and float64,
+   each method with the parallel and with the sequential linear solves (``parallel=True/False``;
+   the environment line names the backend's default);
+2. large-weight GRUs (far from contracting linearisations): all methods, ELK with the ELK paper's
+   fixed damping and with the adaptive control;
 3. predictability: DEER iterations vs T for a contracting and a chaotic tanh RNN, with the
    largest Lyapunov exponent of each.
 
