@@ -426,7 +426,7 @@ DEMO_SIZES = {
     # trials, duration (s), bin, MAP steps, warmup, samples, chains, attractor draws, grid
     # 20 trials: with 6 (the old default) the slow direction is not pinned down and P(line) stays
     # well below 1 even for converged chains (tests/test_gpslds.py measured 10 vs 20 trials)
-    "full": dict(num_trials=20, duration=3.0, bin_size=5, map_steps=1000, num_warmup=300, num_samples=300,
+    "full": dict(num_trials=20, duration=3.0, bin_size=5, map_steps=1000, num_warmup=200, num_samples=200,
                  num_chains=4, num_draws=100, grid_size=20, max_tree_depth=8),
     "quick": dict(num_trials=2, duration=0.6, bin_size=4, map_steps=50, num_warmup=8, num_samples=8,
                   num_chains=2, num_draws=3, grid_size=6, max_tree_depth=5),
