@@ -148,6 +148,20 @@ def _jsonable(value):
         return repr(value)
 
 
+def _array_kwargs(model_kwargs: Mapping) -> dict:
+    """Model arguments as arrays: a named tuple (e.g. a fixed frame, ``zoo.frame.Frame``) gives
+    one entry per field, ``<argument>_<field>``; other pytrees one per leaf."""
+    out = {}
+    for k, v in model_kwargs.items():
+        if isinstance(v, tuple) and hasattr(v, "_fields"):
+            out.update({f"{k}_{f}": getattr(v, f) for f in v._fields})
+        elif isinstance(v, (tuple, list, dict)):
+            out.update({f"{k}_{i}": leaf for i, leaf in enumerate(jax.tree.leaves(v))})
+        else:
+            out[k] = v
+    return out
+
+
 def to_datatree(
     model: Callable,
     samples: Mapping,
@@ -230,7 +244,7 @@ def to_datatree(
         groups["log_likelihood"] = _group(ll, lld, info.coords)
         if not all(np.isfinite(v).all() for v in ll.values()):
             library_attrs["warning"] = "non-finite pointwise log-likelihood values"
-    const = {k: np.asarray(v) for k, v in model_kwargs.items() if np.ndim(v) > 0}
+    const = {k: np.asarray(v) for k, v in _array_kwargs(model_kwargs).items() if np.ndim(v) > 0}
     const.update({k: np.asarray(v) for k, v in info.conditioned.items()})
     if const:
         cdims = {}

@@ -255,7 +255,9 @@ def _provenance(problem: Problem) -> dict:
     h = hashlib.sha256(np.ascontiguousarray(problem.y_host).tobytes())
     for k in sorted(problem.model_kwargs):
         h.update(k.encode())
-        h.update(np.ascontiguousarray(np.asarray(problem.model_kwargs[k])).tobytes())
+        # an argument may be a pytree (e.g. a fixed frame, zoo.frame.Frame): hash every leaf
+        for leaf in jax.tree.leaves(problem.model_kwargs[k]):
+            h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                                 capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"

@@ -292,7 +292,11 @@ class SLDS(ModelMixin):
         return out, {"bias_centres": c}
 
     def prepare(self, y, model_kwargs) -> dict:
-        """The data frame, computed once from the data (:meth:`zoo.protocol.Model.prepare`)."""
+        """The data frame, computed once from the data (:meth:`zoo.protocol.Model.prepare`),
+        unless the caller fixed one (``frame=`` in ``model_kwargs``, e.g. ``default_frame`` for
+        simulation-based calibration, where a frame computed from y would change the model)."""
+        if model_kwargs.get("frame") is not None:
+            return {}
         return {"frame": self.data_frame(y, model_kwargs.get("mask"))}
 
     def data_frame(self, y, mask=None) -> LatentFrame:
