@@ -183,14 +183,15 @@ def sbc_blocked_ranks(
     seed: int = 0,
     model_kwargs: Mapping | None = None,
     options: Mapping | None = None,
+    start: str = "estimate",
 ) -> SBCResult:
     """Simulation-based calibration of the blocked sampler (:mod:`inference.blocked`) of a
     switching model, all replications in one compiled program.
 
-    Each replication runs one chain of the sweep with the same warmup as :func:`inference.fit`
-    (Stan's windows; the step size by dual averaging, the inverse mass from the chain's
-    curvature or Welford variances), started from an independent prior draw, and ranks the truth
-    among the thinned draws.
+    Each replication runs one chain of the sweep with the same start and warmup as
+    :func:`inference.fit` (the model's point estimate of its data set; Stan's windows, the step
+    size by dual averaging, the inverse mass from the chain's curvature or Welford variances),
+    and ranks the truth among the thinned draws.
 
     Parameters
     ----------
@@ -199,7 +200,7 @@ def sbc_blocked_ranks(
     simulate : callable
         ``simulate(key) -> (y, truth)``: a prior-predictive data set and the constrained values of
         every latent site of the program it was drawn from (the path included) and the states
-        ``z``. The start of each chain is another call's ``truth``.
+        ``z``.
     summaries : callable
         ``summaries(values) -> dict name -> array``: scalar summaries of a dict of constrained
         values with leading batch axes (the recorded draws hold the parameters, the path and
@@ -213,6 +214,10 @@ def sbc_blocked_ranks(
     options : mapping, optional
         The blocked sampler's options (``state_sweeps``, ``boundary_moves``, ``max_tree_depth``,
         ``target_accept_prob``, ``dense_mass``, ``mass_adaptation``).
+    start : {"estimate", "prior"}
+        Each chain's start: the model's point estimate of its data set (``initial_params``, then
+        ``blocked_start``, as in :func:`inference.fit`), or an independent prior draw (another
+        call's ``truth``), a harder test of the sampler's reach from afar.
 
     Returns
     -------
@@ -224,6 +229,7 @@ def sbc_blocked_ranks(
     from inference.blocked import (
         adaptation_init,
         build_blocks,
+        chain_starts,
         initial_inverse_mass,
         parameter_mask,
         start_state,
@@ -250,7 +256,6 @@ def sbc_blocked_ranks(
     site = spec.path_site
     key_sim, key_start, key_mcmc = jax.random.split(jax.random.key(seed), 3)
     sims = [simulate(k) for k in jax.random.split(key_sim, num_reps)]
-    starts = [simulate(k)[1] for k in jax.random.split(key_start, num_reps)]
     ys = jnp.stack([jnp.asarray(y) for y, _ in sims])
     truths = jax.tree.map(lambda *v: np.stack([np.asarray(x) for x in v]), *[t for _, t in sims])
 
@@ -262,16 +267,34 @@ def sbc_blocked_ranks(
             theta[f"{site}_whitened"] = jnp.zeros_like(jnp.asarray(values[site]))
         return theta, jnp.asarray(values[site])
 
-    theta_example, _ = unconstrained(starts[0], ys[0])
+    if start == "estimate":  # as inference.fit: the model's point estimate of each data set
+        firsts = []
+        for i, y in enumerate(ys):
+            k = jax.random.fold_in(key_start, i)
+            estimate = model.initial_params(np.asarray(y), k)
+            z0, run_kwargs, x_ref, _ = chain_starts(model, y, kwargs, k, 1, estimate)
+            theta = {n: v[0] for n, v in z0.items() if n != site}
+            if not spec.collapsed:
+                theta[f"{site}_whitened"] = jnp.zeros_like(z0[site][0])
+            extra = {n: jnp.asarray(v) for n, v in run_kwargs.items() if n not in kwargs}
+            firsts.append((theta, jnp.asarray(z0[site][0]), extra, jnp.asarray(x_ref)))
+    elif start == "prior":
+        starts = [simulate(k)[1] for k in jax.random.split(key_start, num_reps)]
+        firsts = [(*unconstrained(s, y), {}, jnp.zeros_like(jnp.asarray(s[site])))
+                  for s, y in zip(starts, ys, strict=True)]
+    else:
+        raise ValueError(f"start must be 'estimate' or 'prior'; got {start!r}")
+    theta_example = firsts[0][0]
     which = parameter_mask(theta_example)
-    flat_starts = jnp.stack([ravel_pytree(unconstrained(s, y)[0])[0]
-                             for s, y in zip(starts, ys, strict=True)])
-    path_starts = jnp.stack([jnp.asarray(s[site]) for s in starts])
+    flat_starts = jnp.stack([ravel_pytree(f[0])[0] for f in firsts])
+    path_starts = jnp.stack([f[1] for f in firsts])
+    extras = jax.tree.map(lambda *v: jnp.stack(v), *[f[2] for f in firsts])
+    refs = jnp.stack([f[3] for f in firsts])
     schedule = jnp.asarray(warmup_schedule(num_warmup))
 
-    def one(key, y, flat, path):
-        ref = None if spec.collapsed else jnp.zeros_like(path)
-        blocks = build_blocks(model, y, kwargs, spec, theta_example, ref,
+    def one(key, y, flat, path, extra, ref):
+        ref = None if spec.collapsed else ref
+        blocks = build_blocks(model, y, {**kwargs, **extra}, spec, theta_example, ref,
                               str(opts.get("state_sampler", "collapsed")), int(opts.get("state_sweeps", 4)),
                               int(opts.get("boundary_moves", 8)), int(opts.get("max_shift", 8)))
         k0, kw, ks = jax.random.split(key, 3)
@@ -299,7 +322,7 @@ def sbc_blocked_ranks(
         return jax.tree.map(lambda a: a[::thin], rec), div.sum()
 
     run = jax.jit(lambda *a: jax.lax.map(lambda b: one(*b), a))
-    draws, divergences = run(jax.random.split(key_mcmc, num_reps), ys, flat_starts, path_starts)
+    draws, divergences = run(jax.random.split(key_mcmc, num_reps), ys, flat_starts, path_starts, extras, refs)
     draws = jax.tree.map(np.asarray, draws)
     true_s, draw_s = summaries(truths), summaries(draws)
     true_s = {k: np.asarray(v) for k, v in true_s.items()}
