@@ -17,6 +17,11 @@ matplotlib.use("Agg")
 jax.config.update("jax_enable_x64", True)
 
 
+# Compile-bound (small programs traced op by op; no long sampler runs): compiled without most
+# XLA optimisations (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 class _Toy(Model):
     """Dynamics given in closed form: the parts of the model protocol that attractor analysis
     reads (the toys are not NumPyro programs)."""

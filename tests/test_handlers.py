@@ -24,6 +24,11 @@ from .truth import dense_joint
 jax.config.update("jax_enable_x64", True)
 
 
+# Compile-bound (small programs traced op by op; no long sampler runs): compiled without most
+# XLA optimisations (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 # ------------------------------------------------------------------ switching dynamics by brute force
 
 

@@ -13,6 +13,10 @@ from inference.attractors import POOLED_WEIGHTING, attractor_probabilities, attr
 from inference.diagnose import diagnose
 from inference.modes import MODE_RHAT, MODE_Z, chain_modes, group_chains, identified_quantities
 
+# Compile-bound (small programs traced op by op; no long sampler runs): compiled without most
+# XLA optimisations (conftest.fast_compile).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _ar1(rng, C, S, rho):
     """C independent stationary AR(1) chains of S draws, unit marginal variance."""
