@@ -2,9 +2,10 @@
 states site by site) and a small rSLDS (``recurrent_only``; states by FFBS and boundary shifts,
 path whitened given them): one chain per simulated data set, with the same warmup as
 ``inference.fit`` (windows, dual averaging, curvature or Welford mass), started as ``fit``
-starts, from the model's point estimate of each data set. Ranks of label- and gauge-invariant summaries of the truth among the
-thinned draws must be uniform (the frame is fixed, ``default_frame``, so the latent gauge is
-too). A shifted truth must fail the same test (the test has power).
+starts, from the model's point estimate of each data set. Ranks of label- and gauge-invariant
+summaries of the truth among the thinned draws must be uniform (the frame is fixed,
+``default_frame``, so the latent gauge is too). A shifted truth must fail the same test (the
+test has power).
 
 The calibration runs are marked slow: one model's 100 replications took about 15 minutes on a
 loaded 2-core machine (``-m slow``); the tie-breaking of the ranks and the fixed frame that the
