@@ -441,8 +441,16 @@ def curvature_mass(logdensities: Callable, positions, dense: bool, floor: float 
     -------
     array (d, d) if dense else (d,)
     """
-    C = positions.shape[0]
-    H = jax.vmap(lambda c, p: -jax.hessian(lambda f: logdensities(f, c))(p))(jnp.arange(C), positions)
+    C, d = positions.shape
+
+    def negative_hessian(c, p):
+        # row by row (one Hessian-vector product each), chain by chain: jax.hessian of a long
+        # Kalman filter vectorised over d tangents and C chains held all their residuals at once
+        # (17.5 GB at T = 2000, d = 50, C = 4: killed for lack of memory)
+        grad = jax.grad(lambda f: logdensities(f, c))
+        return -jax.lax.map(lambda e: jax.jvp(grad, (p,), (e,))[1], jnp.eye(d, dtype=p.dtype))
+
+    H = jax.lax.map(lambda a: negative_hessian(*a), (jnp.arange(C), positions))
     H = jnp.where(jnp.isfinite(H), H, 0.0)
     Hbar = 0.5 * (jnp.mean(H, 0) + jnp.mean(H, 0).T)
     if not dense:
@@ -566,12 +574,11 @@ def parameter_mask(theta: Mapping) -> jax.Array:
 def initial_inverse_mass(blocks: Blocks, states: SweepState, which, dense: bool, pooled: bool) -> jax.Array:
     """The NUTS block's first inverse mass, for chains (C, ...) in their start states.
 
-    ``pooled`` (a collapsed path, whose parameter block is small): the chains' pooled
-    curvature (:func:`curvature_mass`, dense or diagonal), the same estimate the warmup windows
-    end with; a dense start removes the slope-offset correlations that otherwise keep the first
-    window's trees at depth 5-6. Otherwise (a whitened path, eps of T x D coordinates) each
-    chain's diagonal curvature on the parameter coordinates ``which`` and 1 on eps
-    (:func:`curvature_inverse_mass`).
+    ``pooled``: the chains' pooled curvature (:func:`curvature_mass`, dense or diagonal), the
+    estimate the warmup windows end with. Not the default of the samplers: compiled on its own
+    at NASCAR T = 2000 (4 chains) it ran out of memory (over 17 GB), cause not yet found.
+    Otherwise each chain's diagonal curvature on the parameter coordinates ``which`` and 1 on
+    the others (a whitened path's eps; :func:`curvature_inverse_mass`).
 
     Returns
     -------
@@ -649,7 +656,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     states = jax.jit(jax.vmap(lambda k, f, x: start_state(blocks, k, f, x)))(
         jax.random.split(k_init, num_chains), flat0, path0)
     which = parameter_mask(jax.tree.map(lambda v: v[0], theta0))
-    inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which, dense, pooled=not welford))(states)
+    inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which, dense, pooled=False))(states)
     adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
     # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
     # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then

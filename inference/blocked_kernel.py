@@ -202,7 +202,7 @@ class BlockedKernel(MCMCKernel):
         start = start_state(blocks, k_state, ravel_pytree(theta0)[0], path0)
         one = jax.tree.map(lambda v: v[None], start)  # a batch of one chain
         inv_mass = initial_inverse_mass(blocks, one, parameter_mask(theta0), self.dense,
-                                        pooled=not self.welford)[0]
+                                        pooled=False)[0]
         adapt = adaptation_init(inv_mass, 0.1, self.dense)
         flat, states = start.hmc.position, start.states
         draw = blocks.record(flat, states, path0)

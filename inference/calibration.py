@@ -300,7 +300,7 @@ def sbc_blocked_ranks(
         k0, kw, ks = jax.random.split(key, 3)
         state = start_state(blocks, k0, flat, path)
         one_chain = jax.tree.map(lambda v: v[None], state)
-        inv0 = initial_inverse_mass(blocks, one_chain, which, dense, pooled=not welford)[0]
+        inv0 = initial_inverse_mass(blocks, one_chain, which, dense, pooled=False)[0]
         adapt = adaptation_init(inv0, 0.1, dense)
 
         def warm(carry, inp):

@@ -259,7 +259,7 @@ def test_attractors_from_demo_posterior(demo_dir, tmp_path, capsys):
 def test_diagnose_from_demo_posterior(demo_dir, capsys):
     code, out, _ = run(capsys, "diagnose", demo_dir / "posterior.nc", "--no-strict")
     assert code == 0
-    assert "nuts, 2 chain(s) x" in out and "verdict:" in out
+    assert "method blocked, 2 chain(s) x" in out and "verdict:" in out  # the demo's default sampler
     for var in ("x", "diffusion", "emission_matrix"):
         assert var in out
     # a failing verdict exits with status 1 by default (tiny quick-mode chains do fail)
