@@ -91,12 +91,7 @@ def sbc_ranks(
         ``ranks[name]`` (num_reps,) integers in ``0..L`` with ``L = ceil(num_samples / thin)`` thinned
         draws, ``num_ranks = L + 1``, the true and drawn summaries, and divergences per replication.
     """
-    for name, value in (("num_reps", num_reps), ("num_warmup", num_warmup), ("num_samples", num_samples),
-                        ("thin", thin)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if num_samples // thin < 2:
-        raise ValueError(f"num_samples // thin must be at least 2, got {num_samples} // {thin}")
+    _check_sizes(num_reps, num_warmup, num_samples, thin)
     key_sim, key_mcmc, key_init = jax.random.split(jax.random.key(seed), 3)
     sims = [simulate(k) for k in jax.random.split(key_sim, num_reps)]
     ys = jnp.stack([jnp.asarray(y) for y, _ in sims])
@@ -121,13 +116,26 @@ def sbc_ranks(
 
     run = jax.jit(lambda keys, ys: jax.lax.map(lambda a: one(*a), (keys, ys), batch_size=batch_size))
     draws, divergences = run(jax.random.split(key_mcmc, num_reps), ys)
+    return _result(summaries, truths, draws, divergences, seed)
+
+
+def _check_sizes(num_reps, num_warmup, num_samples, thin) -> None:
+    for name, value in (("num_reps", num_reps), ("num_warmup", num_warmup), ("num_samples", num_samples),
+                        ("thin", thin)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if num_samples // thin < 2:
+        raise ValueError(f"num_samples // thin must be at least 2, got {num_samples} // {thin}")
+
+
+def _result(summaries: Callable, truths, draws, divergences, seed: int) -> SBCResult:
+    """The ranks of the true summaries among the thinned draws' summaries."""
     draws = jax.tree.map(np.asarray, draws)
-    true_s, draw_s = summaries(truths), summaries(draws)
-    true_s = {k: np.asarray(v) for k, v in true_s.items()}
-    draw_s = {k: np.asarray(draw_s[k]) for k in true_s}
-    ranks = _ranks(draw_s, true_s, seed)
+    true_s = {k: np.asarray(v) for k, v in summaries(truths).items()}
+    draw_all = summaries(draws)
+    draw_s = {k: np.asarray(draw_all[k]) for k in true_s}
     num_ranks = draw_s[next(iter(true_s))].shape[1] + 1
-    return SBCResult(ranks=ranks, num_ranks=num_ranks, truth=true_s, draws=draw_s,
+    return SBCResult(ranks=_ranks(draw_s, true_s, seed), num_ranks=num_ranks, truth=true_s, draws=draw_s,
                      divergences=np.asarray(divergences))
 
 
@@ -238,12 +246,7 @@ def sbc_blocked_ranks(
     )
     from inference.blocked_kernel import adapt_after_sweep
 
-    for name, value in (("num_reps", num_reps), ("num_warmup", num_warmup), ("num_samples", num_samples),
-                        ("thin", thin)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if num_samples // thin < 2:
-        raise ValueError(f"num_samples // thin must be at least 2, got {num_samples} // {thin}")
+    _check_sizes(num_reps, num_warmup, num_samples, thin)
     spec = model.blocked_sampler()
     if spec is None:
         raise ValueError(f"model: {type(model).__name__} has no blocked sampler")
@@ -323,11 +326,4 @@ def sbc_blocked_ranks(
 
     run = jax.jit(lambda *a: jax.lax.map(lambda b: one(*b), a))
     draws, divergences = run(jax.random.split(key_mcmc, num_reps), ys, flat_starts, path_starts, extras, refs)
-    draws = jax.tree.map(np.asarray, draws)
-    true_s, draw_s = summaries(truths), summaries(draws)
-    true_s = {k: np.asarray(v) for k, v in true_s.items()}
-    draw_s = {k: np.asarray(draw_s[k]) for k in true_s}
-    ranks = _ranks(draw_s, true_s, seed)
-    num_ranks = draw_s[next(iter(true_s))].shape[1] + 1
-    return SBCResult(ranks=ranks, num_ranks=num_ranks, truth=true_s, draws=draw_s,
-                     divergences=np.asarray(divergences))
+    return _result(summaries, truths, draws, divergences, seed)
