@@ -83,16 +83,20 @@ def main(argv=None):
     ap.add_argument("--name", default="slds_blocked")
     ap.add_argument("--state-sweeps", type=int, default=None, help="option state_sweeps (default: fit's)")
     ap.add_argument("--boundary-moves", type=int, default=None, help="option boundary_moves (default: fit's)")
+    ap.add_argument("--window-length", type=int, default=None, help="option window_length (default: fit's)")
+    ap.add_argument("--save", type=Path, default=None, help="also write the posterior DataTree here (NetCDF)")
     args = ap.parse_args(argv)
     data = nascar(seed=args.seed, num_steps=args.steps)
     y = data["y"]
     model = SLDS(4, 2, y.shape[-1], transitions="standard")
     t0 = time.perf_counter()
-    opts = {k: v for k, v in (("state_sweeps", args.state_sweeps), ("boundary_moves", args.boundary_moves))
-            if v is not None}
+    opts = {k: v for k, v in (("state_sweeps", args.state_sweeps), ("boundary_moves", args.boundary_moves),
+                              ("window_length", args.window_length)) if v is not None}
     post = inference.fit(model, y, num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
                          seed=args.seed, progress_bar=True, **opts)
     wall = time.perf_counter() - t0
+    if args.save is not None:
+        post.to_netcdf(args.save)
     q = identified(post, 4)
     summary = summarise(q)
     z = post["posterior"]["z"].values

@@ -54,19 +54,20 @@ from tqdm.auto import tqdm
 from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
-from zoo.collapsed_states import boundary_shift, sweep_states
+from zoo.collapsed_states import boundary_shift, sweep_states, window_sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
            "start_state", "initial_inverse_mass", "chain_starts", "parameter_mask",
-           "curvature_inverse_mass", "curvature_mass", "adaptation_init", "adaptation_update",
+           "curvature_inverse_mass", "curvature_mass", "curvature_at_window_end", "adaptation_init",
+           "adaptation_update",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
-                             "state_sweeps", "boundary_moves", "max_shift", "mass_adaptation",
-                             "path_iterations"})
+                             "state_sweeps", "boundary_moves", "max_shift", "window_length",
+                             "mass_adaptation", "path_iterations"})
 
 
 class Blocks(NamedTuple):
@@ -131,7 +132,8 @@ class Adaptation(NamedTuple):
 
 def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, theta_example: Mapping,
                  reference_path=None, state_sampler: str = "collapsed", state_sweeps: int = 4,
-                 boundary_moves: int = 8, max_shift: int = 8, path_iterations: int | None = None) -> Blocks:
+                 boundary_moves: int = 8, max_shift: int = 8, path_iterations: int | None = None,
+                 window_length: int = 8) -> Blocks:
     """The blocks of the sweep for ``model`` on data ``y``.
 
     Parameters
@@ -167,6 +169,13 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
     path_iterations : int, optional
         For a whitened path whose program takes it (the GP models, :mod:`zoo.sde_laplace`):
         Gauss-Newton iterations of the whitening's mean (``path_reference["iterations"]``).
+    window_length : int
+        With ``state_sampler="collapsed"``: after the single-site sweeps, one sweep of exact
+        block draws of z over windows of this length
+        (:func:`zoo.collapsed_states.window_move_states`: a boundary anywhere in a window, a
+        short segment born or removed); 0 for none. Where a boundary's posterior is wide
+        (NASCAR's last segment: its start spread over 15 steps) single-site moves and shifts
+        random-walk over it.
 
     Returns
     -------
@@ -176,6 +185,9 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         raise ValueError(f"state_sampler must be 'collapsed' or 'ffbs'; got {state_sampler!r}")
     if int(state_sweeps) < 1:
         raise ValueError(f"state_sweeps must be an integer >= 1; got {state_sweeps!r}")
+    if int(window_length) != 0 and int(window_length) < 2:
+        raise ValueError(f"window_length must be 0 (no block moves) or an integer >= 2; "
+                         f"got {window_length!r}")
     kwargs = dict(model_kwargs)
     site = spec.path_site
     _, unravel = ravel_pytree(dict(theta_example))
@@ -209,8 +221,11 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             def one(z, k):
                 return sweep_states(k, dynamics, z, y_seen, emission.H, emission.d, emission.R), None
 
-            k_sweep, k_shift = jax.random.split(key)
+            k_sweep, k_shift, k_window = jax.random.split(key, 3)
             z = jax.lax.scan(one, states, jax.random.split(k_sweep, int(state_sweeps)))[0]
+            if window_length:
+                z = window_sweep_states(k_window, dynamics, z, y_seen, emission.H, emission.d, emission.R,
+                                        int(window_length))
             return _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, z), int(boundary_moves),
                                      int(max_shift))
 
@@ -352,12 +367,16 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     return SweepState(hmc, states, path), info
 
 
-def warmup_schedule(num_warmup: int) -> np.ndarray:
+def warmup_schedule(num_warmup: int, curvature: bool = False) -> np.ndarray:
     """Stan's windows: (num_warmup, 2) int rows (slow window?, end of a slow window?).
 
     A first fast window (15 %, step size only), slow windows doubling from 25 steps (step size
     and inverse mass; the mass is set at each window's end), a last fast window (10 %). Short
-    warmups (< 20 steps) adapt the step size only.
+    warmups (< 20 steps) adapt the step size only. With ``curvature`` (the mass from the
+    curvature at the chains' positions, :func:`curvature_at_window_end`), the mass is also set
+    once inside the first fast window, after at most 25 steps: the curvature needs no draws,
+    only positions in the typical set, and the start's diagonal curvature ran that window at
+    tree depth 5.5 against 4 after (NASCAR T = 2000).
     """
     out = np.zeros((num_warmup, 2), dtype=np.int32)
     if num_warmup < 20:
@@ -371,6 +390,8 @@ def warmup_schedule(num_warmup: int) -> np.ndarray:
         out[start:end, 0] = 1
         out[end - 1, 1] = 1
         start, size = end, 2 * size
+    if curvature and first > 1:
+        out[min(25, first) - 1, 1] = 1
     return out
 
 
@@ -414,7 +435,8 @@ def curvature_inverse_mass(logdensity: Callable, position, which) -> jax.Array:
     return jnp.ones_like(position).at[idx].set(jnp.clip(inv, 1e-8, 1e2))
 
 
-def curvature_mass(logdensities: Callable, positions, dense: bool, floor: float = 1e-3) -> jax.Array:
+def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool,
+                   floor: float = 1e-3) -> jax.Array:
     """An inverse mass from the curvature of the target, pooled over chains.
 
     The mean over chains of the negative Hessians H_c of each chain's log density at its
@@ -430,9 +452,11 @@ def curvature_mass(logdensities: Callable, positions, dense: bool, floor: float 
 
     Parameters
     ----------
-    logdensities : callable (flat theta (d,), chain index) -> scalar
-        Each chain's log density (its own z).
+    logdensity : callable (flat theta (d,), chain argument) -> scalar
+        A chain's log density given its own argument (e.g. its states z).
     positions : array (C, d)
+    chain_args : pytree with leading axis C
+        Each chain's argument.
     dense : bool
     floor : float
         Lower bound on the pooled curvature's eigenvalues (flat or non-concave directions).
@@ -441,22 +465,48 @@ def curvature_mass(logdensities: Callable, positions, dense: bool, floor: float 
     -------
     array (d, d) if dense else (d,)
     """
-    C, d = positions.shape
+    d = positions.shape[-1]
 
-    def negative_hessian(c, p):
-        # row by row (one Hessian-vector product each), chain by chain: jax.hessian of a long
-        # Kalman filter vectorised over d tangents and C chains held all their residuals at once
-        # (17.5 GB at T = 2000, d = 50, C = 4: killed for lack of memory)
-        grad = jax.grad(lambda f: logdensities(f, c))
+    def negative_hessian(p, arg):
+        # row by row (one Hessian-vector product each), the chains vectorised (so that they stay
+        # split over devices): jax.hessian of a long Kalman filter vectorised over d tangents
+        # held all its residuals at once (17.5 GB at T = 2000, d = 50, C = 4)
+        grad = jax.grad(lambda f: logdensity(f, arg))
         return -jax.lax.map(lambda e: jax.jvp(grad, (p,), (e,))[1], jnp.eye(d, dtype=p.dtype))
 
-    H = jax.lax.map(lambda a: negative_hessian(*a), (jnp.arange(C), positions))
+    H = jax.vmap(negative_hessian)(positions, chain_args)
     H = jnp.where(jnp.isfinite(H), H, 0.0)
     Hbar = 0.5 * (jnp.mean(H, 0) + jnp.mean(H, 0).T)
     if not dense:
         return 1.0 / jnp.maximum(jnp.diagonal(Hbar), floor)
     lam, V = jnp.linalg.eigh(Hbar)
     return (V / jnp.maximum(lam, floor)) @ V.T
+
+
+def curvature_at_window_end(inverse_mass, stage, blocks: Blocks, states: SweepState,
+                            dense: bool) -> jax.Array:
+    """The inverse mass after a warmup sweep: at a slow window's end (``stage[1]``) the chains'
+    pooled curvature (:func:`curvature_mass`), else ``inverse_mass`` unchanged.
+
+    Parameters
+    ----------
+    inverse_mass : array (C, d) or (C, d, d)
+    stage : int array (2,)
+        A row of :func:`warmup_schedule`.
+    blocks : Blocks
+    states : SweepState
+        The chains (C, ...) after the sweep.
+    dense : bool
+
+    Returns
+    -------
+    array, the shape of ``inverse_mass``
+    """
+    def pooled(_):
+        mass = curvature_mass(blocks.theta_logdensity, states.hmc.position, states.states, dense)
+        return jnp.broadcast_to(mass, inverse_mass.shape).astype(inverse_mass.dtype)
+
+    return jax.lax.cond(stage[1] > 0, pooled, lambda _: inverse_mass, None)
 
 
 def adaptation_update(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool,
@@ -571,26 +621,15 @@ def parameter_mask(theta: Mapping) -> jax.Array:
                          for k, v in theta.items()})[0]
 
 
-def initial_inverse_mass(blocks: Blocks, states: SweepState, which, dense: bool, pooled: bool) -> jax.Array:
-    """The NUTS block's first inverse mass, for chains (C, ...) in their start states.
-
-    ``pooled``: the chains' pooled curvature (:func:`curvature_mass`, dense or diagonal), the
-    estimate the warmup windows end with. Not the default of the samplers: compiled on its own
-    at NASCAR T = 2000 (4 chains) it ran out of memory (over 17 GB), cause not yet found.
-    Otherwise each chain's diagonal curvature on the parameter coordinates ``which`` and 1 on
-    the others (a whitened path's eps; :func:`curvature_inverse_mass`).
+def initial_inverse_mass(blocks: Blocks, states: SweepState, which) -> jax.Array:
+    """The NUTS block's first inverse mass, for chains (C, ...) in their start states: each
+    chain's diagonal curvature on the parameter coordinates ``which`` and 1 on the others (a
+    whitened path's eps; :func:`curvature_inverse_mass`).
 
     Returns
     -------
-    array (C, d) or (C, d, d) when ``pooled`` and ``dense``
+    array (C, d)
     """
-    C = states.hmc.position.shape[0]
-    if pooled:
-        def logdensity(f, c):
-            return blocks.theta_logdensity(f, jnp.take(states.states, c, axis=0))
-
-        mass = curvature_mass(logdensity, states.hmc.position, dense)
-        return jnp.broadcast_to(mass, (C,) + mass.shape)
     return jax.vmap(lambda st: curvature_inverse_mass(
         lambda f: blocks.theta_logdensity(f, st.states), st.hmc.position, which))(states)
 
@@ -618,7 +657,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         for a collapsed path: a dense inverse mass for the parameter block, which is small,
         since the dynamics slopes and offsets of a state are correlated; False for a whitened
         path, whose eps has T x D coordinates); ``state_sampler`` ("collapsed", the default,
-        or "ffbs"), ``state_sweeps`` (4), ``boundary_moves`` (8) and ``max_shift`` (8), see
+        or "ffbs"), ``state_sweeps`` (4), ``boundary_moves`` (8), ``max_shift`` (8) and
+        ``window_length`` (8), see
         :func:`build_blocks`; ``mass_adaptation``: at
         the end of each slow warmup window, the inverse mass from the pooled curvature of the chains' targets
         ("curvature", :func:`curvature_mass`; the default for a collapsed path, whose
@@ -648,7 +688,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
                           str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)),
                           int(options.get("boundary_moves", 8)), int(options.get("max_shift", 8)),
-                          options.get("path_iterations"))
+                          options.get("path_iterations"), int(options.get("window_length", 8)))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
     dtype = flat0.dtype
 
@@ -656,7 +696,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     states = jax.jit(jax.vmap(lambda k, f, x: start_state(blocks, k, f, x)))(
         jax.random.split(k_init, num_chains), flat0, path0)
     which = parameter_mask(jax.tree.map(lambda v: v[0], theta0))
-    inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which, dense, pooled=False))(states)
+    inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which))(states)
     adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
     # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
     # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then
@@ -678,15 +718,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
             ad = jax.vmap(chain_adapt, in_axes=(0, None, 0, 0))(ad, stage, states.hmc.position,
                                                                  info.acceptance_rate)
             if not welford:
-                def pooled(_):
-                    def logdensity(f, c):
-                        return blocks.theta_logdensity(f, jnp.take(states.states, c, axis=0))
-
-                    mass = curvature_mass(logdensity, states.hmc.position, dense)
-                    return jnp.broadcast_to(mass, ad.inverse_mass.shape).astype(ad.inverse_mass.dtype)
-
-                mass = jax.lax.cond(stage[1] > 0, pooled, lambda _: ad.inverse_mass, None)
-                ad = ad._replace(inverse_mass=mass)
+                ad = ad._replace(inverse_mass=curvature_at_window_end(ad.inverse_mass, stage, blocks, states,
+                                                                      dense))
             return (states, ad), (info.is_divergent, info.num_trajectory_expansions)
 
         (states, adapt), info = jax.lax.scan(body, (states, adapt), (jnp.swapaxes(keys, 0, 1), schedule))
@@ -704,12 +737,15 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
 
         return jax.vmap(one_chain)(keys, states, step_size, inv_mass)
 
-    schedule = warmup_schedule(num_warmup)
+    schedule = warmup_schedule(num_warmup, curvature=not welford)
     chunk = max(1, min(25, num_warmup))
     bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep, warmup",
                disable=not progress_bar)
     done = 0
     for n in _chunks(num_warmup, chunk):
+        # the same input shardings at every call: an output sharding that differs in form only
+        # from the inputs' recompiled the chunk once (36 s at NASCAR T = 2000)
+        states, adapt = _shard_chains((states, adapt), num_chains)
         keys = _chunk_keys(k_warm, num_chains, done, n)
         sched = jnp.asarray(schedule[done:done + n])
         states, adapt, (div, depth_used) = warm_chunk(keys, states, adapt, sched)
@@ -725,6 +761,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     draws, stats, done = [], [], 0
     for n in _chunks(num_samples, max(1, min(50, num_samples))):
         keys = _chunk_keys(k_run, num_chains, done, n)
+        states, step_size, inv_mass = _shard_chains((states, step_size, inv_mass), num_chains)
         states, (d, s) = sample_chunk(keys, states, step_size, inv_mass)
         bar.set_postfix(depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
                         divergent=int(jnp.sum(s["diverging"])))

@@ -34,7 +34,7 @@ from inference.blocked import (
     adaptation_update,
     build_blocks,
     chain_starts,
-    curvature_mass,
+    curvature_at_window_end,
     initial_inverse_mass,
     parameter_mask,
     start_state,
@@ -78,7 +78,7 @@ def adapt_after_sweep(adapt: Adaptation, stage, state: SweepState, info, blocks:
                       dense: bool, welford: bool, last=False) -> Adaptation:
     """Stan's windowed adaptation of one chain's NUTS block after a warmup sweep: dual averaging
     of the step size; at a slow window's end the inverse mass from this chain's curvature
-    (:func:`inference.blocked.curvature_mass`) or from the window's Welford variances.
+    (:func:`inference.blocked.curvature_at_window_end`) or from the window's Welford variances.
 
     Parameters
     ----------
@@ -103,12 +103,9 @@ def adapt_after_sweep(adapt: Adaptation, stage, state: SweepState, info, blocks:
     """
     ad = adaptation_update(adapt, stage, state.hmc.position, info.acceptance_rate, target, dense, welford)
     if not welford:
-        def curvature(_):
-            mass = curvature_mass(lambda f, c: blocks.theta_logdensity(f, state.states),
-                                  state.hmc.position[None], dense)
-            return mass.astype(ad.inverse_mass.dtype)
-
-        ad = ad._replace(inverse_mass=jax.lax.cond(stage[1] > 0, curvature, lambda _: ad.inverse_mass, None))
+        one = jax.tree.map(lambda v: v[None], state)  # a batch of one chain
+        mass = curvature_at_window_end(ad.inverse_mass[None], stage, blocks, one, dense)
+        ad = ad._replace(inverse_mass=mass[0])
     _, _, da_final = dual_averaging_adaptation(target)
     final = jnp.asarray(da_final(ad.dual_averaging), ad.step_size.dtype)
     return ad._replace(step_size=jnp.where(last, final, ad.step_size))
@@ -137,7 +134,7 @@ class BlockedKernel(MCMCKernel):
     dense_mass : bool, optional
         Default: dense for a collapsed path, diagonal for a whitened one.
     state_sampler : {"collapsed", "ffbs"}
-    state_sweeps, boundary_moves, max_shift : int
+    state_sweeps, boundary_moves, max_shift, window_length : int
         See :func:`inference.blocked.build_blocks`.
     mass_adaptation : {"curvature", "welford"}, optional
         Default: curvature for a collapsed path, Welford for a whitened one.
@@ -161,7 +158,8 @@ class BlockedKernel(MCMCKernel):
 
     def __init__(self, model: Callable, target_accept_prob: float = 0.8, max_tree_depth: int = 10,
                  dense_mass: bool | None = None, state_sampler: str = "collapsed", state_sweeps: int = 4,
-                 mass_adaptation: str | None = None, boundary_moves: int = 8, max_shift: int = 8):
+                 mass_adaptation: str | None = None, boundary_moves: int = 8, max_shift: int = 8,
+                 window_length: int = 8):
         self.model = as_model(model)
         self.spec = self.model.blocked_sampler()
         if self.spec is None:
@@ -172,6 +170,7 @@ class BlockedKernel(MCMCKernel):
         self.dense = self.spec.collapsed if dense_mass is None else bool(dense_mass)
         self.state_sampler, self.state_sweeps = state_sampler, int(state_sweeps)
         self.boundary_moves, self.max_shift = int(boundary_moves), int(max_shift)
+        self.window_length = int(window_length)
         adaptation = mass_adaptation or ("curvature" if self.spec.collapsed else "welford")
         if adaptation not in ("curvature", "welford"):
             raise ValueError(f"mass_adaptation must be 'curvature' or 'welford'; got {adaptation!r}")
@@ -195,14 +194,14 @@ class BlockedKernel(MCMCKernel):
         if not self.spec.collapsed:
             theta0[f"{site}_whitened"] = jnp.zeros_like(path0)
         blocks = build_blocks(self.model, y, kwargs, self.spec, theta0, ref, self.state_sampler,
-                              self.state_sweeps, self.boundary_moves, self.max_shift)
+                              self.state_sweeps, self.boundary_moves, self.max_shift,
+                              window_length=self.window_length)
         self.blocks = blocks
-        self._schedule = jnp.asarray(warmup_schedule(int(num_warmup)))
+        self._schedule = jnp.asarray(warmup_schedule(int(num_warmup), curvature=not self.welford))
         self._num_warmup = int(num_warmup)
         start = start_state(blocks, k_state, ravel_pytree(theta0)[0], path0)
         one = jax.tree.map(lambda v: v[None], start)  # a batch of one chain
-        inv_mass = initial_inverse_mass(blocks, one, parameter_mask(theta0), self.dense,
-                                        pooled=False)[0]
+        inv_mass = initial_inverse_mass(blocks, one, parameter_mask(theta0))[0]
         adapt = adaptation_init(inv_mass, 0.1, self.dense)
         flat, states = start.hmc.position, start.states
         draw = blocks.record(flat, states, path0)

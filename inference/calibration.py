@@ -293,7 +293,7 @@ def sbc_blocked_ranks(
     path_starts = jnp.stack([f[1] for f in firsts])
     extras = jax.tree.map(lambda *v: jnp.stack(v), *[f[2] for f in firsts])
     refs = jnp.stack([f[3] for f in firsts])
-    schedule = jnp.asarray(warmup_schedule(num_warmup))
+    schedule = jnp.asarray(warmup_schedule(num_warmup, curvature=not welford))
 
     def one(key, y, flat, path, extra, ref):
         ref = None if spec.collapsed else ref
@@ -303,7 +303,7 @@ def sbc_blocked_ranks(
         k0, kw, ks = jax.random.split(key, 3)
         state = start_state(blocks, k0, flat, path)
         one_chain = jax.tree.map(lambda v: v[None], state)
-        inv0 = initial_inverse_mass(blocks, one_chain, which, dense, pooled=False)[0]
+        inv0 = initial_inverse_mass(blocks, one_chain, which)[0]
         adapt = adaptation_init(inv0, 0.1, dense)
 
         def warm(carry, inp):

@@ -145,6 +145,9 @@ def test_warmup_schedule_windows():
     assert s[:75, 0].sum() == 0 and s[-50:, 0].sum() == 0  # fast windows at both ends
     assert s[75:450, 0].all() and s[:, 1].sum() >= 3 and s[449, 1] == 1
     assert not warmup_schedule(10).any()
+    # the curvature mass is also set once early in the first fast window, nothing else changes
+    c = warmup_schedule(500, curvature=True)
+    assert c[24, 1] == 1 and c[24, 0] == 0 and (np.delete(c, 24, 0) == np.delete(s, 24, 0)).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,15 +225,16 @@ def test_curvature_mass_is_the_pooled_inverse_precision():
     P[:, 3, :] = P[:, :, 3] = 0.0
     P[:, 3, 3] = -1.0  # a direction of negative curvature
 
-    def logdensity(f, c):
-        return -0.5 * f @ jax.numpy.asarray(P)[c] @ f
+    def logdensity(f, Pc):
+        return -0.5 * f @ Pc @ f
 
     pos = jax.numpy.asarray(rng.normal(size=(3, 4)))
     Pbar = P.mean(0)
-    dense = np.asarray(curvature_mass(logdensity, pos, dense=True, floor=1e-3))
+    Pj = jax.numpy.asarray(P)
+    dense = np.asarray(curvature_mass(logdensity, pos, Pj, dense=True, floor=1e-3))
     want = np.zeros((4, 4))
     want[:3, :3] = np.linalg.inv(Pbar[:3, :3])
     want[3, 3] = 1e3
     np.testing.assert_allclose(dense, want, rtol=1e-4, atol=1e-4)
-    diag = np.asarray(curvature_mass(logdensity, pos, dense=False, floor=1e-3))
+    diag = np.asarray(curvature_mass(logdensity, pos, Pj, dense=False, floor=1e-3))
     np.testing.assert_allclose(diag, np.r_[1.0 / np.diagonal(Pbar)[:3], 1e3], rtol=1e-5)

@@ -23,7 +23,8 @@ PACKAGES = {
 
 MODULES = {
     "zoo.conjugate": ["ConjugatePrior", "ConsumesDelayed", "Decodable", "Delayed", "IntegratedOut"],
-    "zoo.collapsed_states": ["boundary_shift", "emission_information", "single_move_states", "sweep_states"],
+    "zoo.collapsed_states": ["boundary_shift", "emission_information", "single_move_states", "sweep_states",
+                             "window_move_states", "window_sweep_states"],
     "zoo.datasets": ["double_well", "line_attractor", "nascar", "nascar_params",
                      "two_point_attractors", "two_spirals", "van_der_pol"],
     "zoo.deterministic": ["elk", "rnn", "s5"],
@@ -93,7 +94,7 @@ MODULES = {
     "inference.blackjax_backend": ["BACKENDS", "BLACKJAX_OPTIONS", "log_density_fns", "run_blackjax"],
     "inference.blocked": ["Adaptation", "BACKENDS", "BLOCKED_OPTIONS", "Blocks", "SweepState",
                           "adaptation_init", "adaptation_update", "build_blocks", "chain_starts",
-                          "curvature_inverse_mass", "curvature_mass", "initial_inverse_mass",
+                          "curvature_inverse_mass", "curvature_mass", "curvature_at_window_end", "initial_inverse_mass",
                           "parameter_mask", "start_state", "sweep", "warmup_schedule"],
     "inference.blocked_kernel": ["BlockedKernel", "BlockedKernelState", "adapt_after_sweep", "blocked_algorithm"],
     "inference.calibration": ["SBCResult", "rank_uniformity", "sbc_blocked_ranks", "sbc_ranks"],
