@@ -415,7 +415,11 @@ def adaptation_init(inv_mass_diag, step_size, dense: bool) -> Adaptation:
     w_init, _, _ = welford_algorithm(not dense)
     mass = jnp.diag(inv_mass_diag) if dense and inv_mass_diag.ndim == 1 else inv_mass_diag
     eps = jnp.asarray(step_size, dtype)
-    return Adaptation(da_init(eps), w_init(dim), eps, mass)
+    # strong types throughout: a weakly typed leaf (dual averaging's averages) made the first
+    # warmup chunk's outputs differ in type from its inputs and recompiled it (31 s at NASCAR
+    # T = 2000)
+    return jax.tree.map(lambda a: jax.lax.convert_element_type(a, jnp.asarray(a).dtype),
+                        Adaptation(da_init(eps), w_init(dim), eps, mass))
 
 
 def curvature_inverse_mass(logdensity: Callable, position, which) -> jax.Array:
@@ -717,9 +721,6 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
             states, info = jax.vmap(chain_sweep)(ks, states, ad)
             ad = jax.vmap(chain_adapt, in_axes=(0, None, 0, 0))(ad, stage, states.hmc.position,
                                                                  info.acceptance_rate)
-            if not welford:
-                ad = ad._replace(inverse_mass=curvature_at_window_end(ad.inverse_mass, stage, blocks, states,
-                                                                      dense))
             return (states, ad), (info.is_divergent, info.num_trajectory_expansions)
 
         (states, adapt), info = jax.lax.scan(body, (states, adapt), (jnp.swapaxes(keys, 0, 1), schedule))
@@ -737,18 +738,30 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
 
         return jax.vmap(one_chain)(keys, states, step_size, inv_mass)
 
+    @jax.jit
+    def curvature(states, adapt):
+        end = jnp.array([0, 1], jnp.int32)
+        mass = curvature_at_window_end(adapt.inverse_mass, end, blocks, states, dense)
+        return adapt._replace(inverse_mass=mass)
+
     schedule = warmup_schedule(num_warmup, curvature=not welford)
     chunk = max(1, min(25, num_warmup))
+    if not welford:
+        # the curvature mass is set between chunks, not inside the chunk's scan: there its
+        # conditional halved the speed of every warmup sweep (measured at NASCAR T = 2000, chains
+        # on two devices). So the windows' ends move to the ends of their chunks.
+        ends = np.flatnonzero(schedule[:, 1])
+        schedule[:, 1] = 0
+        schedule[np.minimum((ends // chunk + 1) * chunk, num_warmup) - 1, 1] = 1
     bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep, warmup",
                disable=not progress_bar)
     done = 0
     for n in _chunks(num_warmup, chunk):
-        # the same input shardings at every call: an output sharding that differs in form only
-        # from the inputs' recompiled the chunk once (36 s at NASCAR T = 2000)
-        states, adapt = _shard_chains((states, adapt), num_chains)
         keys = _chunk_keys(k_warm, num_chains, done, n)
         sched = jnp.asarray(schedule[done:done + n])
         states, adapt, (div, depth_used) = warm_chunk(keys, states, adapt, sched)
+        if not welford and schedule[done + n - 1, 1]:
+            adapt = curvature(states, adapt)
         bar.set_postfix(step_size=f"{float(jnp.mean(adapt.step_size)):.3g}",
                         depth=f"{float(jnp.mean(depth_used)):.1f}", divergent=int(jnp.sum(div)))
         done += n
@@ -761,7 +774,6 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     draws, stats, done = [], [], 0
     for n in _chunks(num_samples, max(1, min(50, num_samples))):
         keys = _chunk_keys(k_run, num_chains, done, n)
-        states, step_size, inv_mass = _shard_chains((states, step_size, inv_mass), num_chains)
         states, (d, s) = sample_chunk(keys, states, step_size, inv_mass)
         bar.set_postfix(depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
                         divergent=int(jnp.sum(s["diverging"])))
@@ -868,8 +880,12 @@ def _run(problem, key, settings) -> RunResult:
                                  options=settings.options)
     if spec.collapsed:
         single_site = settings.options.get("state_sampler", "collapsed") == "collapsed"
-        states_text = ("z_t | z_-t, theta, y site by site with the path integrated out" if single_site
-                       else "z | x, theta by FFBS")
+        window = int(settings.options.get("window_length", 8))
+        moves = int(settings.options.get("boundary_moves", 8))
+        states_text = ("z_t | z_-t, theta, y site by site with the path integrated out"
+                       + (f", then exact block draws of z over windows of {window} steps" if window else "")
+                       + (f", then {moves} Metropolis shifts of segment boundaries" if moves else "")
+                       if single_site else "z | x, theta by FFBS")
         text += (f"; each sweep: {states_text}, theta | z, y by one NUTS transition with the path "
                  "integrated out (Kalman filter), x | theta, z, y by the simulation smoother")
         kind = ("blocked: single-site z (path integrated out)" if single_site else "blocked: FFBS") + \
