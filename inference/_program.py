@@ -73,7 +73,29 @@ class ProgramInfo(NamedTuple):
     batched: bool
 
 
-def _trace(model, y, model_kwargs):
+def _abstract_trace(model, y, model_kwargs):
+    """The program's trace with abstract values (shapes and dtypes only), or None when the
+    program needs concrete values (Python control flow on them) or conditions a site on a
+    computed value. Why: run eagerly, every operation of a long program compiles on its own
+    (about 4 s per trace of the SLDS at T = 2000, several traces per fit)."""
+    captured = {}
+
+    def run():
+        seeded = handlers.seed(model, jax.random.key(0))
+        captured["trace"] = handlers.trace(seeded).get_trace(y, **model_kwargs)
+        return 0
+
+    try:
+        jax.make_jaxpr(run)()
+    except Exception:
+        return None
+    return captured["trace"]
+
+
+def _trace(model, y, model_kwargs, concrete: bool = False):
+    abstract = None if concrete else _abstract_trace(model, y, model_kwargs)
+    if abstract is not None:
+        return abstract
     seeded = handlers.seed(model, jax.random.key(0))
     try:
         return handlers.trace(seeded).get_trace(y, **model_kwargs)
@@ -130,6 +152,10 @@ def inspect_program(model: Callable, y: np.ndarray, model_kwargs: Mapping | None
     """
     model_kwargs = dict(model_kwargs or {})
     tr = _trace(model, y, model_kwargs)
+    if any(site["type"] == "sample" and site["is_observed"] and isinstance(site["value"], jax.core.Tracer)
+           and tuple(np.shape(site["value"])) != tuple(np.shape(y)) for site in tr.values()):
+        # a site conditioned on a computed value: ProgramInfo.conditioned needs it concretely
+        tr = _trace(model, y, model_kwargs, concrete=True)
     proto = as_model(model)
     mdims = dict(proto.dims)
     seq = tuple(proto.sequence_sites)

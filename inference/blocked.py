@@ -5,7 +5,8 @@ SLDS with standard or sticky transitions):
 
 1. z | theta, y -- systematic sweeps of single-site draws z_t ~ p(z_t | z_{-t}, theta, y) with
    the path integrated out (Gerlach, Carter and Kohn 2000; :mod:`zoo.collapsed_states`), then
-   Metropolis shifts of segment boundaries on the same target;
+   exact block draws over short windows and Metropolis shifts of segment boundaries, on the
+   same target;
 2. theta | z, y -- one NUTS transition on log p(theta) + log p(z | theta) + log p(y | theta, z),
    the path integrated out by the Kalman filter (``integrate_out(condition_states(model, z))``);
 3. x | theta, z, y -- an exact draw by the simulation smoother (``decode`` of the same program).

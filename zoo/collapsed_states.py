@@ -13,6 +13,9 @@ so a systematic sweep t = 1 .. T costs O(T K D^3), like one Kalman filter per st
 site is drawn exactly from its conditional, so a sweep leaves p(z | theta, y) invariant.
 
 Site by site, a boundary between two segments moves about one step per sweep (a random walk).
+:func:`window_move_states` redraws windows of several steps exactly from their conditional
+restricted to one-change-point configurations (a boundary anywhere in the window, a short
+segment born or removed), scored from the same forward and backward filters;
 :func:`boundary_shift` adds Metropolis moves that shift a whole boundary by several steps,
 accepted on the same target (one Kalman filter each).
 
