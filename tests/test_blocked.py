@@ -140,6 +140,13 @@ def test_numpyro_mcmc_kernel_matches_brute_force(truth):
     _within_4_mcse(np.asarray(A)[None], np.asarray(z)[None], mean_a, p_z1)
 
 
+def test_chunks_of_one_size_where_a_divisor_allows():
+    from inference.blocked import _chunk_size, _chunks
+
+    assert [_chunk_size(n, 25) for n in (500, 30, 40, 60, 7, 101, 0)] == [25, 15, 20, 20, 7, 25, 1]
+    assert _chunks(101, _chunk_size(101, 25)) == [25, 25, 25, 25, 1]  # a prime: one short chunk
+
+
 def test_warmup_schedule_windows():
     s = warmup_schedule(500)
     assert s[:75, 0].sum() == 0 and s[-50:, 0].sum() == 0  # fast windows at both ends
