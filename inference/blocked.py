@@ -62,8 +62,8 @@ from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "Adaptation", "build_blocks", "sweep", "warmup_schedule",
            "start_state", "initial_inverse_mass", "chain_starts", "parameter_mask",
-           "curvature_inverse_mass", "curvature_mass", "curvature_at_window_end", "adaptation_init",
-           "adaptation_update",
+           "curvature_inverse_mass", "curvature_mass", "curvature_at_window_end", "pooled_curvature",
+           "adaptation_init", "adaptation_update",
            "BLOCKED_OPTIONS", "BACKENDS"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
@@ -368,7 +368,7 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     return SweepState(hmc, states, path), info
 
 
-def warmup_schedule(num_warmup: int, curvature: bool = False) -> np.ndarray:
+def warmup_schedule(num_warmup: int, curvature: bool = False, align: int = 1) -> np.ndarray:
     """Stan's windows: (num_warmup, 2) int rows (slow window?, end of a slow window?).
 
     A first fast window (15 %, step size only), slow windows doubling from 25 steps (step size
@@ -377,7 +377,9 @@ def warmup_schedule(num_warmup: int, curvature: bool = False) -> np.ndarray:
     curvature at the chains' positions, :func:`curvature_at_window_end`), the mass is also set
     once inside the first fast window, after at most 25 steps: the curvature needs no draws,
     only positions in the typical set, and the start's diagonal curvature ran that window at
-    tree depth 5.5 against 4 after (NASCAR T = 2000).
+    tree depth 5.5 against 4 after (NASCAR T = 2000). With ``align`` > 1, every window's end
+    moves to the end of its block of ``align`` steps (for a mass set between chunks of that
+    size).
     """
     out = np.zeros((num_warmup, 2), dtype=np.int32)
     if num_warmup < 20:
@@ -393,6 +395,10 @@ def warmup_schedule(num_warmup: int, curvature: bool = False) -> np.ndarray:
         start, size = end, 2 * size
     if curvature and first > 1:
         out[min(25, first) - 1, 1] = 1
+    if align > 1:
+        ends = np.flatnonzero(out[:, 1])
+        out[:, 1] = 0
+        out[np.minimum((ends // align + 1) * align, num_warmup) - 1, 1] = 1
     return out
 
 
@@ -507,11 +513,15 @@ def curvature_at_window_end(inverse_mass, stage, blocks: Blocks, states: SweepSt
     -------
     array, the shape of ``inverse_mass``
     """
-    def pooled(_):
-        mass = curvature_mass(blocks.theta_logdensity, states.hmc.position, states.states, dense)
-        return jnp.broadcast_to(mass, inverse_mass.shape).astype(inverse_mass.dtype)
+    return jax.lax.cond(stage[1] > 0, lambda _: pooled_curvature(inverse_mass, blocks, states, dense),
+                        lambda _: inverse_mass, None)
 
-    return jax.lax.cond(stage[1] > 0, pooled, lambda _: inverse_mass, None)
+
+def pooled_curvature(inverse_mass, blocks: Blocks, states: SweepState, dense: bool) -> jax.Array:
+    """The chains' pooled curvature mass (:func:`curvature_mass`) in the shape and dtype of
+    ``inverse_mass`` (C, d) or (C, d, d), for chains ``states`` (C, ...)."""
+    mass = curvature_mass(blocks.theta_logdensity, states.hmc.position, states.states, dense)
+    return jnp.broadcast_to(mass, inverse_mass.shape).astype(inverse_mass.dtype)
 
 
 def adaptation_update(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool,
@@ -750,19 +760,13 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
 
     @jax.jit
     def curvature(states, adapt):
-        end = jnp.array([0, 1], jnp.int32)
-        mass = curvature_at_window_end(adapt.inverse_mass, end, blocks, states, dense)
-        return adapt._replace(inverse_mass=mass)
+        return adapt._replace(inverse_mass=pooled_curvature(adapt.inverse_mass, blocks, states, dense))
 
-    schedule = warmup_schedule(num_warmup, curvature=not welford)
     chunk = _chunk_size(num_warmup, 25)
-    if not welford:
-        # the curvature mass is set between chunks, not inside the chunk's scan: there its
-        # conditional halved the speed of every warmup sweep (measured at NASCAR T = 2000, chains
-        # on two devices). So the windows' ends move to the ends of their chunks.
-        ends = np.flatnonzero(schedule[:, 1])
-        schedule[:, 1] = 0
-        schedule[np.minimum((ends // chunk + 1) * chunk, num_warmup) - 1, 1] = 1
+    # the curvature mass is set between chunks, not inside the chunk's scan: there its
+    # conditional halved the speed of every warmup sweep (measured at NASCAR T = 2000, chains on
+    # two devices); so the windows end with their chunks
+    schedule = warmup_schedule(num_warmup, curvature=not welford, align=1 if welford else chunk)
     bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep, warmup",
                disable=not progress_bar)
     done = 0

@@ -155,6 +155,10 @@ def test_warmup_schedule_windows():
     # the curvature mass is also set once early in the first fast window, nothing else changes
     c = warmup_schedule(500, curvature=True)
     assert c[24, 1] == 1 and c[24, 0] == 0 and (np.delete(c, 24, 0) == np.delete(s, 24, 0)).all()
+    # aligned to blocks of 20: each window ends with its block, the slow windows are unchanged
+    a = warmup_schedule(500, curvature=True, align=20)
+    assert (a[:, 0] == s[:, 0]).all()
+    assert list(np.flatnonzero(a[:, 1])) == [39, 119, 159, 259, 459]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,6 +138,21 @@ def _update(m, L, Jt, ht):
     return m + matvec(P, ht - matvec(Jt, m)), _sym(P)
 
 
+def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll):
+    """What the state moves of one trial share: the working dtype, offsets (T, K, D), int32
+    states, the present steps, the emission information (J, h) and the backward messages
+    (Omega, mu) of the current states."""
+    T, D = y.shape[0], A.shape[-1]
+    K = A.shape[0]
+    dtype = jnp.result_type(A, y, jnp.float32)
+    b = jnp.broadcast_to(b, (T, K, D)).astype(dtype)
+    states = jnp.asarray(states, jnp.int32)
+    present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
+    J, h = emission_information(y.astype(dtype), H, d, r, present)
+    Om, mu = _backward_messages(states, J, h, A, b, Q_tril, unroll)
+    return dtype, b, states, present, J, h, Om, mu
+
+
 def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r,
                        mask=None, unroll: int = 4):
     """One systematic sweep of z_t ~ p(z_t | z_{-t}, theta, y), t = 1 .. T, path integrated out.
@@ -178,12 +193,8 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
     """
     T, D = y.shape[0], A.shape[-1]
     K = log_init.shape[0]
-    dtype = jnp.result_type(A, y, jnp.float32)
-    b = jnp.broadcast_to(b, (T, K, D)).astype(dtype)
-    states = jnp.asarray(states, jnp.int32)
-    present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
-    J, h = emission_information(y.astype(dtype), H, d, r, present)
-    Om, mu = _backward_messages(states, J, h, A, b, Q_tril, unroll)
+    dtype, b, states, present, J, h, Om, mu = _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask,
+                                                                unroll)
     # transitions into t (from the new z_{t-1}) and out of t (to the old z_{t+1}); padded steps
     # add no transition terms
     into_ok = present
@@ -385,12 +396,8 @@ def window_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
     K, L = log_init.shape[0], int(length)
     if L < 2:
         raise ValueError(f"length must be an integer >= 2; got {length!r}")
-    dtype = jnp.result_type(A, y, jnp.float32)
-    b = jnp.broadcast_to(b, (T, K, D)).astype(dtype)
-    states = jnp.asarray(states, jnp.int32)
-    present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
-    J, h = emission_information(y.astype(dtype), H, d, r, present)
-    Om, mu = _backward_messages(states, J, h, A, b, Q_tril, unroll)
+    dtype, b, states, present, J, h, Om, mu = _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask,
+                                                                unroll)
     Q = matmul(Q_tril, tr(Q_tril))
     T_eff = jnp.sum(present)  # padding sits at a trial's end
     k_off, k_win = jax.random.split(key)
