@@ -52,6 +52,7 @@ from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
+from inference._devices import per_device, shard_chains
 from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.starts import initial_positions
@@ -375,9 +376,10 @@ def warmup_schedule(num_warmup: int, curvature: bool = False, align: int = 1) ->
     and inverse mass; the mass is set at each window's end), a last fast window (10 %). Short
     warmups (< 20 steps) adapt the step size only. With ``curvature`` (the mass from the
     curvature at the chains' positions, :func:`curvature_at_window_end`), the mass is also set
-    once inside the first fast window, after at most 25 steps: the curvature needs no draws,
-    only positions in the typical set, and the start's diagonal curvature ran that window at
-    tree depth 5.5 against 4 after (NASCAR T = 2000). With ``align`` > 1, every window's end
+    once inside the first fast window, after at most 10 steps: the curvature needs no draws,
+    only positions in the typical set, and the start's diagonal curvature runs deep trees (depth
+    5.5 against 4 after on NASCAR T = 2000 data seed 0, 6.7 at step size 0.016 on seed 1, where
+    25 such sweeps took 50 s). With ``align`` > 1, every window's end
     moves to the end of its block of ``align`` steps (for a mass set between chunks of that
     size).
     """
@@ -394,7 +396,7 @@ def warmup_schedule(num_warmup: int, curvature: bool = False, align: int = 1) ->
         out[end - 1, 1] = 1
         start, size = end, 2 * size
     if curvature and first > 1:
-        out[min(25, first) - 1, 1] = 1
+        out[min(10, first) - 1, 1] = 1
     if align > 1:
         ends = np.flatnonzero(out[:, 1])
         out[:, 1] = 0
@@ -446,12 +448,12 @@ def curvature_inverse_mass(logdensity: Callable, position, which) -> jax.Array:
     return jnp.ones_like(position).at[idx].set(jnp.clip(inv, 1e-8, 1e2))
 
 
-def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool,
-                   floor: float = 1e-3) -> jax.Array:
+def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool, previous=None,
+                   growth: float = 10.0) -> jax.Array:
     """An inverse mass from the curvature of the target, pooled over chains.
 
     The mean over chains of the negative Hessians H_c of each chain's log density at its
-    position, inverted (dense, eigenvalues floored at ``floor``) or its diagonal inverted.
+    position, inverted: dense, eigendirection by eigendirection, or its diagonal.
 
     Why not Welford variances: the NUTS block's target is the conditional p(theta | z, y), and z
     changes at every sweep. The draws' covariance mixes the spread of theta given z with the
@@ -461,6 +463,14 @@ def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool,
     every tree grows deeper. The curvature is the conditional's own precision; averaging it over
     the chains' (theta, z) averages precisions, not covariances.
 
+    The guard: where the pooled curvature is not positive (the chains sit where the target is
+    not concave in that direction) the curvature says nothing about the scale, and where it is
+    nearly flat its inverse can be far wider than the target. In such a direction v the new
+    variance is the previous mass's v' M v, and no direction's variance may grow more than
+    ``growth`` times over it. Before the guard (eigenvalues floored at 1e-3, so variances up to
+    1e3), the mass set at warmup sweep 249 on NASCAR data seed 1 dropped the step size from 0.41
+    to 0.012 and ran the trees at depth 8-9; with it, the same run's step size stayed 0.23-0.62.
+
     Parameters
     ----------
     logdensity : callable (flat theta (d,), chain argument) -> scalar
@@ -469,14 +479,17 @@ def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool,
     chain_args : pytree with leading axis C
         Each chain's argument.
     dense : bool
-    floor : float
-        Lower bound on the pooled curvature's eigenvalues (flat or non-concave directions).
+    previous : array (d, d) if dense else (d,), optional
+        The inverse mass in use, the fallback of the guard; the identity if not given.
+    growth : float
+        The largest factor by which a direction's variance may grow over ``previous``.
 
     Returns
     -------
     array (d, d) if dense else (d,)
     """
     d = positions.shape[-1]
+    dtype = positions.dtype
 
     def negative_hessian(p, arg):
         # row by row (one Hessian-vector product each), the chains vectorised (so that they stay
@@ -488,10 +501,20 @@ def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool,
     H = jax.vmap(negative_hessian)(positions, chain_args)
     H = jnp.where(jnp.isfinite(H), H, 0.0)
     Hbar = 0.5 * (jnp.mean(H, 0) + jnp.mean(H, 0).T)
+    if previous is None:
+        previous = jnp.eye(d, dtype=dtype) if dense else jnp.ones(d, dtype)
+
+    def guarded(curvature, fallback):
+        # the inverse curvature where it is positive, capped at growth x the fallback variance
+        ok = curvature > 0
+        inverse = 1.0 / jnp.where(ok, curvature, 1.0)
+        return jnp.where(ok, jnp.minimum(inverse, growth * fallback), fallback)
+
     if not dense:
-        return 1.0 / jnp.maximum(jnp.diagonal(Hbar), floor)
+        return guarded(jnp.diagonal(Hbar), previous)
     lam, V = jnp.linalg.eigh(Hbar)
-    return (V / jnp.maximum(lam, floor)) @ V.T
+    fallback = jnp.einsum("id,ij,jd->d", V, previous, V)  # v' M_previous v for each eigenvector
+    return (V * guarded(lam, fallback)) @ V.T
 
 
 def curvature_at_window_end(inverse_mass, stage, blocks: Blocks, states: SweepState,
@@ -520,7 +543,10 @@ def curvature_at_window_end(inverse_mass, stage, blocks: Blocks, states: SweepSt
 def pooled_curvature(inverse_mass, blocks: Blocks, states: SweepState, dense: bool) -> jax.Array:
     """The chains' pooled curvature mass (:func:`curvature_mass`) in the shape and dtype of
     ``inverse_mass`` (C, d) or (C, d, d), for chains ``states`` (C, ...)."""
-    mass = curvature_mass(blocks.theta_logdensity, states.hmc.position, states.states, dense)
+    # the chains share one mass after the first curvature; before it, each has its own start's
+    previous = jnp.mean(inverse_mass, 0)
+    mass = curvature_mass(blocks.theta_logdensity, states.hmc.position, states.states, dense,
+                          previous.astype(states.hmc.position.dtype))
     return jnp.broadcast_to(mass, inverse_mass.shape).astype(inverse_mass.dtype)
 
 
@@ -584,14 +610,6 @@ def _stats(info, step_size, lp) -> dict:
     return {"diverging": info.is_divergent, "energy": info.energy, "n_steps": info.num_integration_steps,
             "tree_depth": info.num_trajectory_expansions, "acceptance_rate": info.acceptance_rate,
             "step_size": step_size, "lp": lp}
-
-
-def _shard_chains(tree, num_chains: int):
-    devices = jax.local_devices()
-    if len(devices) < 2 or num_chains % len(devices):
-        return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("chain",))
-    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain")))
 
 
 def _chunk_keys(key, num_chains: int, start: int, n: int):
@@ -722,13 +740,11 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     which = parameter_mask(jax.tree.map(lambda v: v[0], theta0))
     inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which))(states)
     adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
-    # chains split over the local devices when they divide evenly (e.g. XLA_FLAGS=
-    # --xla_force_host_platform_device_count=2 on a 2-core CPU): the vmapped sweep is then
-    # partitioned along the chain axis
-    states, adapt = _shard_chains((states, adapt), num_chains)
+    # chains split over the local devices when they divide evenly (each device runs its own,
+    # see inference._devices.per_device)
+    states, adapt = shard_chains((states, adapt), num_chains)
 
-    @jax.jit
-    def warm_chunk(keys, states, adapt, schedule):
+    def chains_chunk(keys, states, adapt, schedule, adapting):
         def chain_sweep(k, state, ad):
             return sweep(k, state, blocks, ad.step_size, ad.inverse_mass, depth)
 
@@ -739,30 +755,25 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
             states, ad = carry
             ks, stage = inp
             states, info = jax.vmap(chain_sweep)(ks, states, ad)
-            ad = jax.vmap(chain_adapt, in_axes=(0, None, 0, 0))(ad, stage, states.hmc.position,
-                                                                 info.acceptance_rate)
-            return (states, ad), (info.is_divergent, info.num_trajectory_expansions)
+            out = (jax.vmap(blocks.record)(states.hmc.position, states.states, states.path),
+                   jax.vmap(_stats)(info, ad.step_size, states.hmc.logdensity))
+            new = jax.vmap(chain_adapt, in_axes=(0, None, 0, 0))(ad, stage, states.hmc.position,
+                                                                  info.acceptance_rate)
+            ad = jax.tree.map(lambda a, b: jnp.where(adapting, a, b), new, ad)
+            return (states, ad), out
 
-        (states, adapt), info = jax.lax.scan(body, (states, adapt), (jnp.swapaxes(keys, 0, 1), schedule))
-        return states, adapt, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), info)
+        (states, adapt), out = jax.lax.scan(body, (states, adapt), (jnp.swapaxes(keys, 0, 1), schedule))
+        return states, adapt, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
 
-    @jax.jit
-    def sample_chunk(keys, states, step_size, inv_mass):
-        def one_chain(ks, state, eps, im):
-            def body(state, k):
-                state, info = sweep(k, state, blocks, eps, im, depth)
-                draw = blocks.record(state.hmc.position, state.states, state.path)
-                return state, (draw, _stats(info, eps, state.hmc.logdensity))
-
-            return jax.lax.scan(body, state, ks)
-
-        return jax.vmap(one_chain)(keys, states, step_size, inv_mass)
+    # one compiled chunk serves warmup and sampling (``adapting`` is traced): a second function
+    # for the draws compiled the whole sweep again (about 20 s at NASCAR T = 2000)
+    run_chunk = jax.jit(per_device(chains_chunk, num_chains, replicated=2))
 
     @jax.jit
     def curvature(states, adapt):
         return adapt._replace(inverse_mass=pooled_curvature(adapt.inverse_mass, blocks, states, dense))
 
-    chunk = _chunk_size(num_warmup, 25)
+    chunk = _chunk_size(num_warmup, 10)
     # the curvature mass is set between chunks, not inside the chunk's scan: there its
     # conditional halved the speed of every warmup sweep (measured at NASCAR T = 2000, chains on
     # two devices); so the windows end with their chunks
@@ -773,22 +784,26 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     for n in _chunks(num_warmup, chunk):
         keys = _chunk_keys(k_warm, num_chains, done, n)
         sched = jnp.asarray(schedule[done:done + n])
-        states, adapt, (div, depth_used) = warm_chunk(keys, states, adapt, sched)
+        states, adapt, (_, s) = run_chunk(keys, states, adapt, sched, jnp.asarray(True))
         if not welford and schedule[done + n - 1, 1]:
             adapt = curvature(states, adapt)
         bar.set_postfix(step_size=f"{float(jnp.mean(adapt.step_size)):.3g}",
-                        depth=f"{float(jnp.mean(depth_used)):.1f}", divergent=int(jnp.sum(div)))
+                        depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
+                        divergent=int(jnp.sum(s["diverging"])))
         done += n
         bar.update(n)
     # after warmup: the averaged step size of the last window
     _, _, da_final = dual_averaging_adaptation(target)
-    step_size = jax.vmap(da_final)(adapt.dual_averaging).astype(dtype) if num_warmup else adapt.step_size
-    inv_mass = adapt.inverse_mass
+    if num_warmup:
+        adapt = adapt._replace(step_size=jax.vmap(da_final)(adapt.dual_averaging).astype(dtype))
     bar.set_description("blocked sweep, sampling")
     draws, stats, done = [], [], 0
-    for n in _chunks(num_samples, _chunk_size(num_samples, 50)):
+    # the warmup's chunk size where it divides the draws: the same compiled chunk
+    size = chunk if num_warmup and num_samples % chunk == 0 else _chunk_size(num_samples, 50)
+    for n in _chunks(num_samples, size):
         keys = _chunk_keys(k_run, num_chains, done, n)
-        states, (d, s) = sample_chunk(keys, states, step_size, inv_mass)
+        states, adapt, (d, s) = run_chunk(keys, states, adapt, jnp.zeros((n, 2), jnp.int32),
+                                          jnp.asarray(False))
         bar.set_postfix(depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
                         divergent=int(jnp.sum(s["diverging"])))
         draws.append(jax.device_get(d))

@@ -154,11 +154,11 @@ def test_warmup_schedule_windows():
     assert not warmup_schedule(10).any()
     # the curvature mass is also set once early in the first fast window, nothing else changes
     c = warmup_schedule(500, curvature=True)
-    assert c[24, 1] == 1 and c[24, 0] == 0 and (np.delete(c, 24, 0) == np.delete(s, 24, 0)).all()
+    assert c[9, 1] == 1 and c[9, 0] == 0 and (np.delete(c, 9, 0) == np.delete(s, 9, 0)).all()
     # aligned to blocks of 20: each window ends with its block, the slow windows are unchanged
     a = warmup_schedule(500, curvature=True, align=20)
     assert (a[:, 0] == s[:, 0]).all()
-    assert list(np.flatnonzero(a[:, 1])) == [39, 99, 159, 259, 459]  # 99 already ends a block
+    assert list(np.flatnonzero(a[:, 1])) == [19, 99, 159, 259, 459]  # 99 already ends a block
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,25 +227,35 @@ def test_whitened_blocked_matches_brute_force(tiny_recurrent):
 
 def test_curvature_mass_is_the_pooled_inverse_precision():
     """Gaussian targets with precisions P_c per chain: the dense mass is (mean_c P_c)^-1, the
-    diagonal one 1 / diag(mean_c P_c); a non-concave direction is floored."""
+    diagonal one 1 / diag(mean_c P_c), in the directions where the pooled curvature is positive;
+    a non-concave direction keeps the previous mass's variance, a nearly flat one grows at most
+    ``growth`` times over it."""
     from inference.blocked import curvature_mass
 
     rng = np.random.default_rng(0)
-    B = rng.normal(size=(3, 4, 4))
-    P = np.einsum("cij,ckj->cik", B, B) + np.eye(4)
-    P[:, 3, :] = P[:, :, 3] = 0.0
+    B = rng.normal(size=(3, 5, 5))
+    P = np.einsum("cij,ckj->cik", B, B) + np.eye(5)
+    P[:, 3:, :] = P[:, :, 3:] = 0.0
     P[:, 3, 3] = -1.0  # a direction of negative curvature
+    P[:, 4, 4] = 1e-6  # a nearly flat one
 
     def logdensity(f, Pc):
         return -0.5 * f @ Pc @ f
 
-    pos = jax.numpy.asarray(rng.normal(size=(3, 4)))
+    pos = jax.numpy.asarray(rng.normal(size=(3, 5)))
     Pbar = P.mean(0)
     Pj = jax.numpy.asarray(P)
-    dense = np.asarray(curvature_mass(logdensity, pos, Pj, dense=True, floor=1e-3))
-    want = np.zeros((4, 4))
-    want[:3, :3] = np.linalg.inv(Pbar[:3, :3])
-    want[3, 3] = 1e3
+    previous = np.diag([2.0, 2.0, 2.0, 0.3, 0.7])
+    dense = np.asarray(curvature_mass(logdensity, pos, Pj, dense=True,
+                                      previous=jax.numpy.asarray(previous), growth=10.0))
+    want = np.zeros((5, 5))
+    want[:3, :3] = np.linalg.inv(Pbar[:3, :3])  # variances <= 1 < 10 x 2: not capped
+    want[3, 3] = 0.3
+    want[4, 4] = 7.0
     np.testing.assert_allclose(dense, want, rtol=1e-4, atol=1e-4)
-    diag = np.asarray(curvature_mass(logdensity, pos, Pj, dense=False, floor=1e-3))
-    np.testing.assert_allclose(diag, np.r_[1.0 / np.diagonal(Pbar)[:3], 1e3], rtol=1e-5)
+    diag = np.asarray(curvature_mass(logdensity, pos, Pj, dense=False,
+                                     previous=jax.numpy.asarray(np.diagonal(previous)), growth=10.0))
+    np.testing.assert_allclose(diag, np.r_[1.0 / np.diagonal(Pbar)[:3], 0.3, 7.0], rtol=1e-5)
+    # without a previous mass the fallback is the identity
+    diag = np.asarray(curvature_mass(logdensity, pos, Pj, dense=False))
+    np.testing.assert_allclose(diag, np.r_[1.0 / np.diagonal(Pbar)[:3], 1.0, 10.0], rtol=1e-5)

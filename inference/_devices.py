@@ -1,0 +1,90 @@
+"""Chains over the local devices: one mesh axis ("chain"), and functions run per device.
+
+Internal to :mod:`inference`: the blocked sampler and the BlackJAX backend split their chains
+this way when the chains divide evenly over two or more devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+__all__ = ["chain_mesh", "shard_chains", "per_device"]
+
+
+def chain_mesh(num_chains: int):
+    """A one-axis ("chain") mesh of the local devices when the chains divide evenly over two or
+    more of them (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a 2-core CPU), else
+    None.
+
+    Parameters
+    ----------
+    num_chains : int
+
+    Returns
+    -------
+    jax.sharding.Mesh or None
+    """
+    devices = jax.local_devices()
+    if len(devices) < 2 or num_chains % len(devices):
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("chain",))
+
+
+def shard_chains(tree, num_chains: int):
+    """``tree``'s arrays placed with their leading (chain) axis split over :func:`chain_mesh`
+    (unchanged without one).
+
+    Parameters
+    ----------
+    tree : pytree of arrays (C, ...)
+    num_chains : int
+        C.
+
+    Returns
+    -------
+    pytree of arrays (C, ...)
+    """
+    mesh = chain_mesh(num_chains)
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain")))
+
+
+def per_device(fn: Callable, num_chains: int, replicated: int = 0) -> Callable:
+    """``fn`` run by each device on its own chains (``shard_map``): every argument and output is
+    split along its leading (chain) axis, except the last ``replicated`` arguments, which each
+    device gets whole. ``fn`` must not mix chains.
+
+    Why not sharded arrays under ``jit``: the partitioner then runs the chains' vectorised NUTS
+    loops in lockstep across devices, synchronising at every iteration, and XLA's CPU runtime
+    kept memory at each synchronisation: 19 GB within the first 25 sweeps at NASCAR T = 2000
+    (data seed 1, deep trees), against a flat 1.6 GB on one device. Under ``shard_map`` each
+    device runs its own loops, with no communication at all.
+
+    Parameters
+    ----------
+    fn : callable (*chain arguments (C_d, ...), *replicated arguments) -> pytree (C_d, ...)
+        C_d = C / number of devices chains per device.
+    num_chains : int
+        C.
+    replicated : int
+        How many trailing arguments every device gets whole.
+
+    Returns
+    -------
+    callable
+        Same signature, on all C chains (``fn`` itself without a :func:`chain_mesh`).
+    """
+    mesh = chain_mesh(num_chains)
+    if mesh is None:
+        return fn
+    P = jax.sharding.PartitionSpec
+
+    def wrapped(*args):
+        specs = (P("chain"),) * (len(args) - replicated) + (P(),) * replicated
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("chain"), check_vma=False)(*args)
+
+    return wrapped
