@@ -21,11 +21,12 @@ from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_sample
 from numpyro.infer.util import initialize_model, unconstrain_fn
 
+from inference._program import inspect_program
 from inference.backends import COMMON_OPTIONS, Backend, RunResult
 from zoo.protocol import as_model
 
-__all__ = ["initial_positions", "mcmc_start", "mcmc_backends", "path_reference", "map_start",
-           "INIT_CHOICES"]
+__all__ = ["initial_positions", "latent_sites", "mcmc_start", "mcmc_backends", "path_reference",
+           "map_start", "INIT_CHOICES"]
 
 INIT_CHOICES = ("auto", "prior", "median", "svi", "pca")
 JITTER = 0.01
@@ -52,24 +53,39 @@ def _from_values(model, y, kwargs, key, num_chains, values: Mapping, latent: Map
         if np.shape(v) != want:
             raise ValueError(f"init value for site {name!r} has shape {np.shape(v)}; expected {want}")
     k1, k2 = jax.random.split(key)
-    # the structure pass runs the program once outside jit: at the given values, not at the prior
-    # median, whose emission parameters can make float32 rates underflow to 0 (invalid Poisson)
-    first = {k: (v[0] if per_chain else v) for k, v in values.items()}
-    z = _batched(model, y, kwargs, k1, num_chains, partial(_values_then_median, values=first))
+    missing = set(latent) - set(values)
+    if missing:
+        # the structure pass runs the program once outside jit: at the given values, not at the
+        # prior median, whose emission parameters can make float32 rates underflow to 0 (invalid
+        # Poisson)
+        first = {k: (v[0] if per_chain else v) for k, v in values.items()}
+        z = _batched(model, y, kwargs, k1, num_chains, partial(_values_then_median, values=first))
+        dtypes = {name: z[name].dtype for name in values}
+    else:
+        # every site given: no structure pass (numpyro's initialize_model ran the program eagerly
+        # and searched for valid values, 4.6 s at NASCAR T = 2000, only to be overwritten)
+        z = {}
+        dtypes = {name: jnp.result_type(float) for name in values}
     vals = {}
     for name, v in values.items():
-        v = jnp.asarray(v, dtype=z[name].dtype)
+        v = jnp.asarray(v, dtype=dtypes[name])
         vals[name] = v if per_chain else jnp.broadcast_to(v, (num_chains,) + v.shape)
     # unconstrain_fn needs every latent site: pass the median values for the rest
-    full = dict(vals)
-    unc = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(
-        {**_constrain_median(model, y, kwargs, z), **full})
+    full = {**_constrain_median(model, y, kwargs, z), **vals} if missing else dict(vals)
+    unc = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(full)
+    # a stable per-site stream: Python's hash() of a str is salted per process
+    keys = {name: jax.random.fold_in(k2, zlib.crc32(name.encode()) & 0x7FFFFFFF) for name in vals}
+    noise = _jitter(keys, {name: unc[name] for name in vals})
     for name in vals:
-        # a stable per-site stream: Python's hash() of a str is salted per process
-        site_key = jax.random.fold_in(k2, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-        noise = JITTER * jax.random.normal(site_key, unc[name].shape)
-        z[name] = unc[name] + noise
+        z[name] = unc[name] + noise[name]
     return z
+
+
+@jax.jit
+def _jitter(keys: Mapping, like: Mapping) -> dict:
+    # one compiled function for every site: a separate jax.random.normal per site shape compiled
+    # each (9 sites, 6 s at NASCAR T = 2000)
+    return {name: JITTER * jax.random.normal(keys[name], like[name].shape) for name in like}
 
 
 def _values_then_median(site=None, values: Mapping | None = None):
@@ -93,7 +109,7 @@ def _svi_start(model, y, kwargs, key, num_chains, options: Mapping) -> tuple[dic
                   learning_rate=float(options.get("init_svi_learning_rate", 0.02)),
                   progress_bar=bool(options.get("progress_bar", True)), tol=None)
     draws = res.guide.sample_posterior(jax.random.fold_in(key, 1), res.params, sample_shape=(num_chains,))
-    latent = _latent_names(model, y, kwargs)
+    latent = latent_sites(model, y, kwargs)
     draws = {k: v for k, v in draws.items() if k in latent}
     z = jax.vmap(lambda p: unconstrain_fn(model, (y,), kwargs, p))(draws)
     text = (f"each of {num_chains} chain(s) started from its own draw of an SVI fit "
@@ -101,10 +117,39 @@ def _svi_start(model, y, kwargs, key, num_chains, options: Mapping) -> tuple[dic
     return dict(z), text
 
 
-def _latent_names(model, y, kwargs) -> set:
-    from inference._program import inspect_program
+def latent_sites(model: Callable, y, model_kwargs: Mapping | None = None,
+                 values: Mapping | None = None) -> dict[str, tuple[int, ...]]:
+    """The latent sample sites of a program (what samplers see), as :func:`initial_positions`
+    takes them: not observed and not collapsed.
 
-    return set(inspect_program(model, y, kwargs).latent)
+    Parameters
+    ----------
+    model : callable
+        The NumPyro program ``model(y, **model_kwargs)``, or a zoo model.
+    y : array (T, N) or (B, T, N)
+    model_kwargs : mapping, optional
+    values : mapping name -> array, optional
+        Site values substituted while the program is traced (``numpyro.handlers.substitute``):
+        read at start values, the trace avoids a prior draw whose values break the program (e.g.
+        Poisson rates underflowing to 0 in float32, making the path NaN).
+
+    Returns
+    -------
+    dict name -> shape
+        Each latent site's value shape (without chain/draw axes).
+
+    Raises
+    ------
+    ValueError
+        When the program cannot run on data of this shape.
+    """
+    if values is not None:
+        model = handlers.substitute(model, data=dict(values))
+    with warnings.catch_warnings():
+        # the trace also names every site's dims, and warns about sites the model leaves
+        # unnamed: that concerns the coordinates of a result, not the latent sites read here
+        warnings.filterwarnings("ignore", message="the model does not name the dims", category=UserWarning)
+        return dict(inspect_program(model, y, model_kwargs).latent)
 
 
 def initial_positions(model: Callable, y, model_kwargs: Mapping, init, key, num_chains: int,
@@ -241,11 +286,9 @@ def mcmc_start(problem, settings, key) -> tuple[dict, str, dict]:
     run_kwargs = {**problem.run_kwargs, "path_reference": ref}
     # only the latent sites are wanted (not dims), read at the start values: a prior draw
     # of the emission parameters can put float32 rates at 0 and the path at NaN
-    from inference._program import inspect_program
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        latent = inspect_program(handlers.substitute(model, data=values), y_host, run_kwargs).latent
+        latent = latent_sites(model, y_host, run_kwargs, values=values)
     z0, _ = initial_positions(model, problem.y, run_kwargs,
                               {k: v for k, v in values.items() if k in latent}, key, C, latent)
     text = (f"all {C} chain(s) started from model.initial_params (PCA of y and a fast point estimate), "
