@@ -52,7 +52,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro import handlers
 from numpyro.distributions import constraints
 from scipy.optimize import linear_sum_assignment
 
@@ -373,8 +372,7 @@ def make_funsor_model(model, frame):
 def _starts(model, y, seed):
     """Start values for one chain from one point fit: ours in the coordinates ``inference.fit``
     samples (non-centred path, data frame), funsor's in the model's own (centred) ones."""
-    from inference._program import inspect_program
-    from inference.starts import initial_positions
+    from inference.starts import initial_positions, latent_sites
 
     key = jax.random.key(seed)
     frame = model.data_frame(y)
@@ -385,7 +383,7 @@ def _starts(model, y, seed):
     for name, vals, kwargs in (("ours", model.reference_values(centred, ref), kw),
                                ("funsor", centred, {"frame": frame})):
         # read at the start values (a prior draw of Poisson emissions can underflow float32 rates)
-        latent = inspect_program(handlers.substitute(model, data=vals), y, kwargs).latent
+        latent = latent_sites(model, y, kwargs, values=vals)
         z0, _ = initial_positions(model, y, kwargs, {k: v for k, v in vals.items() if k in latent}, key, 1,
                                   latent)
         out[name] = jax.tree.map(lambda v: v[0], z0)

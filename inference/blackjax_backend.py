@@ -4,7 +4,9 @@
 The log density is NumPyro's (``initialize_model(..., dynamic_args=True)``) in unconstrained
 space, with the data as a traced argument so that compiled samplers are reused for new data of
 the same shape and y keeps any device sharding. Chains are vmapped; with
-``chain_method="parallel"`` the chain axis is sharded over local devices. Draws are mapped back
+``chain_method="parallel"`` the chains are split over the local devices and each device runs its
+own chains' loops (:func:`inference._devices.per_device`), with all of y (a trial-sharded y is
+gathered once per compiled chunk). Draws are mapped back
 to constrained space (and deterministic sites added) by NumPyro's ``postprocess_fn``, so they are
 named like NumPyro's.
 """
@@ -21,11 +23,10 @@ import numpy as np
 import optax
 from blackjax.mcmc.adjusted_mclmc_dynamic import make_random_trajectory_length_fn
 from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from numpyro.infer.util import initialize_model
 from tqdm.auto import tqdm
 
+from inference._devices import per_device, shard_chains
 from inference.starts import mcmc_backends
 
 __all__ = ["run_blackjax", "BLACKJAX_OPTIONS", "BACKENDS", "log_density_fns"]
@@ -67,27 +68,34 @@ def _chunk_size(num_samples: int, progress_bar: bool) -> int:
     return max(d for d in range(1, target + 1) if num_samples % d == 0)
 
 
-def _shard_chains(tree, chain_method: str, num_chains: int):
-    n = jax.local_device_count()
-    if chain_method != "parallel" or n < 2 or num_chains % n:
-        return tree
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("chain",))
-    return jax.device_put(tree, NamedSharding(mesh, P("chain")))
-
-
 def _sample_loop(step: Callable, states, params, key, num_samples: int, y, kwargs, progress_bar: bool,
-                 desc: str):
+                 desc: str, parallel: bool):
     """Run ``step(key, state, params, y, kwargs) -> (state, (z, stats))`` vmapped over chains, in
-    compiled chunks with a progress bar; returns stacked (C, S, ...) draws and stats."""
+    compiled chunks with a progress bar; returns stacked (C, S, ...) draws and stats.
+
+    With ``parallel`` each device runs the steps of its own chains (:func:`per_device`): the
+    chains' NUTS while-loops then never synchronise across devices, which under ``jit`` on
+    sharded arrays made XLA's CPU runtime keep memory at every iteration.
+    """
     chunk = _chunk_size(num_samples, progress_bar)
+    num_chains = jax.tree.leaves(states)[0].shape[0]
+
+    def chains_chunk(keys, states, params, y, kwargs):
+        # keys (C_d, chunk): the scan runs over steps, shard_map wants the chain axis leading
+        def body(s, ks):
+            return jax.vmap(step, in_axes=(0, 0, 0, None, None))(ks, s, params, y, kwargs)
+
+        states, rec = jax.lax.scan(body, states, jnp.swapaxes(keys, 0, 1))
+        return states, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
+
+    run_chains = per_device(chains_chunk, num_chains, replicated=2) if parallel else chains_chunk
 
     @jax.jit
     def run_chunk(states, params, key, y, kwargs):
-        def body(s, k):
-            keys = jax.random.split(k, jax.tree.leaves(s)[0].shape[0])
-            return jax.vmap(step, in_axes=(0, 0, 0, None, None))(keys, s, params, y, kwargs)
-
-        return jax.lax.scan(body, states, jax.random.split(key, chunk))
+        # every step's per-chain keys are drawn here, on all chains, as when the whole loop was
+        # vmapped over chains: the draws for a seed do not depend on the number of devices
+        keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(jax.random.split(key, chunk))
+        return run_chains(jnp.swapaxes(keys, 0, 1), states, params, y, kwargs)
 
     out = []
     with tqdm(total=num_samples, desc=desc, disable=not progress_bar, leave=False) as bar:
@@ -95,7 +103,7 @@ def _sample_loop(step: Callable, states, params, key, num_samples: int, y, kwarg
             states, rec = run_chunk(states, params, jax.random.fold_in(key, i), y, kwargs)
             out.append(jax.device_get(rec))
             bar.update(chunk)
-    rec = jax.tree.map(lambda *a: np.swapaxes(np.concatenate(a, 0), 0, 1), *out)
+    rec = jax.tree.map(lambda *a: np.concatenate(a, 1), *out)
     return states, rec
 
 
@@ -202,7 +210,9 @@ def run_blackjax(model: Callable, y, model_kwargs: Mapping, method: str, key, *,
     key : jax.random key
     num_chains, num_warmup, num_samples : int
     chain_method : str
-        ``"parallel"`` shards the chain axis over local devices; otherwise chains are vmapped.
+        ``"parallel"`` splits the chains over the local devices when they divide evenly (each
+        device runs its own; ChEES's warmup, which adapts across chains, is partitioned by
+        ``jit`` instead); otherwise chains are vmapped on one device.
     init_positions : dict name -> array (num_chains, ...)
         Unconstrained starting points.
     progress_bar : bool
@@ -229,7 +239,8 @@ def run_blackjax(model: Callable, y, model_kwargs: Mapping, method: str, key, *,
     def postprocess(x, y, kw):
         return postprocess_tree(unravel(x), y, kw)
 
-    z0 = _shard_chains(flat0, chain_method, num_chains)
+    parallel = chain_method == "parallel"
+    z0 = shard_chains(flat0, num_chains) if parallel else flat0
     k_warm, k_run = jax.random.split(key)
     desc = {"blackjax_nuts": "BlackJAX NUTS", "chees": "ChEES-HMC", "mclmc": "adjusted MCLMC"}[method]
     if method == "chees":
@@ -255,10 +266,14 @@ def run_blackjax(model: Callable, y, model_kwargs: Mapping, method: str, key, *,
             _mclmc(logdensity, num_warmup, num_samples, options)
         warmup, step = build
         keys = jax.random.split(k_warm, num_chains)
+        # NUTS's window adaptation and MCLMC's tuner adapt each chain on its own (vmapped
+        # warm_one), so they too run per device, for the same reason as the sampling loop
+        if parallel:
+            warmup = per_device(warmup, num_chains, replicated=2)
         states, params = _warmup_bar(progress_bar, f"{desc} warmup ({num_warmup} steps)", jax.jit(warmup),
                                      keys, z0, y, kwargs)
     states, (zs, stats) = _sample_loop(step, states, params, k_run, num_samples, y, kwargs, progress_bar,
-                                       desc)
+                                       desc, parallel)
     post = jax.jit(jax.vmap(jax.vmap(postprocess, in_axes=(0, None, None)), in_axes=(0, None, None)))
     samples = {k: np.asarray(v) for k, v in post(zs, y, kwargs).items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}

@@ -89,3 +89,47 @@ def test_blocked_chains_on_two_devices_match_one_device(tmp_path):
         # after 30 sweeps, measured); a chain given another's key or state would differ at O(1)
         scale = float(np.abs(a).max())
         np.testing.assert_allclose(out["2"][name], a, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+
+
+BLACKJAX_SCRIPT = textwrap.dedent("""
+    import os
+    import sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[2]
+    import jax
+    import numpy as np
+    import inference
+    from zoo import HMM
+
+    assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
+    model = HMM(num_states=2, obs_dim=1)
+    y = np.asarray(model.simulate(jax.random.key(0), num_steps=15)["y"])
+    post = inference.fit(model, y, "blackjax_nuts", num_chains=2, num_warmup=20, num_samples=10, seed=3,
+                         chain_method=sys.argv[3], progress_bar=False, log_likelihood=False,
+                         max_tree_depth=4, precision="float64")
+    assert post.attrs["chain_method"] == sys.argv[3], post.attrs["chain_method"]
+    np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in post.posterior.data_vars.items()},
+             diverging=post.sample_stats["diverging"].values)
+""")
+
+
+def test_blackjax_chains_on_two_devices_match_one_device(tmp_path):
+    """BlackJAX NUTS with ``chain_method="parallel"`` runs each device's chains on their own
+    (shard_map, warmup and draws): two chains over two host devices give the draws of the same
+    two chains vectorised on one device (on one device "parallel" has nothing to split)."""
+    out = {}
+    for n, chain_method in (("1", "vectorized"), ("2", "parallel")):
+        env = {**os.environ, **FAST_COMPILE_ENV}
+        path = tmp_path / f"d{n}.npz"
+        proc = subprocess.run([sys.executable, "-c", BLACKJAX_SCRIPT, str(path), n, chain_method],
+                              capture_output=True, text=True, env=env, timeout=900,
+                              cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with np.load(path) as f:
+            out[n] = {k: f[k] for k in f.files}
+    assert set(out["1"]) == set(out["2"]) and "means" in out["1"]
+    np.testing.assert_array_equal(out["2"]["diverging"], out["1"]["diverging"])
+    for name, a in out["1"].items():
+        # rounding may differ with the vectorised batch (one chain per device against two); a
+        # chain given another's key or state would differ at O(1)
+        scale = float(np.abs(a).max())
+        np.testing.assert_allclose(out["2"][name], a, rtol=1e-6, atol=1e-6 * scale, err_msg=name)

@@ -122,8 +122,8 @@ MODULES = {
     "inference.registry": ["DYNAMICS_MODELS", "MODELS", "MODEL_CLASSES", "SYSTEMS", "make_model",
                            "model_class", "model_from_attrs", "record_model", "simulate_system"],
     "inference.smc": ["SMC_OPTIONS", "run_smc"],
-    "inference.starts": ["INIT_CHOICES", "initial_positions", "map_start", "mcmc_backends",
-                         "mcmc_start", "path_reference"],
+    "inference.starts": ["INIT_CHOICES", "initial_positions", "latent_sites", "map_start",
+                         "mcmc_backends", "mcmc_start", "path_reference"],
     "inference.svi": ["GUIDES", "SVIResult", "run_svi"],
     "inference.svi_method": ["BACKENDS", "fit_svi"],
 }
