@@ -27,11 +27,8 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.mcmc import MCMCKernel
 
 from inference.blocked import (
-    Adaptation,
     Blocks,
     SweepState,
-    adaptation_init,
-    adaptation_update,
     build_blocks,
     chain_starts,
     curvature_at_window_end,
@@ -39,8 +36,8 @@ from inference.blocked import (
     parameter_mask,
     start_state,
     sweep,
-    warmup_schedule,
 )
+from inference.blocked_warmup import Adaptation, adaptation_init, adaptation_update, warmup_schedule
 from zoo.protocol import as_model
 
 __all__ = ["BlockedKernel", "BlockedKernelState", "adapt_after_sweep", "blocked_algorithm"]
@@ -84,7 +81,7 @@ def adapt_after_sweep(adapt: Adaptation, stage, state: SweepState, info, blocks:
     ----------
     adapt : Adaptation
     stage : int array (2,)
-        A row of :func:`inference.blocked.warmup_schedule`.
+        A row of :func:`inference.blocked_warmup.warmup_schedule`.
     state : SweepState
         The chain after the sweep.
     info : blackjax NUTSInfo

@@ -235,16 +235,15 @@ def sbc_blocked_ranks(
     from numpyro.infer.util import unconstrain_fn
 
     from inference.blocked import (
-        adaptation_init,
         build_blocks,
         chain_starts,
         initial_inverse_mass,
         parameter_mask,
         start_state,
         sweep,
-        warmup_schedule,
     )
     from inference.blocked_kernel import adapt_after_sweep
+    from inference.blocked_warmup import adaptation_init, warmup_schedule
 
     _check_sizes(num_reps, num_warmup, num_samples, thin)
     spec = model.blocked_sampler()

@@ -18,7 +18,7 @@ import pytest
 from numpyro import handlers
 
 import inference
-from inference.blocked import warmup_schedule
+from inference.blocked_warmup import warmup_schedule
 from zoo import SLDS
 
 T = 6
@@ -230,7 +230,7 @@ def test_curvature_mass_is_the_pooled_inverse_precision():
     diagonal one 1 / diag(mean_c P_c), in the directions where the pooled curvature is positive;
     a non-concave direction keeps the previous mass's variance, a nearly flat one grows at most
     ``growth`` times over it."""
-    from inference.blocked import curvature_mass
+    from inference.blocked_warmup import curvature_mass
 
     rng = np.random.default_rng(0)
     B = rng.normal(size=(3, 5, 5))
