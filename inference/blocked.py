@@ -577,7 +577,10 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         sched = jnp.asarray(schedule[done:done + n])
         states, adapt, (_, s) = run_chunk(keys, states, adapt, sched, jnp.asarray(True))
         if not welford and schedule[done + n - 1, 1]:
-            adapt = curvature(states, adapt)
+            # the pooled mass comes back replicated over the devices: split it along the chains
+            # again, as the chunk expects (another layout recompiled the chunk, 21 s at NASCAR
+            # T = 2000)
+            adapt = shard_chains(curvature(states, adapt), num_chains)
         bar.set_postfix(step_size=f"{float(jnp.mean(adapt.step_size)):.3g}",
                         depth=f"{float(jnp.mean(s['tree_depth'])):.1f}",
                         divergent=int(jnp.sum(s["diverging"])))
