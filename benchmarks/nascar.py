@@ -328,19 +328,26 @@ def bench_nuts(data, args):
 
 
 def make_funsor_model(model, frame):
-    """The rSLDS (recurrent_only) of ``model`` with z_t enumerated by funsor inside
-    ``contrib.control_flow.scan``; same priors, site names and transforms as ``model`` (the
-    centred path, emissions in the data frame ``frame``)."""
+    """The SLDS of ``model`` with z_t enumerated by funsor inside ``contrib.control_flow.scan``;
+    same priors, site names and transforms as ``model`` (the centred path, emissions in the data
+    frame ``frame``). Transitions: ``recurrent_only`` (the rSLDS, z_t | x_{t-1}) or
+    ``standard`` (z_t | z_{t-1}, the transition matrix ``trans_probs``)."""
     from numpyro.contrib.control_flow import scan as np_scan
 
     K, D, N = model.num_states, model.latent_dim, model.obs_dim
-    s = model.recurrence_scale
+    recurrent = model.transitions == "recurrent_only"
+    if not recurrent and model.transitions != "standard":
+        raise ValueError(f"transitions must be 'recurrent_only' or 'standard'; got {model.transitions!r}")
 
-    def funsor_rslds(y):
+    def funsor_slds(y):
         T = y.shape[0]
         pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
-        R = numpyro.sample("recurrence_weights", dist.Normal(0.0, s).expand([K, D]).to_event(2))
-        r = numpyro.sample("recurrence_bias", dist.Normal(0.0, s).expand([K]).to_event(1))
+        if recurrent:
+            s = model.recurrence_scale
+            R = numpyro.sample("recurrence_weights", dist.Normal(0.0, s).expand([K, D]).to_event(2))
+            r = numpyro.sample("recurrence_bias", dist.Normal(0.0, s).expand([K]).to_event(1))
+        else:
+            P = numpyro.sample("trans_probs", dist.Dirichlet(jnp.ones((K, K))).to_event(1))
         A = numpyro.sample("dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D])
                            .to_event(3))
         b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
@@ -348,16 +355,30 @@ def make_funsor_model(model, frame):
         # the path is one latent site (flat density); the dynamics score it below, as factors
         x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (T, D)))
         z0 = numpyro.sample("z_0", dist.Categorical(probs=pi), infer={"enumerate": "parallel"})
+        # x_0's density is the same in every state (zero means, one initial scale)
         numpyro.sample("x_0", dist.Normal(jnp.zeros(D), model.init_scale).to_event(1), obs=x[0])
-        del z0  # x_1's density is the same in every state
 
-        def step(x_prev, x_t):
-            zt = numpyro.sample("z", dist.Categorical(logits=x_prev @ R.T + r), infer={"enumerate": "parallel"})
-            mean = jnp.einsum("...ij,j->...i", A[zt], x_prev) + b[zt]
+        def observe_step(zt, x_prev, x_t):
+            mean = jnp.einsum("...ij,...j->...i", A[zt], x_prev) + b[zt]
             numpyro.sample("x_t", dist.Normal(mean, q[zt]).to_event(1), obs=x_t)
-            return x_t, None
 
-        np_scan(step, x[0], x[1:])
+        if recurrent:
+            # z_t depends on x_{t-1} only: z_0 is not carried
+            def step(x_prev, x_t):
+                zt = numpyro.sample("z", dist.Categorical(logits=x_prev @ R.T + r),
+                                    infer={"enumerate": "parallel"})
+                observe_step(zt, x_prev, x_t)
+                return x_t, None
+
+            np_scan(step, x[0], x[1:])
+        else:
+            def step(carry, x_t):
+                x_prev, z_prev = carry
+                zt = numpyro.sample("z", dist.Categorical(probs=P[z_prev]), infer={"enumerate": "parallel"})
+                observe_step(zt, x_prev, x_t)
+                return (x_t, zt), None
+
+            np_scan(step, (x[0], z0), x[1:])
         C, d = model.frame_emissions(frame)
         pre = x @ C.T + d
         if model.emissions == "poisson":
@@ -366,7 +387,7 @@ def make_funsor_model(model, frame):
             rn = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
             numpyro.sample("y", dist.Normal(pre, rn).to_event(2), obs=y)
 
-    return funsor_rslds
+    return funsor_slds
 
 
 def _starts(model, y, seed):

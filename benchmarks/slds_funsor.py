@@ -29,51 +29,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
+from nascar import make_funsor_model  # benchmarks/ is on the path when run as a script
 
 from inference.convert import package_versions
 from zoo import SLDS
 from zoo.datasets import nascar
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def make_funsor_slds(model: SLDS, frame):
-    """The standard-transition SLDS of ``model`` with z_t enumerated by funsor (centred path,
-    emissions in the data frame ``frame``)."""
-    from numpyro.contrib.control_flow import scan as np_scan
-
-    K, D, N = model.num_states, model.latent_dim, model.obs_dim
-
-    def funsor_slds(y):
-        T = y.shape[0]
-        pi = numpyro.sample("init_probs", dist.Dirichlet(jnp.ones(K)))
-        P = numpyro.sample("trans_probs", dist.Dirichlet(jnp.ones((K, K))).to_event(1))
-        A = numpyro.sample("dynamics", dist.Normal(0.85 * jnp.eye(D), 0.085 / np.sqrt(D)).expand([K, D, D])
-                           .to_event(3))
-        b = numpyro.sample("dynamics_bias", dist.Normal(0.0, 0.3).expand([K, D]).to_event(2))
-        q = numpyro.sample("dynamics_noise", dist.HalfNormal(0.2).expand([K, D]).to_event(2))
-        # the path is one latent site (flat density); the dynamics score it below, as factors
-        x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), (T, D)))
-        z0 = numpyro.sample("z_0", dist.Categorical(probs=pi), infer={"enumerate": "parallel"})
-        # x_0's density is the same in every state (zero means, one initial scale)
-        numpyro.sample("x_0", dist.Normal(jnp.zeros(D), model.init_scale).to_event(1), obs=x[0])
-
-        def step(carry, x_t):
-            x_prev, z_prev = carry
-            zt = numpyro.sample("z", dist.Categorical(probs=P[z_prev]), infer={"enumerate": "parallel"})
-            mean = jnp.einsum("...ij,...j->...i", A[zt], x_prev) + b[zt]
-            numpyro.sample("x_t", dist.Normal(mean, q[zt]).to_event(1), obs=x_t)
-            return (x_t, zt), None
-
-        np_scan(step, (x[0], z0), x[1:])
-        C, d = model.frame_emissions(frame)
-        rn = numpyro.sample("emission_noise", dist.HalfNormal(1.0).expand([N]).to_event(1))
-        numpyro.sample("y", dist.Normal(x @ C.T + d, rn).to_event(2), obs=y)
-
-    return funsor_slds
 
 
 def invariant_ess(samples) -> dict:
@@ -174,7 +136,7 @@ def main(argv=None):
     y = jnp.asarray(data["y"])
     model = SLDS(4, 2, y.shape[-1], transitions="standard")
     frame = model.data_frame(np.asarray(y))
-    fmodel = make_funsor_slds(model, frame)
+    fmodel = make_funsor_model(model, frame)
     key = jax.random.key(args.seed)
     centred = model.initial_params(np.asarray(y), key, frame=frame)
     # the start in the zoo program's coordinates (the same sites and transforms as funsor's; the

@@ -69,26 +69,41 @@ BLOCKED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_blocked_chains_on_two_devices_match_one_device(tmp_path):
-    """The blocked sampler runs each device's chains on their own (shard_map): the draws of two
-    chains split over two host devices are those of the same chains on one device."""
+def _draws_by_device_count(script: str, tmp_path, runs) -> dict:
+    """Run ``script`` (argv: output path, device count, extra arguments) once per entry of
+    ``runs`` ((device count, *extra arguments)), each in its own process; its saved arrays by
+    device count."""
     out = {}
-    for n in ("1", "2"):
-        env = {**os.environ, **FAST_COMPILE_ENV}
+    for n, *extra in runs:
         path = tmp_path / f"d{n}.npz"
-        proc = subprocess.run([sys.executable, "-c", BLOCKED_SCRIPT, str(path), n], capture_output=True,
-                              text=True, env=env, timeout=900, cwd=os.path.dirname(os.path.dirname(__file__)))
+        proc = subprocess.run([sys.executable, "-c", script, str(path), n, *extra], capture_output=True,
+                              text=True, env={**os.environ, **FAST_COMPILE_ENV}, timeout=900,
+                              cwd=os.path.dirname(os.path.dirname(__file__)))
         assert proc.returncode == 0, proc.stderr[-3000:]
         with np.load(path) as f:
             out[n] = {k: f[k] for k in f.files}
-    assert set(out["1"]) == set(out["2"]) and {"z", "dynamics"} <= set(out["1"])
-    np.testing.assert_array_equal(out["2"]["z"], out["1"]["z"])
-    np.testing.assert_array_equal(out["2"]["diverging"], out["1"]["diverging"])
-    for name, a in out["1"].items():
-        # float64 rounding differs with the vectorised batch (up to 2e-8 of the site's scale
-        # after 30 sweeps, measured); a chain given another's key or state would differ at O(1)
+    return out
+
+
+def _assert_same_draws(one: dict, two: dict, exact: tuple) -> None:
+    """The same draws up to rounding: ``exact`` sites equal, the others within 1e-6 of their
+    scale. Rounding differs with the vectorised batch (one chain per device against two: up to
+    2e-8 of a site's scale after 30 blocked sweeps, measured); a chain given another's key or
+    state would differ at O(1)."""
+    assert set(one) == set(two)
+    for name in exact:
+        np.testing.assert_array_equal(two[name], one[name], err_msg=name)
+    for name, a in one.items():
         scale = float(np.abs(a).max())
-        np.testing.assert_allclose(out["2"][name], a, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(two[name], a, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+
+
+def test_blocked_chains_on_two_devices_match_one_device(tmp_path):
+    """The blocked sampler runs each device's chains on their own (shard_map): the draws of two
+    chains split over two host devices are those of the same chains on one device."""
+    out = _draws_by_device_count(BLOCKED_SCRIPT, tmp_path, [("1",), ("2",)])
+    assert {"z", "dynamics"} <= set(out["1"])
+    _assert_same_draws(out["1"], out["2"], exact=("z", "diverging"))
 
 
 BLACKJAX_SCRIPT = textwrap.dedent("""
@@ -116,20 +131,6 @@ def test_blackjax_chains_on_two_devices_match_one_device(tmp_path):
     """BlackJAX NUTS with ``chain_method="parallel"`` runs each device's chains on their own
     (shard_map, warmup and draws): two chains over two host devices give the draws of the same
     two chains vectorised on one device (on one device "parallel" has nothing to split)."""
-    out = {}
-    for n, chain_method in (("1", "vectorized"), ("2", "parallel")):
-        env = {**os.environ, **FAST_COMPILE_ENV}
-        path = tmp_path / f"d{n}.npz"
-        proc = subprocess.run([sys.executable, "-c", BLACKJAX_SCRIPT, str(path), n, chain_method],
-                              capture_output=True, text=True, env=env, timeout=900,
-                              cwd=os.path.dirname(os.path.dirname(__file__)))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with np.load(path) as f:
-            out[n] = {k: f[k] for k in f.files}
-    assert set(out["1"]) == set(out["2"]) and "means" in out["1"]
-    np.testing.assert_array_equal(out["2"]["diverging"], out["1"]["diverging"])
-    for name, a in out["1"].items():
-        # rounding may differ with the vectorised batch (one chain per device against two); a
-        # chain given another's key or state would differ at O(1)
-        scale = float(np.abs(a).max())
-        np.testing.assert_allclose(out["2"][name], a, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+    out = _draws_by_device_count(BLACKJAX_SCRIPT, tmp_path, [("1", "vectorized"), ("2", "parallel")])
+    assert "means" in out["1"]
+    _assert_same_draws(out["1"], out["2"], exact=("diverging",))
