@@ -61,21 +61,22 @@ NAMES = ["a_0", "a_1", "log_q_0", "log_q_1", "log_r_0", "c_free", "p_00", "b_0",
 def geweke():
     with jax.enable_x64(True):
         model = SLDS(num_states=K, latent_dim=D, obs_dim=N)
-        kwargs = {"frame": default_frame(N, D, jnp.float64)}
-        params = ("init_probs", "trans_probs", "dynamics", "dynamics_bias", "dynamics_noise",
+        # the program fit runs: offsets centred (bias_centres)
+        kwargs = {"frame": default_frame(N, D, jnp.float64), "bias_centres": jnp.array([[0.5], [-0.5]])}
+        params = ("init_probs", "trans_probs", "dynamics", "dynamics_bias_centred", "dynamics_noise",
                   "emission_free", "emission_bias_free", "emission_noise")
 
         def prior_with_states(key):
             k1, k2 = jax.random.split(key)
             tr = handlers.trace(handlers.seed(model, k1)).get_trace(None, num_steps=T, **kwargs)
-            values = {k: tr[k]["value"] for k in params}
+            values = {k: tr[k]["value"] for k in params + ("dynamics_bias",)}
             z, x = tr["x"]["fn"].sample_with_states(k2)
             z = z.astype(jnp.int32)
             y = _emit(model, values, x, jax.random.fold_in(k2, 1), kwargs)
             return values, z, x, y
 
         v0, z0, x0, y0 = prior_with_states(jax.random.key(0))
-        theta_example = unconstrain_fn(model, (y0,), kwargs, {**v0, "x": x0})
+        theta_example = unconstrain_fn(model, (y0,), kwargs, {k: v0[k] for k in params} | {"x": x0})
         theta_example = {k: theta_example[k] for k in params}
         spec = model.blocked_sampler()
         dim = ravel_pytree(theta_example)[0].shape[0]
@@ -83,8 +84,8 @@ def geweke():
         def one_chain(key):
             k0, kr = jax.random.split(key)
             values, z, x, y = prior_with_states(k0)
-            flat = ravel_pytree({k: v for k, v in unconstrain_fn(model, (y,), kwargs, {**values, "x": x}).items()
-                                 if k in params})[0]
+            flat = ravel_pytree({k: v for k, v in unconstrain_fn(
+                model, (y,), kwargs, {k: values[k] for k in params} | {"x": x}).items() if k in params})[0]
 
             def body(carry, k):
                 flat, z, x, y = carry
