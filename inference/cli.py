@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.attractors import attractor_summary
-from inference.diagnose import identified_diagnostics
+from inference.diagnose import identified_convergence
 from inference.io import OutputError, atomic_write, check_outputs, load_data, load_posterior
 from inference.plots import attractor_figure, latents_figure
 from inference.registry import (
@@ -433,94 +433,6 @@ DEMO_SIZES = {
 }
 
 
-def identified_convergence(post, res=None, max_rate_points: int = 4000) -> dict:
-    """The demo's convergence check on identified quantities only (the latent space of a GP-SLDS
-    has no identifying frame, so its path, emission matrix, weights, partition and centres are
-    compared across chains only up to an affine map): the total log-likelihood, the denoised
-    log-rates C x_t + d (a deterministic subset of at most ``max_rate_points`` (trial, time,
-    neuron) cells), and, from the attractor analysis, the per-draw line-attractor indicator and
-    number of stable fixed points.
-
-    Parameters
-    ----------
-    post : xarray.DataTree
-    res : xarray.Dataset, optional
-        :func:`inference.attractors` of ``post``.
-    max_rate_points : int
-
-    Returns
-    -------
-    dict
-        ``rhat``, ``ess_bulk``, ``ess_tail`` per quantity (the worst over its elements),
-        ``divergences``, ``min_bfmi``, ``verdict`` ("ok" at R-hat <= 1.01, bulk and tail ESS >= 400,
-        no divergences and E-BFMI >= 0.3 on the log-likelihood and the rates; else "not
-        converged"), ``text``.
-    """
-    import arviz_stats as azs
-    import xarray as xr
-
-    ds = post["posterior"]
-    out: dict = {}
-    pieces = {}
-    if "log_likelihood" in post.children:
-        ll = post["log_likelihood"].to_dataset()
-        v = np.asarray(next(iter(ll.data_vars.values())).values, float)
-        pieces["total log-likelihood"] = v.reshape(v.shape[:2] + (-1,)).sum(-1)[..., None]
-    if "emission_matrix" in ds and "x" in ds:
-        C, d = ds["emission_matrix"].values, ds["emission_bias"].values
-        x = ds["x"].values  # (chain, draw, [trial,] time, latent)
-        x = x.reshape(x.shape[:2] + (-1, x.shape[-1]))
-        rng = np.random.default_rng(0)
-        n_cells = x.shape[2] * C.shape[2]
-        pick = np.sort(rng.choice(n_cells, min(max_rate_points, n_cells), replace=False))
-        t_idx, n_idx = np.divmod(pick, C.shape[2])
-        eta = np.einsum("cskd,cskd->csk", x[:, :, t_idx], C[:, :, n_idx]) + d[:, :, n_idx]
-        pieces["denoised log-rates"] = eta
-    if res is not None and "has_line_attractor" in res:
-        nc = int(res.attrs.get("num_chains", 1))
-        ind = np.asarray(res["has_line_attractor"].values, float)
-        ns = np.asarray(res["num_stable"].values, float)
-        chain_index = np.asarray(res["chain_index"].values)
-        counts = np.bincount(chain_index, minlength=nc)
-        if nc > 1 and np.all(counts == counts[0]) and counts[0] >= 4:
-            order = np.argsort(chain_index, kind="stable")
-            pieces["P(line) indicator"] = ind[order].reshape(nc, -1)[..., None]
-            pieces["number of stable fixed points"] = ns[order].reshape(nc, -1)[..., None]
-    lines, ok = [], True
-    for name, arr in pieces.items():
-        dsx = xr.Dataset({"q": (("chain", "draw", "k"), np.asarray(arr, float))})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = np.asarray(azs.rhat(dsx)["q"].values, float)
-            eb = np.asarray(azs.ess(dsx, method="bulk")["q"].values, float)
-            et = np.asarray(azs.ess(dsx, method="tail")["q"].values, float)
-        const = np.asarray(arr).std(axis=(0, 1)) == 0  # e.g. an indicator that never changes
-        rr = float(np.nanmax(np.where(const, 1.0, r)))
-        b = float(np.nanmin(np.where(const, np.inf, eb)))
-        t = float(np.nanmin(np.where(const, np.inf, et)))
-        out[name] = {"rhat": rr, "ess_bulk": b, "ess_tail": t, "size": int(np.shape(arr)[-1])}
-        judged = name in ("total log-likelihood", "denoised log-rates")
-        if judged and not (rr <= 1.01 and b >= 400 and t >= 400):
-            ok = False
-        src = "" if judged else ", from the attractor draws"
-        lines.append(f"  {name} ({np.shape(arr)[-1]} value(s){src}): "
-                     f"max R-hat {rr:.3f}, min bulk ESS {b:.0f}, min tail ESS {t:.0f}")
-    ss = post["sample_stats"]
-    div = int(np.asarray(ss["diverging"].values).sum()) if "diverging" in ss else 0
-    bfmi = None
-    if "energy" in ss:
-        e = np.asarray(ss["energy"].values, float)
-        centred = e - e.mean(1, keepdims=True)
-        bfmi = float(np.min(np.sum(np.diff(e, axis=1) ** 2, 1) / np.sum(centred**2, 1)))
-    ok = ok and div == 0 and (bfmi is None or bfmi >= 0.3) and bool(pieces)
-    out.update(divergences=div, min_bfmi=bfmi, verdict="ok" if ok else "not converged")
-    lines.append(f"  divergences {div}, min E-BFMI {bfmi if bfmi is None else round(bfmi, 3)}")
-    head = (f"identified quantities: {out['verdict']} (R-hat <= 1.01, bulk and tail ESS >= 400 on the "
-            "log-likelihood and the rates, no divergences, E-BFMI >= 0.3)")
-    out["text"] = "\n".join([head] + lines)
-    return out
-
-
 DEMO_OUTPUTS = ("data.nc", "posterior.nc", "attractors.nc", "attractors.png", "latents.png", "summary.json")
 
 
@@ -571,9 +483,6 @@ def cmd_demo(args) -> int:
         print(f"  - {w}")
     if not args.quiet:
         print(dg.table.to_string(float_format=lambda v: f"{v:.3g}"))
-    ident = identified_diagnostics(post)
-    if ident:
-        print(ident)
     if args.quick:
         print("  (--quick: tiny sizes, so the diagnostics are expected to complain)")
     print("4/4 attractor posterior (inference.attractors):")

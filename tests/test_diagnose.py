@@ -146,3 +146,33 @@ def test_svi_record_and_loss_trace():
     post.attrs["svi_converged"] = 0
     dg = quiet_diagnose(post)
     assert dg.verdict == "fail" and any("final loss is nan" in w for w in dg.warnings)
+
+
+def test_identified_convergence_judges_the_log_likelihood_and_rates():
+    """Chains drawn from one distribution pass the identified check; one chain shifted fails
+    it, with the R-hat of the shifted quantity above 1.01; the text helper says the same."""
+    from inference.diagnose import identified_convergence, identified_diagnostics
+
+    rng = np.random.default_rng(0)
+    C, S, T, N, D = 4, 600, 5, 3, 2
+
+    def tree(shift):
+        ll = rng.normal(size=(C, S, T))
+        ll[0] += shift
+        x = rng.normal(size=(C, S, T, D))
+        return xr.DataTree.from_dict({
+            "posterior": xr.Dataset({"x": (("chain", "draw", "time", "latent"), x),
+                                     "emission_matrix": (("chain", "draw", "neuron", "latent"),
+                                                         np.ones((C, S, N, D))),
+                                     "emission_bias": (("chain", "draw", "neuron"), np.zeros((C, S, N)))}),
+            "log_likelihood": xr.Dataset({"y": (("chain", "draw", "time"), ll)}),
+            "sample_stats": xr.Dataset({"diverging": (("chain", "draw"), np.zeros((C, S), bool))}),
+        })
+
+    good = identified_convergence(tree(0.0))
+    assert good["verdict"] == "ok", good["text"]
+    assert good["total log-likelihood"]["rhat"] <= 1.01 and good["denoised log-rates"]["size"] == T * N
+    shifted = tree(2.0)
+    bad = identified_convergence(shifted)
+    assert bad["verdict"] == "not converged" and bad["total log-likelihood"]["rhat"] > 1.01
+    assert identified_diagnostics(shifted) == bad["text"]

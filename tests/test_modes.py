@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -208,10 +209,10 @@ def test_attractor_probabilities_per_mode():
     assert attractor_probabilities(stored).attrs["modes"] == groups
     assert "chains split into 2 modes" in attractor_summary(stored)
 
-    class _Diag:  # the one attribute of inference.diagnose.Diagnostics read here
-        modes = groups
+    from inference.diagnose import Diagnostics
 
-    assert attractor_probabilities(res, modes=_Diag()).iloc[0]["per_mode"] == row["per_mode"]
+    diag = Diagnostics(verdict="fail", table=pd.DataFrame(), modes=groups)
+    assert attractor_probabilities(res, modes=diag).iloc[0]["per_mode"] == row["per_mode"]
     # one mode: the per-mode figure is the pooled one, and no per-mode lines are printed
     one = attractor_probabilities(res)
     assert one.attrs["modes"] == [[0, 1, 2, 3]]

@@ -89,6 +89,10 @@ MODULES = {
     "inference.attractors": ["KINDS", "MCSE_METHOD", "POOLED_WEIGHTING", "attractor_probabilities",
                              "attractor_summary", "attractors", "by_chain", "indicator_mcse",
                              "lm_solve", "plot_attractors"],
+    "inference.attractor_probabilities": ["MCSE_METHOD", "POOLED_WEIGHTING", "attractor_probabilities",
+                                          "attractor_summary", "by_chain", "draws_with_chains",
+                                          "indicator_mcse", "indicator_probability", "modes_of",
+                                          "thin_by_chain"],
     "inference.backends": ["Backend", "COMMON_OPTIONS", "Problem", "RunResult", "Settings",
                            "backend", "method_names"],
     "inference.blackjax_backend": ["BACKENDS", "BLACKJAX_OPTIONS", "log_density_fns", "run_blackjax"],
@@ -106,7 +110,7 @@ MODULES = {
     "inference.convert": ["draws_group", "package_versions", "pointwise_log_likelihood",
                           "to_datatree"],
     "inference.decode": ["decode", "posterior_draws"],
-    "inference.diagnose": ["Diagnostics", "diagnose", "identified_diagnostics"],
+    "inference.diagnose": ["Diagnostics", "diagnose", "identified_convergence", "identified_diagnostics"],
     "inference.fit": ["METHODS", "allowed_options", "fit", "resolve_method", "shard_trials",
                       "warn_if_float32"],
     "inference.guides": ["MarkovGaussian", "MarkovGaussianGuide", "path_sites", "structured_guide"],
@@ -142,7 +146,10 @@ MOVED = {
     "inference.cli": {"load_data": "inference.io", "load_posterior": "inference.io",
                       "make_model": "inference.registry", "map_start": "inference.starts",
                       "SYSTEMS": "inference.registry", "MODELS": "inference.registry"},
-    "inference.attractors": {"plot_attractors": "inference.plots"},
+    "inference.attractors": {"plot_attractors": "inference.plots",
+                             **{name: "inference.attractor_probabilities" for name in
+                                ("MCSE_METHOD", "POOLED_WEIGHTING", "attractor_probabilities",
+                                 "attractor_summary", "by_chain", "indicator_mcse")}},
 }
 
 
