@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from inference._program import ProgramInfo
+from inference.program import ProgramInfo
 from zoo.protocol import Model
 
 __all__ = ["Backend", "Problem", "Settings", "RunResult", "backend", "method_names", "COMMON_OPTIONS"]

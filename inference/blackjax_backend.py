@@ -5,7 +5,7 @@ The log density is NumPyro's (``initialize_model(..., dynamic_args=True)``) in u
 space, with the data as a traced argument so that compiled samplers are reused for new data of
 the same shape and y keeps any device sharding. Chains are vmapped; with
 ``chain_method="parallel"`` the chains are split over the local devices and each device runs its
-own chains' loops (:func:`inference._devices.per_device`), with all of y (a trial-sharded y is
+own chains' loops (:func:`inference.devices.per_device`), with all of y (a trial-sharded y is
 gathered once per compiled chunk). Draws are mapped back
 to constrained space (and deterministic sites added) by NumPyro's ``postprocess_fn``, so they are
 named like NumPyro's.
@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import initialize_model
 from tqdm.auto import tqdm
 
-from inference._devices import per_device, shard_chains
+from inference.devices import per_device, shard_chains
 from inference.starts import mcmc_backends
 
 __all__ = ["run_blackjax", "BLACKJAX_OPTIONS", "BACKENDS", "log_density_fns"]

@@ -51,8 +51,6 @@ from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
-from inference._devices import per_device, shard_chains
-from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.blocked_warmup import (
     adaptation_init,
@@ -61,6 +59,8 @@ from inference.blocked_warmup import (
     curvature_mass,
     warmup_schedule,
 )
+from inference.devices import per_device, shard_chains
+from inference.program import inspect_program
 from inference.starts import initial_positions
 from zoo.collapsed_states import boundary_shift, sweep_states, window_sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
@@ -69,7 +69,7 @@ from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "build_blocks", "sweep", "start_state", "initial_inverse_mass",
            "chain_starts", "parameter_mask", "curvature_at_window_end", "pooled_curvature",
-           "BLOCKED_OPTIONS", "BACKENDS"]
+           "BLOCKED_OPTIONS", "BACKENDS", "chunk_size", "chunk_lengths"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
                              "state_sweeps", "boundary_moves", "max_shift", "window_length",
@@ -410,16 +410,39 @@ def _chunk_keys(key, num_chains: int, start: int, n: int):
         per_chain)
 
 
-def _chunk_size(total: int, most: int) -> int:
-    """The largest divisor of ``total`` up to ``most`` when it is at least a third of ``most``,
-    else ``most``: chunks of one size compile once (a shorter last chunk compiled a second
-    time, about 30 s at NASCAR T = 2000)."""
+def chunk_size(total: int, most: int) -> int:
+    """How many sweeps one compiled chunk runs: the largest divisor of ``total`` up to ``most``
+    when it is at least a third of ``most``, else ``most``. Why: chunks of one size compile once
+    (a shorter last chunk compiled a second time, about 30 s at NASCAR T = 2000).
+
+    Parameters
+    ----------
+    total : int
+        Sweeps to run (warmup or sampling).
+    most : int
+        The largest chunk wanted (progress-bar granularity).
+
+    Returns
+    -------
+    int
+    """
     most = max(1, min(most, total))
     best = max(d for d in range(1, most + 1) if total % d == 0)
     return best if 3 * best >= most else most
 
 
-def _chunks(total: int, size: int) -> list[int]:
+def chunk_lengths(total: int, size: int) -> list[int]:
+    """The lengths of the chunks that run ``total`` sweeps in chunks of ``size`` (the last one
+    shorter when ``size`` does not divide ``total``).
+
+    Parameters
+    ----------
+    total, size : int
+
+    Returns
+    -------
+    list of int
+    """
     return [min(size, total - i) for i in range(0, total, size)]
 
 
@@ -532,7 +555,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     inv_mass0 = jax.jit(lambda st: initial_inverse_mass(blocks, st, which))(states)
     adapt = jax.vmap(lambda im: adaptation_init(im, 0.1, dense))(inv_mass0)
     # chains split over the local devices when they divide evenly (each device runs its own,
-    # see inference._devices.per_device)
+    # see inference.devices.per_device)
     states, adapt = shard_chains((states, adapt), num_chains)
 
     def chains_chunk(keys, states, adapt, schedule, adapting):
@@ -564,7 +587,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     def curvature(states, adapt):
         return adapt._replace(inverse_mass=pooled_curvature(adapt.inverse_mass, blocks, states, dense))
 
-    chunk = _chunk_size(num_warmup, 10)
+    chunk = chunk_size(num_warmup, 10)
     # the curvature mass is set between chunks, not inside the chunk's scan: there its
     # conditional halved the speed of every warmup sweep (measured at NASCAR T = 2000, chains on
     # two devices); so the windows end with their chunks
@@ -572,7 +595,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     bar = tqdm(total=num_warmup + num_samples, desc="blocked sweep, warmup",
                disable=not progress_bar)
     done = 0
-    for n in _chunks(num_warmup, chunk):
+    for n in chunk_lengths(num_warmup, chunk):
         keys = _chunk_keys(k_warm, num_chains, done, n)
         sched = jnp.asarray(schedule[done:done + n])
         states, adapt, (_, s) = run_chunk(keys, states, adapt, sched, jnp.asarray(True))
@@ -593,8 +616,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     bar.set_description("blocked sweep, sampling")
     draws, stats, done = [], [], 0
     # the warmup's chunk size where it divides the draws: the same compiled chunk
-    size = chunk if num_warmup and num_samples % chunk == 0 else _chunk_size(num_samples, 50)
-    for n in _chunks(num_samples, size):
+    size = chunk if num_warmup and num_samples % chunk == 0 else chunk_size(num_samples, 50)
+    for n in chunk_lengths(num_samples, size):
         keys = _chunk_keys(k_run, num_chains, done, n)
         states, adapt, (d, s) = run_chunk(keys, states, adapt, jnp.zeros((n, 2), jnp.int32),
                                           jnp.asarray(False))

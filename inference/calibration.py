@@ -26,7 +26,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 from scipy import stats
 
-__all__ = ["SBCResult", "sbc_ranks", "sbc_blocked_ranks", "rank_uniformity"]
+__all__ = ["SBCResult", "sbc_ranks", "sbc_blocked_ranks", "rank_uniformity", "rank_statistics"]
 
 
 class SBCResult(NamedTuple):
@@ -135,15 +135,30 @@ def _result(summaries: Callable, truths, draws, divergences, seed: int) -> SBCRe
     draw_all = summaries(draws)
     draw_s = {k: np.asarray(draw_all[k]) for k in true_s}
     num_ranks = draw_s[next(iter(true_s))].shape[1] + 1
-    return SBCResult(ranks=_ranks(draw_s, true_s, seed), num_ranks=num_ranks, truth=true_s, draws=draw_s,
-                     divergences=np.asarray(divergences))
+    return SBCResult(ranks=rank_statistics(draw_s, true_s, seed), num_ranks=num_ranks, truth=true_s,
+                     draws=draw_s, divergences=np.asarray(divergences))
 
 
-def _ranks(draws: Mapping, truth: Mapping, seed: int) -> dict:
-    """Rank of each truth among its draws, (num_reps,) per summary: the number of draws below it,
-    plus a uniform share of the draws equal to it. Why the share: a discrete summary (a state
-    occupancy, a count) ties with its draws, and counting only the draws strictly below would
-    push every tied rank to the bottom of the histogram."""
+def rank_statistics(draws: Mapping, truth: Mapping, seed: int) -> dict:
+    """Rank of each truth among its draws: the number of draws below it, plus a uniform share of
+    the draws equal to it. Why the share: a discrete summary (a state occupancy, a count) ties
+    with its draws, and counting only the draws strictly below would push every tied rank to
+    the bottom of the histogram.
+
+    Parameters
+    ----------
+    draws : mapping name -> array (num_reps, L)
+        L posterior draws of each summary per replication.
+    truth : mapping name -> array (num_reps,)
+        The simulated truth of each summary.
+    seed : int
+        Seed of the random share among ties.
+
+    Returns
+    -------
+    dict name -> int array (num_reps,)
+        Ranks in 0 .. L.
+    """
     rng = np.random.default_rng(seed)
     out = {}
     for k in truth:

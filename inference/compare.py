@@ -63,11 +63,11 @@ from arviz_stats import SamplingWrapper
 from jax.scipy.special import logsumexp
 from numpyro import handlers
 
-from inference._program import inspect_program
 from inference.convert import pointwise_log_likelihood
 from inference.predictive import fit_model_kwargs, observed_array
+from inference.program import inspect_program
 from zoo.lds import LDS
-from zoo.protocol import as_model
+from zoo.protocol import Program, as_model
 from zoo.slds import SLDS
 
 __all__ = ["one_step_log_likelihood", "particle_filter_log_likelihood", "psis_lfo", "compare",
@@ -77,9 +77,11 @@ _LINKS = {"softplus": jax.nn.softplus, "exp": jnp.exp}
 
 
 def _zoo_model(model):
+    """The zoo model behind ``model`` (the wrapped one of a plain program's adapter)."""
     proto = as_model(model)
-    inner = getattr(proto, "inner", None)
-    return inner if inner is not None else proto
+    if isinstance(proto, Program) and proto.inner is not None:
+        return proto.inner
+    return proto
 
 
 def one_step_kind(model: Callable, y, model_kwargs: Mapping | None = None) -> str:

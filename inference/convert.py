@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from numpyro import handlers
 
-from inference._program import (
+from inference.program import (
     ProgramInfo,
     check_y,
     coords_for,
@@ -33,7 +33,7 @@ from inference._program import (
 from zoo.handlers import pointwise
 from zoo.protocol import as_model
 
-__all__ = ["to_datatree", "pointwise_log_likelihood", "package_versions", "draws_group"]
+__all__ = ["to_datatree", "pointwise_log_likelihood", "package_versions", "draws_group", "array_kwargs"]
 
 # dims of common model keyword arrays (without the trial axis)
 _KWARG_DIMS = {"mask": ["time"], "inputs": ["time", "input"]}
@@ -148,9 +148,21 @@ def _jsonable(value):
         return repr(value)
 
 
-def _array_kwargs(model_kwargs: Mapping) -> dict:
-    """Model arguments as arrays: a named tuple (e.g. a fixed frame, ``zoo.frame.Frame``) gives
-    one entry per field, ``<argument>_<field>``; other pytrees one per leaf."""
+def array_kwargs(model_kwargs: Mapping) -> dict:
+    """Model arguments as arrays, as the DataTree's ``constant_data`` stores them.
+
+    Parameters
+    ----------
+    model_kwargs : mapping
+        Program arguments.
+
+    Returns
+    -------
+    dict
+        An array argument as it is; a named tuple (e.g. a fixed frame, ``zoo.frame.Frame``)
+        one entry per field, ``<argument>_<field>``; other pytrees one per leaf,
+        ``<argument>_<i>``.
+    """
     out = {}
     for k, v in model_kwargs.items():
         if isinstance(v, tuple) and hasattr(v, "_fields"):
@@ -202,7 +214,7 @@ def to_datatree(
     library : str
         ``"numpyro"`` or ``"blackjax"`` (recorded in group attributes).
     info : ProgramInfo, optional
-        A previous :func:`inference._program.inspect_program` result (saves one model trace).
+        A previous :func:`inference.program.inspect_program` result (saves one model trace).
 
     Returns
     -------
@@ -244,7 +256,7 @@ def to_datatree(
         groups["log_likelihood"] = _group(ll, lld, info.coords)
         if not all(np.isfinite(v).all() for v in ll.values()):
             library_attrs["warning"] = "non-finite pointwise log-likelihood values"
-    const = {k: np.asarray(v) for k, v in _array_kwargs(model_kwargs).items() if np.ndim(v) > 0}
+    const = {k: np.asarray(v) for k, v in array_kwargs(model_kwargs).items() if np.ndim(v) > 0}
     const.update({k: np.asarray(v) for k, v in info.conditioned.items()})
     if const:
         cdims = {}
@@ -285,7 +297,7 @@ def draws_group(model: Callable, draws: Mapping, y, *, model_kwargs: Mapping | N
     dims : mapping name -> list of str, optional
         Dims for variables the model does not name (without chain/draw).
     info : ProgramInfo, optional
-        A previous :func:`inference._program.inspect_program` result.
+        A previous :func:`inference.program.inspect_program` result.
     library : str
         Recorded in the group's attributes.
 

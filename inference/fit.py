@@ -19,14 +19,15 @@ import xarray as xr
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from inference._program import check_y, inspect_program
 from inference.backends import COMMON_OPTIONS, Problem, Settings, backend, method_names
 from inference.convert import package_versions, to_datatree
+from inference.program import check_y, inspect_program
 from inference.registry import record_model
 from inference.starts import REFERENCE_COORDINATES
 from zoo.protocol import Model, Program, as_model
 
-__all__ = ["fit", "METHODS", "shard_trials", "allowed_options", "resolve_method", "warn_if_float32"]
+__all__ = ["fit", "METHODS", "shard_trials", "allowed_options", "resolve_method", "warn_if_float32",
+           "prepare_problem", "provenance"]
 
 METHODS = method_names()
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
@@ -215,7 +216,7 @@ def _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, ini
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; allowed: "
                          f"{sorted(allowed_options(method))}")
-    problem = _prepare(proto, y, model_kwargs, options)
+    problem = prepare_problem(proto, y, model_kwargs, options)
     settings = Settings(num_chains, num_warmup, num_samples, _resolve_chain_method(chain_method, num_chains),
                         init, progress_bar, {k: v for k, v in options.items()
                                              if k not in ("log_likelihood", "shard_trials")})
@@ -240,7 +241,7 @@ def _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, ini
         "log_likelihood_computed": int(log_lik),
         **extra_attrs,
     }
-    attrs.update(_provenance(problem))
+    attrs.update(provenance(problem))
     post = to_datatree(model, samples, problem.y_host, sample_stats=result.stats,
                        model_kwargs=problem.model_kwargs, log_likelihood=log_lik, attrs=attrs,
                        library=chosen.library, info=problem.info)
@@ -249,9 +250,19 @@ def _fit(model, proto, y, method, seed, num_chains, num_warmup, num_samples, ini
     return post
 
 
-def _provenance(problem: Problem) -> dict:
-    """What else a repeat of the fit needs: a hash of the data (y and the model arguments) and
-    the project's commit (``unknown`` outside a git checkout)."""
+def provenance(problem: Problem) -> dict:
+    """What else a repeat of the fit needs besides its settings.
+
+    Parameters
+    ----------
+    problem : inference.backends.Problem
+
+    Returns
+    -------
+    dict
+        ``data_sha256``: a hash of y and every leaf of the model arguments;
+        ``project_commit``: the project's git commit (``unknown`` outside a checkout).
+    """
     h = hashlib.sha256(np.ascontiguousarray(problem.y_host).tobytes())
     for k in sorted(problem.model_kwargs):
         h.update(k.encode())
@@ -266,8 +277,28 @@ def _provenance(problem: Problem) -> dict:
     return {"data_sha256": h.hexdigest(), "project_commit": commit}
 
 
-def _prepare(model: Model, y, model_kwargs: Mapping | None, options: Mapping) -> Problem:
-    """Validate the data once and derive what the program needs from them."""
+def prepare_problem(model: Model, y, model_kwargs: Mapping | None, options: Mapping) -> Problem:
+    """Validate the data once and derive what the program needs from them (what :func:`fit`
+    hands its backend).
+
+    Parameters
+    ----------
+    model : zoo.protocol.Model
+    y : array (T, N) or (B, T, N)
+    model_kwargs : mapping or None
+        The user's program arguments; a caller's fixed ``frame`` is kept.
+    options : mapping
+        Fit options (``shard_trials``).
+
+    Returns
+    -------
+    inference.backends.Problem
+
+    Raises
+    ------
+    ValueError
+        Bad data, or a program without latent sites.
+    """
     y = check_y(y)
     warn_if_float32(model)
     kwargs = {k: v for k, v in dict(model_kwargs or {}).items() if v is not None}

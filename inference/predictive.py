@@ -35,8 +35,8 @@ import numpy as np
 import xarray as xr
 from numpyro.infer import Predictive
 
-from inference._program import check_y, inspect_program
 from inference.convert import draws_group
+from inference.program import check_y, inspect_program
 from zoo.protocol import as_model
 
 __all__ = ["prior_predictive", "posterior_predictive", "add_predictive", "rootogram",

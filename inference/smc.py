@@ -24,9 +24,9 @@ from numpyro.infer import Predictive
 from numpyro.infer.util import potential_energy, unconstrain_fn
 from tqdm.auto import tqdm
 
-from inference._program import inspect_program
 from inference.backends import Backend, RunResult
 from inference.blackjax_backend import log_density_fns
+from inference.program import inspect_program
 from zoo.handlers import temper
 
 __all__ = ["run_smc", "SMC_OPTIONS"]

@@ -21,8 +21,8 @@ from numpyro import handlers
 from numpyro.infer import init_to_median, init_to_sample
 from numpyro.infer.util import initialize_model, unconstrain_fn
 
-from inference._program import inspect_program
 from inference.backends import COMMON_OPTIONS, Backend, RunResult
+from inference.program import inspect_program
 from zoo.protocol import as_model
 
 __all__ = ["initial_positions", "latent_sites", "mcmc_start", "mcmc_backends", "path_reference",

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 from numpyro.infer import Predictive
 
-from inference._program import ProgramInfo
 from inference.backends import Backend, RunResult
+from inference.program import ProgramInfo
 from inference.svi import run_svi
 
 __all__ = ["fit_svi", "BACKENDS"]

@@ -141,10 +141,10 @@ def test_numpyro_mcmc_kernel_matches_brute_force(truth):
 
 
 def test_chunks_of_one_size_where_a_divisor_allows():
-    from inference.blocked import _chunk_size, _chunks
+    from inference.blocked import chunk_lengths, chunk_size
 
-    assert [_chunk_size(n, 25) for n in (500, 30, 40, 60, 7, 101, 0)] == [25, 15, 20, 20, 7, 25, 1]
-    assert _chunks(101, _chunk_size(101, 25)) == [25, 25, 25, 25, 1]  # a prime: one short chunk
+    assert [chunk_size(n, 25) for n in (500, 30, 40, 60, 7, 101, 0)] == [25, 15, 20, 20, 7, 25, 1]
+    assert chunk_lengths(101, chunk_size(101, 25)) == [25, 25, 25, 25, 1]  # a prime: one short chunk
 
 
 def test_warmup_schedule_windows():

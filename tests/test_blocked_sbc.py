@@ -80,33 +80,33 @@ def test_blocked_sbc_has_no_divergences_to_speak_of(sbc):
 
 def test_ranks_share_ties_uniformly():
     """A discrete summary equal to every draw gets a uniform rank over 0..L, not rank 0."""
-    from inference.calibration import _ranks
+    from inference.calibration import rank_statistics
 
     L, reps = 20, 20000
     draws = {"s": np.zeros((reps, L))}
-    ranks = _ranks(draws, {"s": np.zeros(reps)}, 0)["s"]
+    ranks = rank_statistics(draws, {"s": np.zeros(reps)}, 0)["s"]
     counts = np.bincount(ranks, minlength=L + 1)
     assert counts.shape == (L + 1,)
     assert abs(counts.mean() - reps / (L + 1)) < 1e-9 and counts.min() > 0.8 * reps / (L + 1)
     # continuous summaries are unchanged: the number of draws below the truth
     rng = np.random.default_rng(1)
     d, t = rng.normal(size=(50, L)), rng.normal(size=50)
-    assert np.array_equal(_ranks({"s": d}, {"s": t}, 0)["s"], (d < t[:, None]).sum(1))
+    assert np.array_equal(rank_statistics({"s": d}, {"s": t}, 0)["s"], (d < t[:, None]).sum(1))
 
 
 def test_a_fixed_frame_is_kept_and_recorded():
     """A frame given by the caller (as SBC needs) is not replaced by the data frame, and a
     pytree argument is hashed and stored as constant data field by field."""
-    from inference.convert import _array_kwargs
-    from inference.fit import _prepare, _provenance
+    from inference.convert import array_kwargs
+    from inference.fit import prepare_problem, provenance
 
     model = MODELS["slds"]
     frame = default_frame(N, D)
     y = np.asarray(model.simulate(jax.random.key(0), T)["y"])
     assert model.prepare(y, {"frame": frame}) == {}
     assert "frame" in model.prepare(y, {})
-    problem = _prepare(model, y, {"frame": frame}, {})
+    problem = prepare_problem(model, y, {"frame": frame}, {})
     assert problem.run_kwargs["frame"] is frame
-    assert len(_provenance(problem)["data_sha256"]) == 64
-    fields = _array_kwargs({"frame": frame})
+    assert len(provenance(problem)["data_sha256"]) == 64
+    fields = array_kwargs({"frame": frame})
     assert sorted(fields) == sorted(f"frame_{f}" for f in frame._fields)

@@ -275,14 +275,14 @@ def test_abstract_program_trace_classifies_like_a_concrete_run():
     """inspect_program traces abstractly (no eager compilation of each operation); its sites,
     shapes and conditioned values equal those of a concrete run, and a program that needs
     concrete values (Python control flow on data) falls back to one."""
-    from inference import _program
+    from inference import program
     from zoo import SLDS
 
     model = SLDS(2, 2, 3, transitions="standard")
     y = np.random.default_rng(1).normal(size=(12, 3))
     kwargs = model.prepare(y, {})
-    assert _program._abstract_trace(model, y, kwargs) is not None
-    fast = _program.inspect_program(model, y, kwargs)
+    assert program.abstract_trace(model, y, kwargs) is not None
+    fast = program.inspect_program(model, y, kwargs)
     concrete = handlers.trace(handlers.seed(model, 0)).get_trace(y, **kwargs)
     assert fast.latent == {k: tuple(np.shape(s["value"])) for k, s in concrete.items()
                            if s["type"] == "sample" and not s["is_observed"] and not s["infer"].get("collapsed")}
@@ -293,5 +293,5 @@ def test_abstract_program_trace_classifies_like_a_concrete_run():
         scale = s * 2.0 if float(np.nanmax(y)) > 0 and float(s) > -1 else s  # concrete value needed
         numpyro.sample("y", dist.Normal(0.0, scale).expand(y.shape).to_event(2), obs=y)
 
-    assert _program._abstract_trace(branching, y, {}) is None
-    assert _program.inspect_program(branching, y, {}).latent == {"s": ()}
+    assert program.abstract_trace(branching, y, {}) is None
+    assert program.inspect_program(branching, y, {}).latent == {"s": ()}

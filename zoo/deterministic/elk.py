@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.deterministic._parallel import parallel_default
-from zoo.deterministic._parallel import resolve_parallel as _check_parallel
+from zoo.deterministic.parallel import parallel_default
+from zoo.deterministic.parallel import resolve_parallel as _check_parallel
 from zoo.scans import kalman_smoother, linear_recurrence
 
 __all__ = ["METHODS", "ELKResult", "ELKTrace", "evaluate", "linearized_step", "parallel_default", "residual",

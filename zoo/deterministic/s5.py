@@ -39,7 +39,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from zoo.deterministic._parallel import resolve_parallel
+from zoo.deterministic.parallel import resolve_parallel
 from zoo.scans import linear_recurrence
 
 __all__ = [

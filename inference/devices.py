@@ -1,6 +1,6 @@
 """Chains over the local devices: one mesh axis ("chain"), and functions run per device.
 
-Internal to :mod:`inference`: the blocked sampler and the BlackJAX backend split their chains
+Used inside :mod:`inference`: the blocked sampler and the BlackJAX backend split their chains
 this way when the chains divide evenly over two or more devices.
 """
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+__all__ = ["parallel_default", "resolve_parallel"]
+
 
 def parallel_default() -> bool:
     """Whether the linear recurrences run as parallel associative scans when ``parallel=None``.
@@ -20,7 +22,21 @@ def parallel_default() -> bool:
 
 
 def resolve_parallel(parallel: bool | None) -> bool:
-    """``parallel`` checked, with None replaced by :func:`parallel_default`."""
+    """``parallel`` checked, with None replaced by :func:`parallel_default`.
+
+    Parameters
+    ----------
+    parallel : bool or None
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    ValueError
+        ``parallel`` is neither a bool nor None.
+    """
     if parallel is None:
         return parallel_default()
     if not isinstance(parallel, (bool, np.bool_)):

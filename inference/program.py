@@ -17,7 +17,7 @@ from numpyro import handlers
 
 from zoo.protocol import as_model
 
-__all__ = ["ProgramInfo", "inspect_program", "check_y"]
+__all__ = ["ProgramInfo", "inspect_program", "check_y", "abstract_trace"]
 
 
 def check_y(y) -> np.ndarray:
@@ -73,11 +73,24 @@ class ProgramInfo(NamedTuple):
     batched: bool
 
 
-def _abstract_trace(model, y, model_kwargs):
-    """The program's trace with abstract values (shapes and dtypes only), or None when the
-    program needs concrete values (Python control flow on them) or conditions a site on a
-    computed value. Why: run eagerly, every operation of a long program compiles on its own
-    (about 4 s per trace of the SLDS at T = 2000, several traces per fit)."""
+def abstract_trace(model, y, model_kwargs):
+    """The program's sites traced with abstract values (shapes and dtypes only). Why: run
+    eagerly, every operation of a long program compiles on its own (about 4 s per trace of the
+    SLDS at T = 2000, several traces per fit).
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro program ``model(y, **model_kwargs)``.
+    y : array
+    model_kwargs : mapping
+
+    Returns
+    -------
+    OrderedDict or None
+        The NumPyro trace (site name -> site, values abstract); None when the program needs
+        concrete values (Python control flow on them) or conditions a site on a computed value.
+    """
     captured = {}
 
     def run():
@@ -93,7 +106,7 @@ def _abstract_trace(model, y, model_kwargs):
 
 
 def _trace(model, y, model_kwargs, concrete: bool = False):
-    abstract = None if concrete else _abstract_trace(model, y, model_kwargs)
+    abstract = None if concrete else abstract_trace(model, y, model_kwargs)
     if abstract is not None:
         return abstract
     seeded = handlers.seed(model, jax.random.key(0))
