@@ -3,6 +3,7 @@ repeated timings summarised by their median and spread."""
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -11,9 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import jax
 
-SHARED_NOTE = ("The machine (2 CPU cores, no GPU) was shared with two other workers running their "
-               "own timings, so absolute times are noisy; ratios measured side by side in one run "
-               "are the figures to compare.")
+SHARED_NOTE = ("The machine (2 CPU cores, no GPU) may be shared with other jobs (the 1-minute load "
+               "average at the start of the run says how busy it was), so absolute times are noisy; "
+               "ratios measured side by side in one run are the figures to compare.")
 
 
 def environment() -> dict:
@@ -22,7 +23,7 @@ def environment() -> dict:
 
     out = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
            "backend": jax.default_backend(), "devices": jax.device_count(),
-           "parallel_default": elk.parallel_default()}
+           "parallel_default": elk.parallel_default(), "load_average_1min": os.getloadavg()[0]}
     for pkg in ("jax", "jaxlib", "numpy", "optax", "scipy", "scikit-learn", "matplotlib"):
         try:
             out[pkg] = version(pkg)
@@ -35,8 +36,10 @@ def environment_line(env: dict) -> str:
     """One markdown line naming the machine, backend and package versions."""
     pkgs = ", ".join(f"{k} {env[k]}" for k in ("jax", "jaxlib", "numpy", "optax", "scipy", "scikit-learn")
                      if env.get(k))
+    load = env.get("load_average_1min")
+    load_text = f"; load average at the start {load:.2f}" if load is not None else ""
     return (f"Machine: {env['machine']}, {env['devices']} JAX device(s), backend `{env['backend']}` "
-            f"(parallel-scan default: {env['parallel_default']}); Python {env['python']}, {pkgs}.")
+            f"(parallel-scan default: {env['parallel_default']}{load_text}); Python {env['python']}, {pkgs}.")
 
 
 def time_repeats(fn: Callable, *args, repeat: int = 7) -> dict:

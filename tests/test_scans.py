@@ -217,23 +217,37 @@ def test_hmm_bad_input():
 # ------------------------------------------------------------------ linear recurrence
 
 
-@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("kind", ["diagonal", "dense", "constant"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_linear_recurrence_matches_loop(dense, reverse):
+def test_linear_recurrence_matches_loop(kind, reverse):
     rng = np.random.default_rng(2)
     T, D = 37, 3
-    A = rng.normal(size=(T, D, D)) * 0.5 if dense else rng.normal(size=(T, D)) + 1j * rng.normal(size=(T, D))
+    dense = kind == "dense"
+    if dense:
+        A = rng.normal(size=(T, D, D)) * 0.5
+    elif kind == "diagonal":
+        A = rng.normal(size=(T, D)) + 1j * rng.normal(size=(T, D))
+    else:  # one diagonal for every step, inside the unit circle
+        A = 0.9 * np.exp(1j * rng.uniform(0, np.pi, D))
+    At = np.broadcast_to(A, (T, D)) if kind == "constant" else A
     b = rng.normal(size=(T, D))
     x0 = rng.normal(size=D)
     x = x0.astype(A.dtype)
     ref = np.zeros((T, D), A.dtype)
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
-        x = (A[t] @ x if dense else A[t] * x) + b[t]
+        x = (At[t] @ x if dense else At[t] * x) + b[t]
         ref[t] = x
     for parallel in (False, True):
         out = scans.linear_recurrence(A, b, x0, parallel=parallel, reverse=reverse)
         np.testing.assert_allclose(out, ref, atol=1e-10)
+    if kind == "constant":  # the gradient through the closed-over diagonal equals the broadcast one's
+        def loss(a, constant):
+            a = a if constant else jnp.broadcast_to(a, (T, D))
+            return jnp.sum(jnp.abs(scans.linear_recurrence(a, b, x0, parallel=False, reverse=reverse)) ** 2)
+
+        a = jnp.asarray(A)
+        np.testing.assert_allclose(jax.grad(loss)(a, True), jax.grad(loss)(a, False), rtol=1e-10, atol=1e-10)
 
 
 # ------------------------------------------------------------------ Kalman against dense Gaussians

@@ -278,7 +278,7 @@ class S5Layer:
         Bu = jnp.einsum("phc,lh->lpc", params["B"], u)  # B u in O(L P')
         Bu = jax.lax.complex(Bu[..., 0], Bu[..., 1])
         b = gamma * Bu  # (L, P')
-        A = jnp.broadcast_to(Lbar, b.shape)
+        A = Lbar  # (P',) with regular steps (closed over by the sequential scan), else (L, P')
         x0 = jnp.zeros(b.shape[-1], b.dtype)
         parallel = resolve_parallel(self.parallel)
         xs = linear_recurrence(A, b, x0, parallel=parallel)

@@ -17,8 +17,11 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
 
     Parameters
     ----------
-    A : array (T, D) or (T, D, D)
-        Diagonal (2-D) or dense (3-D) transition matrices; real or complex.
+    A : array (D,), (T, D) or (T, D, D)
+        One diagonal for every step (1-D), diagonal (2-D) or dense (3-D) transition matrices;
+        real or complex. A constant diagonal is closed over by the sequential scan, so its
+        gradient accumulates in the scan's carry instead of one (T, D) array per call (the S5
+        layer's case).
     b : array (T, D)
         Offsets.
     x0 : array (D,)
@@ -39,11 +42,19 @@ def linear_recurrence(A, b, x0, parallel: bool = True, reverse: bool = False) ->
     T, D = b.shape
     if x0.shape != (D,):
         raise ValueError(f"x0 must have shape (D,) = ({D},); got {x0.shape}")
-    diagonal = A.ndim == 2
-    if A.shape not in ((T, D), (T, D, D)):
-        raise ValueError(f"A must have shape (T, D) or (T, D, D) = ({T}, {D}[, {D}]); got {A.shape}")
+    diagonal = A.ndim <= 2
+    if A.shape not in ((D,), (T, D), (T, D, D)):
+        raise ValueError(f"A must have shape (D,), (T, D) or (T, D, D) with T = {T}, D = {D}; got {A.shape}")
     dtype = jnp.result_type(A, b, x0)
     A, b, x0 = A.astype(dtype), b.astype(dtype), x0.astype(dtype)
+    if A.ndim == 1 and not parallel:
+        def constant_step(x, bb):
+            x = A * x + bb
+            return x, x
+
+        return lax.scan(constant_step, x0, b, reverse=reverse)[1]
+    if A.ndim == 1:
+        A = jnp.broadcast_to(A, (T, D))
 
     def apply(a, x):
         return a * x if diagonal else matvec(a, x)
