@@ -134,3 +134,34 @@ def test_blackjax_chains_on_two_devices_match_one_device(tmp_path):
     out = _draws_by_device_count(BLACKJAX_SCRIPT, tmp_path, [("1", "vectorized"), ("2", "parallel")])
     assert "means" in out["1"]
     _assert_same_draws(out["1"], out["2"], exact=("diverging",))
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import json
+    import jax
+    import jax.numpy as jnp
+    from inference.devices import chain_mesh, per_device, shard_chains
+
+    sizes = {}
+    for c in (1, 2, 3, 4, 6, 8):
+        mesh = chain_mesh(c)
+        sizes[c] = 0 if mesh is None else int(mesh.devices.size)
+    x = shard_chains(jnp.arange(6.0), 6)  # three devices, two chains each
+    doubled = per_device(lambda v: 2 * v, 6)(x)
+    print("RESULT" + json.dumps({"sizes": sizes, "placed_on": len(x.sharding.device_set),
+                                 "doubled": doubled.tolist()}))
+""")
+
+
+def test_chains_use_the_most_devices_that_divide_them():
+    """With four host devices: a mesh of the most devices that divide the chains evenly (none
+    for one chain or a prime above four), and a function run per device on such a mesh."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
+    assert out["sizes"] == {"1": 0, "2": 2, "3": 3, "4": 4, "6": 3, "8": 4}
+    assert out["placed_on"] == 3 and out["doubled"] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
