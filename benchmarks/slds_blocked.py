@@ -120,7 +120,7 @@ def main(argv=None):
         "mean_n_steps": float(ss["n_steps"].values.mean()),
         "occupancy_lag1_autocorrelation_per_chain": lag1,
         "identified": summary, "versions": package_versions(),
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "host_devices": jax.local_device_count(),
     }
     worst = max(v["rhat_max"] for v in summary.values())
     ess_min = min(min(v["ess_bulk_min"], v["ess_tail_min"]) for v in summary.values())
@@ -129,7 +129,8 @@ def main(argv=None):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2))
     lines = [f"# Gaussian SLDS (standard transitions), blocked sampler, NASCAR T = {args.steps}", "",
-             f"Measured {res['date']} on this machine (2 cores); {args.chains} chains x ({args.warmup} warmup + "
+             f"Measured {res['date']} on this machine (2 cores, {res['host_devices']} host devices); "
+             f"{args.chains} chains x ({args.warmup} warmup + "
              f"{args.samples} draws); `inference.fit(model, y)` defaults"
              + (f" except {opts}." if opts else ".")
              + (f" Denoised observations at every {args.denoised_every}th step and the last."

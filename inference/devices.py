@@ -1,7 +1,7 @@
 """Chains over the local devices: one mesh axis ("chain"), and functions run per device.
 
 Used inside :mod:`inference`: the blocked sampler and the BlackJAX backend split their chains
-this way when the chains divide evenly over two or more devices.
+this way when two or more of the devices divide them evenly.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def chain_mesh(num_chains: int):
     XLA_FLAGS=--xla_force_host_platform_device_count=4 on a 2-core CPU, 4 chains run one per
     device and 2 chains on two of them. Why one chain per device rather than two chains
     vectorised on each core: a vectorised NUTS step runs until the deeper of its chains' trees
-    is done (measured on the NASCAR SLDS, 4 chains: 126-172 s on four host devices against
-    169-247 s on two).
+    is done (the NASCAR SLDS benchmark ran 1.3-1.4x faster on four host devices than on two,
+    ``benchmarks/results/slds_blocked.md`` and the commit that made this change).
 
     Parameters
     ----------
@@ -65,9 +65,9 @@ def per_device(fn: Callable, num_chains: int, replicated: int = 0) -> Callable:
 
     Why not sharded arrays under ``jit``: the partitioner then runs the chains' vectorised NUTS
     loops in lockstep across devices, synchronising at every iteration, and XLA's CPU runtime
-    kept memory at each synchronisation: 19 GB within the first 25 sweeps at NASCAR T = 2000
-    (data seed 1, deep trees), against a flat 1.6 GB on one device. Under ``shard_map`` each
-    device runs its own loops, with no communication at all.
+    kept memory at each synchronisation (the NASCAR benchmark was killed for lack of memory,
+    where one device stayed flat). Under ``shard_map`` each device runs its own loops, with no
+    communication at all.
 
     Parameters
     ----------
