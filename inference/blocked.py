@@ -690,10 +690,11 @@ def chain_starts(model, y, run_kwargs: Mapping, key, num_chains: int, estimate: 
             values = {k: v for k, v in values.items() if k in latent}
             z0, _ = initial_positions(model, y, run_kwargs, values, jax.random.fold_in(key, 7), num_chains,
                                       latent)
+            drawn = f"; {spec.states_site} drawn first given that path" if spec.states_site else ""
+            args = f"; extra program arguments {sorted(extra)} from that estimate" if extra else ""
             text = (f"all {num_chains} chain(s) started from a point estimate (model.initial_params: "
                     "PCA of y and a fast fit, unless given), jittered by N(0, 0.01^2) in unconstrained "
-                    f"space; z drawn first given that path; extra program arguments {sorted(extra)} "
-                    "from that estimate")
+                    f"space{drawn}{args}")
         else:
             latent = inspect_program(model, y_host, run_kwargs).latent
             z0, text = initial_positions(model, y, run_kwargs, init, key, num_chains, latent, options)
