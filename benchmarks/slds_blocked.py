@@ -18,12 +18,6 @@ writes ``benchmarks/results/slds_blocked.{json,md}``.
 
 from __future__ import annotations
 
-import os
-
-# one host device per chain (the default 4 chains), over both cores; set before JAX starts
-# (inference.devices.chain_mesh says why one chain per device)
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-
 import argparse
 import json
 import time
@@ -37,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 import inference
 from inference.convert import package_versions
+from inference.devices import use_cpu_devices
 from zoo import SLDS
 from zoo.datasets import nascar
 
@@ -91,6 +86,7 @@ def main(argv=None):
                     help="denoised observations at every k-th step and the last (memory at long T)")
     ap.add_argument("--save", type=Path, default=None, help="also write the posterior DataTree here (NetCDF)")
     args = ap.parse_args(argv)
+    use_cpu_devices(args.chains)  # one host device per chain (inference.devices.chain_mesh says why)
     data = nascar(seed=args.seed, num_steps=args.steps)
     y = data["y"]
     model = SLDS(4, 2, y.shape[-1], transitions="standard")

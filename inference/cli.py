@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.attractors import attractor_summary
+from inference.devices import use_cpu_devices
 from inference.diagnose import identified_convergence
 from inference.io import OutputError, atomic_write, check_outputs, load_data, load_posterior
 from inference.plots import attractor_figure, latents_figure
@@ -694,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # one host device per chain on a CPU (inference.devices.chain_mesh), before JAX starts
+    use_cpu_devices(getattr(args, "num_chains", None) or 4)
     # --quiet silences progress bars and chatter only: warnings (NaN draws, float32, ...) still show
     try:
         return int(args.func(args) or 0)

@@ -6,12 +6,38 @@ this way when two or more of the devices divide them evenly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
-__all__ = ["chain_mesh", "shard_chains", "per_device"]
+__all__ = ["chain_mesh", "shard_chains", "per_device", "use_cpu_devices"]
+
+
+def use_cpu_devices(count: int) -> bool:
+    """Ask JAX for ``count`` host devices on the CPU, so that chains run one per device
+    (:func:`chain_mesh`), if JAX has not run anything yet in this process and ``XLA_FLAGS`` does
+    not set the count already. The same from a script: ``jax.config.update("jax_num_cpu_devices",
+    4)`` right after ``import jax``.
+
+    Parameters
+    ----------
+    count : int
+
+    Returns
+    -------
+    bool
+        Whether the request took effect (False once JAX has started: its devices are fixed
+        for the process).
+    """
+    if int(count) < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+    except RuntimeError:  # JAX's backends already started
+        return False
+    return True
 
 
 def chain_mesh(num_chains: int):

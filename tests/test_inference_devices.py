@@ -165,3 +165,25 @@ def test_chains_use_the_most_devices_that_divide_them():
     out = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
     assert out["sizes"] == {"1": 0, "2": 2, "3": 3, "4": 4, "6": 3, "8": 4}
     assert out["placed_on"] == 3 and out["doubled"] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+
+
+def test_cpu_devices_are_requested_before_jax_starts_only():
+    """use_cpu_devices gives a fresh process its host devices (what the zoo command does before
+    any fit), defers to XLA_FLAGS, and is refused once JAX has run."""
+    import jax.numpy as jnp
+
+    from inference.devices import use_cpu_devices
+
+    script = ("import jax, inference\nfrom inference.devices import use_cpu_devices\n"
+              "ok = use_cpu_devices(3)\nprint('RESULT', ok, jax.local_device_count())")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout.split("RESULT")[1].split() == ["True", "3"]
+    flagged = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert flagged.stdout.split("RESULT")[1].split() == ["False", "2"]
+    jnp.ones(1).block_until_ready()  # JAX has run in this process
+    assert use_cpu_devices(7) is False

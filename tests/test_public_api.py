@@ -112,7 +112,7 @@ MODULES = {
     "inference.convert": ["array_kwargs", "draws_group", "package_versions", "pointwise_log_likelihood",
                           "to_datatree"],
     "inference.decode": ["decode", "posterior_draws"],
-    "inference.devices": ["chain_mesh", "per_device", "shard_chains"],
+    "inference.devices": ["chain_mesh", "per_device", "shard_chains", "use_cpu_devices"],
     "inference.diagnose": ["Diagnostics", "diagnose", "identified_convergence", "identified_diagnostics"],
     "inference.fit": ["METHODS", "allowed_options", "fit", "prepare_problem", "provenance", "resolve_method",
                       "shard_trials", "warn_if_float32"],
