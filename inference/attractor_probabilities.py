@@ -26,8 +26,29 @@ __all__ = ["attractor_probabilities", "attractor_summary", "by_chain", "draws_wi
 
 
 def draws_with_chains(post) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """(draws with one leading sample axis, chain index per sample, draw index within its chain,
-    chain labels). A dict of arrays is one chain."""
+    """Posterior draws flattened to one sample axis, with where each sample came from.
+
+    Parameters
+    ----------
+    post : xarray.DataTree, xarray.Dataset or mapping
+        A DataTree with a ``posterior`` group or a Dataset of draws, dims (chain, draw, ...); or
+        a dict of arrays with one leading sample axis (one chain).
+
+    Returns
+    -------
+    draws : dict name -> array (S, ...)
+    chain : int array (S,)
+        Chain position of each sample.
+    draw : int array (S,)
+        Position of each sample within its chain.
+    labels : array (C,)
+        The chains' labels (the ``chain`` coordinate).
+
+    Raises
+    ------
+    ValueError
+        An empty posterior, dict arrays of different lengths, or another type.
+    """
     if isinstance(post, xr.DataTree) and "posterior" in post.children:
         ds = post["posterior"].to_dataset()
         out = {}
@@ -55,8 +76,22 @@ def draws_with_chains(post) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def thin_by_chain(draws: dict, chain: np.ndarray, num_draws):
-    """Evenly spaced draws from every chain: ``ceil(num_draws / num_chains)`` per chain (all when
-    ``num_draws`` is None or not smaller than the number of draws). Returns (draws, index)."""
+    """Evenly spaced draws from every chain: ``ceil(num_draws / num_chains)`` per chain.
+
+    Parameters
+    ----------
+    draws : dict name -> array (S, ...)
+    chain : int array (S,)
+        Chain position of each sample.
+    num_draws : int or None
+        How many draws in all; None (or at least S) keeps every draw.
+
+    Returns
+    -------
+    draws : dict name -> array (S', ...)
+    index : int array (S',)
+        Positions of the kept samples in the input.
+    """
     S = len(chain)
     if num_draws is None:
         return draws, np.arange(S)
@@ -134,9 +169,26 @@ def _rectangle(grid: np.ndarray) -> np.ndarray:
 
 
 def indicator_probability(indicator: np.ndarray, chain: np.ndarray, chains: np.ndarray):
-    """(pooled probability, its MCSE, per-chain probabilities) of a per-sample 0/1 indicator. The
-    pooled figure is the mean of the chains' figures (:data:`POOLED_WEIGHTING`); with equal
-    numbers of draws per chain (what :func:`attractors` analyses) it is also the mean over draws."""
+    """The probability of a per-sample 0/1 indicator, pooled over chains and per chain. The pooled
+    figure is the mean of the chains' figures (:data:`POOLED_WEIGHTING`); with equal numbers of
+    draws per chain (what :func:`inference.attractors.attractors` analyses) it is also the mean
+    over draws.
+
+    Parameters
+    ----------
+    indicator : bool array (S,)
+    chain : int array (S,)
+        Chain position of each sample.
+    chains : array (C,)
+        The chain positions to report, in order.
+
+    Returns
+    -------
+    probability : float
+    mcse : float
+        :func:`indicator_mcse` of the (chain, draw) grid.
+    per_chain : array (C,)
+    """
     grid = _per_chain(indicator.astype(float), chain, chains)
     per = np.nanmean(grid, axis=1)
     return float(np.mean(per)), indicator_mcse(_rectangle(grid)), per
@@ -174,7 +226,24 @@ def _mode_groups(modes, result: xr.Dataset, chains: np.ndarray) -> list[list[int
 
 
 def modes_of(post, modes, chains: np.ndarray) -> tuple[list[list[int]], dict]:
-    """(chain groups, attributes saying where they came from) for :func:`attractors`."""
+    """How the chains of ``post`` group into posterior modes, for
+    :func:`inference.attractors.attractors`.
+
+    Parameters
+    ----------
+    post : xarray.DataTree or xarray.Dataset
+    modes : None or groups
+        None: grouped by :func:`inference.modes.chain_modes` on the identified quantities; else
+        what :func:`attractor_probabilities` accepts as ``modes``.
+    chains : array (C,)
+        The chain positions analysed.
+
+    Returns
+    -------
+    groups : list of list of int
+    attrs : dict
+        Where the groups came from (``modes_from``, and ``mode_quantities`` when computed).
+    """
     if modes is None:
         tree = xr.DataTree.from_dict({"posterior": post}) if isinstance(post, xr.Dataset) else post
         if not identified_quantities(tree):  # nothing to compare (no floating-point draws)
