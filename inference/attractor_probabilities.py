@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
+from inference.diagnose import Diagnostics
 from inference.modes import ChainModes, chain_modes, identified_quantities
 
 __all__ = ["attractor_probabilities", "attractor_summary", "by_chain", "draws_with_chains", "indicator_mcse",
@@ -198,8 +199,6 @@ def _groups(modes) -> list:
     """The chain groups of ``modes``: a posterior DataTree (grouped by
     :func:`inference.modes.chain_modes`), a :class:`inference.modes.ChainModes`, an
     :class:`inference.diagnose.Diagnostics`, or the groups themselves."""
-    from inference.diagnose import Diagnostics
-
     if isinstance(modes, xr.DataTree):
         modes = chain_modes(modes)
     if isinstance(modes, ChainModes):

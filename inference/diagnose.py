@@ -514,7 +514,7 @@ def identified_convergence(post, res=None, max_rate_points: int = 4000) -> dict:
         t = float(np.nanmin(np.where(const, np.inf, et)))
         out[name] = {"rhat": rr, "ess_bulk": b, "ess_tail": t, "size": int(np.shape(arr)[-1])}
         judged = name in ("total log-likelihood", "denoised log-rates")
-        if judged and not (rr <= 1.01 and b >= 400 and t >= 400):
+        if judged and not (rr <= RHAT_WARN and b >= ESS_WARN and t >= ESS_WARN):
             ok = False
         src = "" if judged else ", from the attractor draws"
         lines.append(f"  {name} ({np.shape(arr)[-1]} value(s){src}): "
@@ -523,13 +523,11 @@ def identified_convergence(post, res=None, max_rate_points: int = 4000) -> dict:
     div = int(np.asarray(ss["diverging"].values).sum()) if "diverging" in ss else 0
     bfmi = None
     if "energy" in ss:
-        e = np.asarray(ss["energy"].values, float)
-        centred = e - e.mean(1, keepdims=True)
-        bfmi = float(np.min(np.sum(np.diff(e, axis=1) ** 2, 1) / np.sum(centred**2, 1)))
-    ok = ok and div == 0 and (bfmi is None or bfmi >= 0.3) and bool(pieces)
+        bfmi = float(np.min(azs.bfmi(post)["energy"].values))
+    ok = ok and div == 0 and (bfmi is None or bfmi >= BFMI_WARN) and bool(pieces)
     out.update(divergences=div, min_bfmi=bfmi, verdict="ok" if ok else "not converged")
     lines.append(f"  divergences {div}, min E-BFMI {bfmi if bfmi is None else round(bfmi, 3)}")
-    head = (f"identified quantities: {out['verdict']} (R-hat <= 1.01, bulk and tail ESS >= 400 on the "
-            "log-likelihood and the rates, no divergences, E-BFMI >= 0.3)")
+    head = (f"identified quantities: {out['verdict']} (R-hat <= {RHAT_WARN}, bulk and tail ESS >= "
+            f"{ESS_WARN} on the log-likelihood and the rates, no divergences, E-BFMI >= {BFMI_WARN})")
     out["text"] = "\n".join([head] + lines)
     return out
