@@ -199,6 +199,9 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         # the discrete states (int), or a conjugate site drawn given the path (the GP models' W)
         return draw.astype(jnp.int32) if spec.states_site == "z" else draw
 
+    if spec.collapsed and spec.augmented:
+        return _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, boundary_moves,
+                                 max_shift)
     if spec.collapsed:
         def collapsed(states):
             return integrate_out(condition_states(model, states={site: states}))
@@ -305,6 +308,80 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
 
     return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path,
                   shift_states)
+
+
+def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, boundary_moves: int,
+                      max_shift: int) -> Blocks:
+    """The blocks of a model whose transitions are Gaussian in the path given Polya-gamma
+    variables omega (stick-breaking recurrent transitions, :class:`zoo.rslds.RSLDS`).
+
+    The chain's states are the pair (z, omega), omega (..., T-1, K-1): one variable per
+    transition and stick. For the sticks a transition reached (z_t >= k) omega ~ PG(1, nu), nu
+    = R_k x_{t-1} + r_k, the conditional that makes the factor exp(kappa nu - omega nu^2 / 2)
+    exact; for the others omega ~ PG(1, 0), their conditional (they enter no factor). Given
+    (z, omega) the path is a Gauss-Markov path with extra information (Kalman-integrable), so
+    the NUTS block sees theta only and the path is drawn exactly after it, as for the SLDS.
+    A sweep: z | x, theta by FFBS, omega | x, z, theta, then Metropolis shifts of z's segment
+    boundaries on p(z | omega, theta, y) with the path integrated out (moves that z | x cannot
+    make where the path nearly determines the states), theta | z, omega, y by NUTS, x | theta,
+    z, omega, y by the simulation smoother.
+    """
+    from zoo.polya_gamma import sample_pg1
+
+    def collapsed(states):
+        z, omega = states
+        return integrate_out(condition_states(model, states={site: z}, augmentation={site: omega}))
+
+    def theta_logdensity(flat, states):
+        return -potential_energy(collapsed(states), (y,), kwargs, unravel(flat))
+
+    def constrained(flat, states):
+        return constrain_fn(collapsed(states), (y,), kwargs, unravel(flat), return_deterministic=True)
+
+    def draw_omega(key, params, z, path):
+        seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
+        dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
+        r = dynamics.r if jnp.ndim(dynamics.r) == 1 else dynamics.r[..., 1:, :]
+        nu = path[..., :-1, :] @ dynamics.R.T + r
+        reached = z[..., 1:, None] >= jnp.arange(nu.shape[-1])
+        return sample_pg1(key, jnp.where(reached, nu, 0.0))
+
+    # the number of sticks, K - 1, from the program's switching site
+    sticks = handlers.trace(handlers.seed(model, 0)).get_trace(y, **kwargs)[site]["fn"].R.shape[0]
+
+    def placeholder(path):
+        z = jnp.zeros(path.shape[:-1], jnp.int32)
+        return z, jnp.zeros(path.shape[:-2] + (path.shape[-2] - 1, sticks), path.dtype)
+
+    def states_given_path(key, flat, path):
+        params = constrained(flat, placeholder(path))
+        k_z, k_omega = jax.random.split(key)
+        z = draw_states_given(k_z, params, path)
+        return z, draw_omega(k_omega, params, z, path)
+
+    def draw_states(key, flat, states, path):
+        k_z, k_omega, k_shift = jax.random.split(key, 3)
+        params = constrained(flat, states)
+        z = draw_states_given(k_z, params, path)
+        omega = draw_omega(k_omega, params, z, path)
+        z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
+                              int(max_shift))
+        return z, omega
+
+    def draw_path(key, flat, states):
+        params = constrained(flat, states)
+        with decode(rng_key=key) as dec:
+            handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
+        (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
+        return post.sample
+
+    def record(flat, states, path):
+        return {**constrained(flat, states), site: path, "z": states[0]}
+
+    def keep(flat, states, path):
+        return flat
+
+    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, keep, states_given_path)
 
 
 def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
@@ -725,7 +802,14 @@ def _run(problem, key, settings) -> RunResult:
                                  start=z0, num_chains=C, num_warmup=settings.num_warmup,
                                  num_samples=settings.num_samples, progress_bar=settings.progress_bar,
                                  options=settings.options)
-    if spec.collapsed:
+    if spec.collapsed and spec.augmented:
+        moves = int(settings.options.get("boundary_moves", 8))
+        shifts = f", {moves} Metropolis shifts of segment boundaries of z | omega, theta, y" if moves else ""
+        text += ("; each sweep: z | x, theta by FFBS, the Polya-gamma variables omega | x, z, theta"
+                 f"{shifts} (path integrated out), theta | z, omega, y by one NUTS transition with the path "
+                 "integrated out (Kalman filter), x | theta, z, omega, y by the simulation smoother")
+        kind = "blocked: FFBS + Polya-gamma | NUTS (path collapsed) | smoother"
+    elif spec.collapsed:
         single_site = settings.options.get("state_sampler", "collapsed") == "collapsed"
         window = int(settings.options.get("window_length", 8))
         moves = int(settings.options.get("boundary_moves", 8))

@@ -40,6 +40,8 @@ __all__ = [
     "GaussMarkov",
     "StateConditionedPath",
     "StateConditionedSwitchingPath",
+    "AugmentedStatePath",
+    "stick_breaking_log_probs",
     "LinearGaussianEmission",
     "LinearGaussianSSM",
     "DelayedPath",
@@ -81,6 +83,31 @@ def _per_state_mvn_logpdf(x, mean, scale_tril):
     w = scans.solve_lower_broadcast(scale_tril, r)
     half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
     return -0.5 * jnp.sum(w**2, -1) - half_logdet - 0.5 * D * _LOG_2PI
+
+
+def stick_breaking_log_probs(nu):
+    """Log-probabilities of K states from K-1 stick-breaking logits.
+
+    p(k) = sigmoid(nu_k) prod_{j<k} sigmoid(-nu_j) for k < K-1, and prod_{j<K-1} sigmoid(-nu_j)
+    for the last state (Linderman et al. 2017): each logit is one binary decision, which is
+    what makes the Polya-gamma augmentation Gaussian in nu.
+
+    Parameters
+    ----------
+    nu : array (..., K-1)
+
+    Returns
+    -------
+    array (..., K)
+    """
+    zero = jnp.zeros(nu.shape[:-1] + (1,), nu.dtype)
+    stay = jnp.concatenate([jax.nn.log_sigmoid(nu), zero], -1)
+    passed = jnp.concatenate([zero, jnp.cumsum(jax.nn.log_sigmoid(-nu), -1)], -1)
+    return stay + passed
+
+
+_TRANSITION_LINKS = {"softmax": lambda logits: jax.nn.log_softmax(logits, axis=-1),
+                     "stick_breaking": stick_breaking_log_probs}
 
 
 def _chain_log_prob(log_init, log_trans, states, mask=None):
@@ -379,22 +406,35 @@ class SwitchingLinearDynamics(SwitchingSequence):
     num_steps : int
     batch_shape : tuple
     mask : array of bool (..., T), optional
+    link : {"softmax", "stick_breaking"}
+        How the recurrence's logits give the transition probabilities. "stick_breaking"
+        (recurrent-only transitions): R (K-1, D) and r (K-1,) give the logits nu = R x + r of
+        :func:`stick_breaking_log_probs`, which a Polya-gamma augmentation makes Gaussian in x
+        (:meth:`given_states` with ``augmentation``).
     """
 
     pytree_data_fields = (
         "log_init", "A", "b", "scale_tril", "init_mean", "init_scale_tril", "log_P", "R", "r", "step_mask",
     )
+    pytree_aux_fields = ("link",)
 
     def __init__(self, log_init, A, b, scale_tril, init_mean, init_scale_tril, log_P=None, R=None,
-                 r=None, num_steps=None, batch_shape=(), mask=None, parallel=False,
+                 r=None, num_steps=None, batch_shape=(), mask=None, parallel=False, link="softmax",
                  validate_args=None):
         K, D = A.shape[0], A.shape[-1]
         if log_P is None and R is None:
             raise ValueError("transitions need log_P, R, or both")
+        if link not in _TRANSITION_LINKS:
+            raise ValueError(f"link must be one of {sorted(_TRANSITION_LINKS)}; got {link!r}")
+        if link == "stick_breaking" and (log_P is not None or R is None or jnp.shape(R)[0] != K - 1):
+            got = None if R is None else jnp.shape(R)
+            raise ValueError(f"link='stick_breaking' needs recurrent-only transitions (log_P None) and R "
+                             f"of shape (K-1, D) = ({K - 1}, {D}); got R {got}")
+        self.link = link
         self.A, self.b, self.scale_tril = A, b, scale_tril
         self.init_mean, self.init_scale_tril = init_mean, init_scale_tril
         self.log_P, self.R = log_P, R
-        self.r = jnp.zeros(K, A.dtype) if (R is not None and r is None) else r
+        self.r = jnp.zeros(jnp.shape(R)[0], A.dtype) if (R is not None and r is None) else r
         super().__init__(log_init, K, tuple(batch_shape), (num_steps, D), mask, parallel,
                          validate_args)
 
@@ -406,13 +446,13 @@ class SwitchingLinearDynamics(SwitchingSequence):
         logits = x_prev @ self.R.T + r_t  # over destination states
         if self.log_P is not None:
             logits = logits + self.log_P
-        return jax.nn.log_softmax(logits, axis=-1)
+        return _TRANSITION_LINKS[self.link](logits)
 
     def independent_state_log_probs(self, value):
         if self.log_P is not None or self.R is None:
             return None
         r = self.r if self.r.ndim == 1 else self.r[..., 1:, :]
-        return jax.nn.log_softmax(value[..., :-1, :] @ self.R.T + r, axis=-1)  # (..., T-1, K)
+        return _TRANSITION_LINKS[self.link](value[..., :-1, :] @ self.R.T + r)  # (..., T-1, K)
 
     def log_transitions(self, value):
         if self.R is None:
@@ -422,7 +462,7 @@ class SwitchingLinearDynamics(SwitchingSequence):
         if self.log_P is not None:
             logits = logits + self.log_P
         K = self.num_states
-        return jnp.broadcast_to(jax.nn.log_softmax(logits, axis=-1), logits.shape[:-2] + (K, K))
+        return jnp.broadcast_to(_TRANSITION_LINKS[self.link](logits), logits.shape[:-2] + (K, K))
 
     def state_log_likelihoods(self, value):
         x_prev, x = value[..., :-1, :], value[..., 1:, :]
@@ -447,8 +487,9 @@ class SwitchingLinearDynamics(SwitchingSequence):
         b = jnp.broadcast_to(self.b, batch + (T, K, D)).reshape(nb, T, K, D) if self.b.ndim > 2 \
             else jnp.broadcast_to(self.b, (nb, T, K, D))
         r = jnp.zeros(K, b.dtype) if self.r is None else self.r
-        r = jnp.broadcast_to(r, batch + (T, K)).reshape(nb, T, K) if r.ndim > 1 \
-            else jnp.broadcast_to(r, (nb, T, K))
+        rows = r.shape[-1]  # K, or K - 1 sticks
+        r = jnp.broadcast_to(r, batch + (T, rows)).reshape(nb, T, rows) if r.ndim > 1 \
+            else jnp.broadcast_to(r, (nb, T, rows))
 
         def one(k, bb, rr):
             k0, k1, k2 = jax.random.split(k, 3)
@@ -473,6 +514,12 @@ class SwitchingLinearDynamics(SwitchingSequence):
 
     def _gauss_markov_given(self, states) -> StateConditionedPath:
         """The Gauss-Markov path given the states (the transitions as if not recurrent)."""
+        log_P = jnp.zeros((self.num_states,) * 2) if self.log_P is None else jnp.asarray(self.log_P)
+        return StateConditionedPath(*self._path_given(states), states, jnp.asarray(self.log_init), log_P,
+                                    self.event_shape[0], self.batch_shape, self.step_mask)
+
+    def _path_given(self, states) -> tuple:
+        """(m0, P0, F, b, Q) of the Gauss-Markov path x | z, per trial."""
         T, D = self.event_shape
         K, batch = self.num_states, self.batch_shape
         # parameters may be NumPy arrays; traced state indices can only index JAX arrays
@@ -486,35 +533,72 @@ class SwitchingLinearDynamics(SwitchingSequence):
         else:
             bb = jnp.broadcast_to(b, batch + (T, K, D))[..., 1:, :, :]  # b_t for the step into t
             bt = jnp.take_along_axis(bb, zs[..., None, None], axis=-2)[..., 0, :]
-        return StateConditionedPath(
-            init_mean[z0], L0 @ jnp.swapaxes(L0, -1, -2), A[zs], bt, Lq @ jnp.swapaxes(Lq, -1, -2),
-            states, jnp.asarray(self.log_init), jnp.asarray(self.log_P), T, batch, self.step_mask,
-        )
+        return init_mean[z0], L0 @ jnp.swapaxes(L0, -1, -2), A[zs], bt, Lq @ jnp.swapaxes(Lq, -1, -2)
 
-    def given_states(self, states):
+    def given_states(self, states, augmentation=None):
         """The distribution of the path given the discrete states z.
 
         Parameters
         ----------
         states : int array batch_shape + (T,)
+        augmentation : array batch_shape + (T-1, K-1), optional
+            Polya-gamma variables omega of the stick-breaking transitions (``link=
+            "stick_breaking"``), one per transition into steps 2..T and stick; see
+            :class:`AugmentedStatePath`.
 
         Returns
         -------
-        StateConditionedPath or StateConditionedSwitchingPath
+        StateConditionedPath, AugmentedStatePath or StateConditionedSwitchingPath
             Non-recurrent transitions (``R is None``): the Gauss-Markov path x | z (a
             :class:`GaussMarkov`, so :class:`zoo.handlers.integrate_out` integrates it out), whose
             ``log_prob`` is log p(z, x | theta) and ``states_log_prob()`` log p(z | theta).
-            Recurrent transitions: :class:`StateConditionedSwitchingPath`, whose ``log_prob``
-            is log p(z, x | theta) (not Gaussian in x).
+            Stick-breaking transitions with ``augmentation``: the Gauss-Markov path x | z, omega
+            (:class:`AugmentedStatePath`, also integrated out). Other recurrent transitions:
+            :class:`StateConditionedSwitchingPath`, whose ``log_prob`` is log p(z, x | theta)
+            (not Gaussian in x).
         """
         z = jnp.asarray(states)
         T = self.event_shape[0]
         if not jnp.issubdtype(z.dtype, jnp.integer) or z.shape != self.batch_shape + (T,):
             raise ValueError(f"states must be an integer array of shape batch_shape + (T,) = "
                              f"{self.batch_shape + (T,)}; got {z.dtype} {z.shape}")
+        if augmentation is not None:
+            return self._augmented_given(z, augmentation)
         if self.R is None:
             return self._gauss_markov_given(z)
         return StateConditionedSwitchingPath(self, z)
+
+    def _augmented_given(self, z, omega) -> AugmentedStatePath:
+        """x | z, omega for stick-breaking transitions: the transition into step t, given the
+        Polya-gamma variables omega_{t,k} of the sticks it reached (z_t >= k), is the factor
+        prod_k 2^-1 exp(kappa nu_k - omega nu_k^2 / 2) with nu = R x_{t-1} + r_t and kappa =
+        [z_t = k] - 1/2 (Polson, Scott and Windle 2013): Gaussian information on x_{t-1}."""
+        T = self.event_shape[0]
+        K = self.num_states
+        if self.link != "stick_breaking":
+            raise ValueError(f"augmentation needs link='stick_breaking'; this path has link={self.link!r}")
+        omega = jnp.asarray(omega)
+        if omega.shape != self.batch_shape + (T - 1, K - 1):
+            raise ValueError(f"augmentation must have shape batch_shape + (T-1, K-1) = "
+                             f"{self.batch_shape + (T - 1, K - 1)}; got {omega.shape}")
+        R = jnp.asarray(self.R)
+        r = jnp.asarray(self.r)
+        r = r if r.ndim == 1 else r[..., 1:, :]  # r for the transition into t
+        zt = z[..., 1:, None]
+        sticks = jnp.arange(K - 1)
+        reached = (zt >= sticks).astype(omega.dtype)  # (..., T-1, K-1)
+        if self.step_mask is not None:
+            reached = reached * self.step_mask[..., 1:, None]
+        kappa = (zt == sticks).astype(omega.dtype) - 0.5
+        w = reached * omega
+        J = jnp.einsum("...tk,ki,kj->...tij", w, R, R)
+        h = jnp.einsum("...tk,kd->...td", reached * kappa - w * r, R)
+        # the last step's state informs no transition
+        information = (jnp.concatenate([J, jnp.zeros_like(J[..., :1, :, :])], -3),
+                       jnp.concatenate([h, jnp.zeros_like(h[..., :1, :])], -2))
+        constant = jnp.sum(reached * (kappa * r - jnp.log(2.0)) - 0.5 * w * r * r, -1)
+        return AugmentedStatePath(*self._path_given(z), z, jnp.asarray(self.log_init), constant, T,
+                                  self.batch_shape, self.step_mask, information)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +645,49 @@ class StateConditionedPath(GaussMarkov):
         """log p(z | theta) = log_init[z_1] + sum_t log_trans[z_{t-1}, z_t] over existing
         steps, shape ``batch_shape``."""
         return _chain_log_prob(self.log_init, self.log_trans, self.states, self.step_mask)
+
+
+class AugmentedStatePath(GaussMarkov):
+    """Path of a stick-breaking recurrent SLDS given its states and Polya-gamma variables.
+
+    Given z and the Polya-gamma variables omega of the stick-breaking transitions, the
+    transitions' likelihood is Gaussian in x (:meth:`SwitchingLinearDynamics._augmented_given`),
+    so x | z, omega is a Gauss-Markov path with extra information factors, which
+    :class:`zoo.handlers.integrate_out` integrates out by the Kalman filter and
+    :class:`zoo.handlers.decode` draws exactly.
+
+    ``log_prob(x)`` is log p(z, omega, x | theta) up to sum log PG(omega | 1, 0), which depends
+    on no parameter: log_init[z_1] + the Gaussian path density + the transitions' factors
+    (their x-free part is ``constant``).
+
+    Parameters
+    ----------
+    m0, P0, F, b, Q : arrays
+        As :class:`GaussMarkov` (per trial).
+    states : int array batch_shape + (T,)
+    log_init : array (K,)
+    constant : array batch_shape + (T-1,)
+        The x-free part of each transition's log factor.
+    num_steps : int
+    batch_shape : tuple
+    mask : bool array batch_shape + (T,), optional
+    information : tuple of arrays
+        (J, h), batch_shape + (T, D, D) and (T, D).
+    """
+
+    pytree_data_fields = ("states", "log_init", "constant")
+
+    def __init__(self, m0, P0, F, b, Q, states, log_init, constant, num_steps, batch_shape=(), mask=None,
+                 information=None, validate_args=None):
+        self.states, self.log_init, self.constant = states, log_init, constant
+        super().__init__(m0, P0, F, b, Q, num_steps, batch_shape, mask, information, validate_args)
+
+    def states_log_prob(self):
+        """log p(z, omega | theta) without its x-dependent part, shape ``batch_shape``."""
+        first = self.log_init[self.states[..., 0]]
+        if self.step_mask is not None:
+            first = jnp.where(self.step_mask[..., 0], first, 0.0)
+        return first + jnp.sum(self.constant, -1)
 
 
 class StateConditionedSwitchingPath(dist.Distribution):

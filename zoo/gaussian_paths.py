@@ -77,6 +77,11 @@ class GaussMarkov(ConjugatePrior):
         parameters, e.g. a path given each trial's discrete states).
     mask : bool array batch_shape + (T,), optional
         Steps that exist (trials padded at the end): padded steps add nothing to ``log_prob``.
+    information : tuple of arrays (T, D, D) and (T, D), optional
+        Extra factors exp(-x_t' J_t x_t / 2 + h_t' x_t) on each step (batch_shape in front with
+        per-trial parameters), e.g. a Polya-gamma-augmented transition likelihood: ``log_prob``
+        includes them and the Kalman marginal integrates them (the density is then unnormalised
+        in x, and the path cannot be sampled from it alone).
 
     Under the :class:`zoo.handlers.integrate_out` handler the path is not sampled: a
     :class:`~zoo.conjugate.Delayed` value stands for it, and a :class:`LinearGaussianEmission` of
@@ -84,10 +89,11 @@ class GaussMarkov(ConjugatePrior):
     """
 
     support = constraints.real_vector
-    pytree_data_fields = ("m0", "P0", "F", "b", "Q", "step_mask")
+    pytree_data_fields = ("m0", "P0", "F", "b", "Q", "step_mask", "information")
     consumer = "the x of a LinearGaussianEmission"
 
-    def __init__(self, m0, P0, F, b, Q, num_steps, batch_shape=(), mask=None, validate_args=None):
+    def __init__(self, m0, P0, F, b, Q, num_steps, batch_shape=(), mask=None, information=None,
+                 validate_args=None):
         batch_shape = tuple(batch_shape)
         pb = jnp.shape(m0)[:-1]
         if pb not in ((), batch_shape):
@@ -100,6 +106,12 @@ class GaussMarkov(ConjugatePrior):
                                  f"shape {jnp.shape(m0)}; got {jnp.shape(val)} (num_steps={T})")
         self.m0, self.P0, self.F, self.b, self.Q = m0, P0, F, b, Q
         self.step_mask = mask
+        D = jnp.shape(m0)[-1]
+        if information is not None and (jnp.shape(information[0]) != pb + (T, D, D)
+                                        or jnp.shape(information[1]) != pb + (T, D)):
+            raise ValueError(f"information must be (J, h) of shapes {pb + (T, D, D)} and {pb + (T, D)}; "
+                             f"got {jnp.shape(information[0])} and {jnp.shape(information[1])}")
+        self.information = information
         super().__init__(batch_shape, (num_steps, jnp.shape(m0)[-1]), validate_args=validate_args)
 
     def _param_batch_ndim(self) -> int:
@@ -146,6 +158,12 @@ class GaussMarkov(ConjugatePrior):
         lp0 = _mvn_logpdf_tril_bc(value[..., 0, :], m0, jnp.linalg.cholesky(P0))
         mean = jnp.einsum("...tij,...tj->...ti", F, value[..., :-1, :]) + b
         lp = _mvn_logpdf_tril_bc(value[..., 1:, :], mean, jnp.linalg.cholesky(Q))
+        if self.information is not None:
+            J, h = self.information
+            Jx = jnp.einsum("...tij,...tj->...ti", J, value)
+            extra = jnp.einsum("...ti,...ti->...t", value, h - 0.5 * Jx)
+            lp = lp + extra[..., 1:]
+            lp0 = lp0 + extra[..., 0]
         if self.step_mask is not None:
             lp0 = jnp.where(self.step_mask[..., 0], lp0, 0.0)
             lp = jnp.where(self.step_mask[..., 1:], lp, 0.0)
@@ -156,6 +174,9 @@ class GaussMarkov(ConjugatePrior):
         return self.states_log_prob() + self.path_log_prob(value)
 
     def sample(self, key, sample_shape=()):
+        if self.information is not None:
+            raise NotImplementedError("a Gauss-Markov path with extra information factors has no "
+                                      "sampler of its own: draw it given observations (zoo.handlers.decode)")
         m0, P0, F, b, Q = self._tv()
         T, D = self.event_shape
         sample_shape, batch = tuple(sample_shape), self.batch_shape
@@ -279,33 +300,41 @@ class LinearGaussianSSM(Decodable, dist.Distribution):
         return (p.m0, p.P0, p.F, p.b, p.Q, self.H, self.d, self.R)
 
     def _per_trial(self, fn, value, key=None):
-        """``fn(y, key, m0, P0, F, b, Q, H, d, R)`` of one trial's parameters, mapped over the
-        trials when their parameters differ; leaves of the result have shape value.shape[:-2]
-        in front."""
+        """``fn(y, key, information, m0, P0, F, b, Q, H, d, R)`` of one trial's parameters,
+        mapped over the trials when their parameters differ; leaves of the result have shape
+        value.shape[:-2] in front."""
         batch = self.batch_shape
         nb = len(batch)
         T, N = self.event_shape
         per_trial_d = jnp.ndim(self.d) > 2
+        info = self.prior.information
         if nb == 0 or (self.prior._param_batch_ndim() == 0 and not per_trial_d):
-            return fn(value, key, *self._params())
+            return fn(value, key, info, *self._params())
         nbt = math.prod(batch)
         m0, P0, F, b, Q = self.prior._tv()
         d = jnp.broadcast_to(self.d, batch + (T, N))
+        per_trial = ((m0, 1), (P0, 2), (F, 3), (b, 2), (Q, 3))
+        if info is not None:
+            per_trial += ((info[0], 3), (info[1], 2))
         prior = tuple(jnp.broadcast_to(a, batch + a.shape[a.ndim - s:]).reshape((nbt,) + a.shape[a.ndim - s:])
-                      for a, s in ((m0, 1), (P0, 2), (F, 3), (b, 2), (Q, 3)))
+                      for a, s in per_trial)
         value = jnp.broadcast_to(value, jnp.broadcast_shapes(value.shape, batch + (T, N)))
         lead = value.shape[: value.ndim - 2 - nb]
         y = value.reshape(lead + (nbt, T, N))
         keys = None if key is None else jax.random.split(key, nbt)
-        out = jax.vmap(lambda yy, k, m0, P0, F, b, Q, d: fn(yy, k, m0, P0, F, b, Q, self.H, d, self.R),
-                       in_axes=(len(lead), None if key is None else 0, 0, 0, 0, 0, 0, 0))(
-            y, keys, *prior, d.reshape((nbt, T, N)))
+
+        def one(yy, k, d, m0, P0, F, b, Q, *info):
+            return fn(yy, k, info or None, m0, P0, F, b, Q, self.H, d, self.R)
+
+        out = jax.vmap(one, in_axes=(len(lead), None if key is None else 0) + (0,) * (1 + len(prior)))(
+            y, keys, d.reshape((nbt, T, N)), *prior)
         # the trial axis comes first: move it behind the sample dims and unflatten it
         s = len(lead)
         return jax.tree.map(lambda a: jnp.moveaxis(a, 0, s).reshape(lead + batch + a.shape[s + 1:]), out)
 
     def _filter(self, value):
-        return self._per_trial(lambda y, k, *p: scans.kalman_filter(y, *p, parallel=self.parallel), value)
+        return self._per_trial(lambda y, k, info, *p: scans.kalman_filter(y, *p, parallel=self.parallel,
+                                                                           information=info), value)
 
     def log_prob(self, value):
         return self._filter(value).log_likelihood
@@ -328,9 +357,9 @@ class LinearGaussianSSM(Decodable, dist.Distribution):
             One exact draw (..., T, D), smoothed means (..., T, D) and covariances
             (..., T, D, D).
         """
-        def one(y, k, *p):
-            sm = scans.kalman_smoother(y, *p, parallel=self.parallel)
-            draw = scans.kalman_sample(k, y, *p, parallel=self.parallel)
+        def one(y, k, info, *p):
+            sm = scans.kalman_smoother(y, *p, parallel=self.parallel, information=info)
+            draw = scans.kalman_sample(k, y, *p, parallel=self.parallel, information=info)
             return PathPosterior(draw, sm.smoothed_means, sm.smoothed_covariances)
 
         return self._per_trial(one, value, key)

@@ -85,16 +85,26 @@ class condition_states(Messenger):
     fn : callable, optional
     states : dict of str to int array
         Site name -> states of shape batch_shape + (T,).
+    augmentation : dict of str to array, optional
+        Site name -> auxiliary variables that make the path Gaussian given the states (the
+        Polya-gamma variables of stick-breaking transitions, batch_shape + (T-1, K-1); see
+        :meth:`zoo.distributions.SwitchingLinearDynamics.given_states`): the site's
+        ``log_prob`` is then log p(z, omega, x | theta), up to a term free of every parameter.
     """
 
-    def __init__(self, fn=None, states=None):
+    def __init__(self, fn=None, states=None, augmentation=None):
         self.states = dict(states or {})
+        self.augmentation = dict(augmentation or {})
         super().__init__(fn)
 
     def process_message(self, msg):
         if (_is_sample(msg) and not msg["is_observed"] and msg["name"] in self.states
                 and isinstance(msg["fn"], SwitchingSequence)):
-            msg["fn"] = msg["fn"].given_states(self.states[msg["name"]])
+            name = msg["name"]
+            if name in self.augmentation:
+                msg["fn"] = msg["fn"].given_states(self.states[name], augmentation=self.augmentation[name])
+            else:
+                msg["fn"] = msg["fn"].given_states(self.states[name])
 
 
 def _site_key(key, name: str):

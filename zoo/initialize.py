@@ -29,6 +29,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
 from zoo import scans
+from zoo.distributions import stick_breaking_log_probs
 from zoo.preprocess import fill_missing, smooth_time
 
 __all__ = ["pca_latents", "fit_arhmm", "map_refine", "slds_initial_params"]
@@ -93,7 +94,7 @@ def _kmeans(key, feats, K, iters=20):
 
 
 def fit_arhmm(key, x, num_states: int, transitions: str = "standard", num_iters: int = 40,
-              num_restarts: int = 4, init_scale: float = 2.0) -> ARHMMFit:
+              num_restarts: int = 4, init_scale: float = 2.0, link: str = "softmax") -> ARHMMFit:
     """Expectation-maximisation of an (optionally recurrent) autoregressive HMM on a path.
 
     Parameters
@@ -109,6 +110,9 @@ def fit_arhmm(key, x, num_states: int, transitions: str = "standard", num_iters:
         Independent k-means starts, run together (vmapped); the best log-likelihood wins.
     init_scale : float
         Standard deviation of the x_1 density (shared by all states).
+    link : {"softmax", "stick_breaking"}
+        The recurrent transitions' link (:class:`zoo.distributions.SwitchingLinearDynamics`);
+        with "stick_breaking" (recurrent-only), ``R`` is (K-1, D) and ``r`` (K-1,).
 
     Returns
     -------
@@ -145,11 +149,16 @@ def fit_arhmm(key, x, num_states: int, transitions: str = "standard", num_iters:
         ll = ll.reshape(B, T - 1, K)
         return jnp.concatenate([jnp.broadcast_to(ll0[:, None, None], (B, 1, K)), ll], 1)
 
+    sticks = link == "stick_breaking"
+    if sticks and transitions != "recurrent_only":
+        raise ValueError(f"link='stick_breaking' needs transitions='recurrent_only'; got {transitions!r}")
+
     def log_trans(R, r, log_P):
         if not recurrent:
             return log_P
         logits = (x[:, :-1] @ R.T + r)[..., None, :] + (log_P if use_P else 0.0)
-        return jnp.broadcast_to(jax.nn.log_softmax(logits, -1), (B, T - 1, K, K))
+        log_p = stick_breaking_log_probs(logits) if sticks else jax.nn.log_softmax(logits, -1)
+        return jnp.broadcast_to(log_p, (B, T - 1, K, K))
 
     opt = optax.adam(0.05)
 
@@ -179,8 +188,8 @@ def fit_arhmm(key, x, num_states: int, transitions: str = "standard", num_iters:
         lab = _kmeans(k, feats, K)
         w = jax.nn.one_hot(lab, K)
         A, b, q = m_step(w)
-        R = jnp.zeros((K, D))
-        r = jnp.zeros(K)
+        R = jnp.zeros((K - sticks, D))
+        r = jnp.zeros(K - sticks)
         log_P = jnp.log(jnp.full((K, K), 1.0 / K))
         # starting transitions: fit to the k-means labels
         w3 = w.reshape(B, T - 1, K)
@@ -289,7 +298,8 @@ def slds_initial_params(model, y, key, inputs=None, mask=None, num_restarts: int
     # dynamics; a light temporal smoothing lets the AR-HMM see the dynamics
     x0 = smooth_time(x0, smoothing)
     k1, k2 = jax.random.split(key)
-    fit = fit_arhmm(k1, x0, K, model.transitions, num_em_iters, num_restarts, model.init_scale)
+    fit = fit_arhmm(k1, x0, K, model.transitions, num_em_iters, num_restarts, model.init_scale,
+                    model.switching_link)
     Cj = np.asarray(C)
     vals = {
         "x": jnp.asarray(x0, dtype=float),

@@ -62,11 +62,18 @@ class BlockedSpec(NamedTuple):
         when only the constrained parameters are wanted); or None: no block is drawn given the
         path (the program integrates it out, ``path_reference["states"]`` is None), and the
         sweep is one NUTS transition on the parameters and the whitened path.
+    augmented : bool
+        The states' transitions depend on the path but are made Gaussian in it by Polya-gamma
+        variables (stick-breaking transitions): each sweep draws z | x, theta by FFBS and the
+        variables given (x, z), then integrates the path out given both (``collapsed``); the
+        program's switching site takes them through
+        ``zoo.handlers.condition_states(..., augmentation=...)``.
     """
 
     path_site: str = "x"
     collapsed: bool = True
     states_site: str | None = "z"
+    augmented: bool = False
 
 
 class Model(abc.ABC):

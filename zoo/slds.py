@@ -108,6 +108,8 @@ class SLDS(ModelMixin):
     continuous_time = False
     sequence_sites = ("x", "y", "z")
     _transition_choices = ("standard", "sticky")
+    #: the recurrent transitions' link (:class:`zoo.distributions.SwitchingLinearDynamics`)
+    switching_link = "softmax"
 
     def __post_init__(self):
         check_positive_int(self.num_states, "num_states")
@@ -373,6 +375,7 @@ class SLDS(ModelMixin):
         path = SwitchingLinearDynamics(
             jnp.log(pi), A, b, jax.vmap(jnp.diag)(q), jnp.zeros((K, D)), init_L,
             log_P=log_P, R=R, r=r, num_steps=T, batch_shape=trials, mask=mask,
+            link=self.switching_link,
         )
         if path_reference is None:
             with marginalize(parallel=self.parallel):

@@ -239,14 +239,15 @@ def _kalman_filter_seq(p: LGSSM, y):
     return ms, Ps, lls
 
 
-def _kalman_filter_seq_diag(p: LGSSM, y, r2):
+def _kalman_filter_seq_diag(p: LGSSM, y, r2, information=None):
     """Sequential Kalman filter for diagonal emission noise R = diag(r2), in information form.
 
     The observation update works in the D-dimensional latent space (precision
     P^-1 + H^T R^-1 H, Woodbury and the matrix determinant lemma for log p(y_t | y_{1:t-1}))
     instead of the N-dimensional innovation: per step two D x D Cholesky factors instead of one
     N x N, and everything that involves N is computed for all t at once outside the scan.
-    Missing (NaN) entries get zero precision.
+    Missing (NaN) entries get zero precision. ``information`` (J (T, D, D), h (T, D)) adds the
+    factors exp(-x_t' J_t x_t / 2 + h_t' x_t) to the emission's (same update, same integral).
     """
     obs = ~jnp.isnan(y)
     w = jnp.where(obs, 1.0 / r2, 0.0)  # (T, N)
@@ -256,6 +257,8 @@ def _kalman_filter_seq_diag(p: LGSSM, y, r2):
     a = jnp.einsum("tnd,tn->td", Hw, e)  # H^T R^-1 (y - d)
     c = jnp.sum(w * e * e, axis=-1)
     const = jnp.sum(jnp.where(obs, jnp.log(r2) + _LOG_2PI, 0.0), axis=-1)
+    if information is not None:
+        J, a = J + information[0], a + information[1]
     eye = jnp.eye(p.m0.shape[0], dtype=p.m0.dtype)
 
     def update(m, P, Jt, at, ct, kt):
@@ -293,11 +296,25 @@ def _logdet_small(A):
     return jnp.linalg.slogdet(A)[1]
 
 
-def _run_filter(p: LGSSM, y, r2, parallel: bool):
+def _run_filter(p: LGSSM, y, r2, parallel: bool, information=None):
     """(means, covariances, pointwise log-likelihoods) of one sequence, by the fastest filter."""
     if r2 is not None and not parallel:
-        return _kalman_filter_seq_diag(p, y, r2.astype(p.m0.dtype))
+        return _kalman_filter_seq_diag(p, y, r2.astype(p.m0.dtype), information)
     return (_kalman_filter_par if parallel else _kalman_filter_seq)(p, y)
+
+
+def _check_information(information, T: int, D: int, r2, parallel: bool, dtype):
+    """``information`` as (J (T, D, D), h (T, D)) arrays of ``dtype``, or None."""
+    if information is None:
+        return None
+    if r2 is None or parallel:
+        raise ValueError("information needs diagonal emission noise (R given as variances (N,)) "
+                         "and the sequential filter (parallel=False)")
+    J, h = (jnp.asarray(a, dtype) for a in information)
+    if J.shape != (T, D, D) or h.shape != (T, D):
+        raise ValueError(f"information must be (J, h) of shapes ({T}, {D}, {D}) and ({T}, {D}); "
+                         f"got {J.shape} and {h.shape}")
+    return J, h
 
 
 def _diagonal_noise(R, N: int):
@@ -388,7 +405,7 @@ def _vmap_y(fn, y):
     return f(y)
 
 
-def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> KalmanFiltered:
+def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False, information=None) -> KalmanFiltered:
     """Kalman filter for x_1 ~ N(m0, P0), x_t = F x_{t-1} + b + N(0, Q), y_t = H x_t + d + N(0, R).
 
     Parameters
@@ -407,6 +424,11 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
         sequential filter handles in information form (D x D work per step instead of N x N).
     parallel : bool
         Sequential (False) or associative-scan (True) filter.
+    information : tuple of arrays (T, D, D) and (T, D), optional
+        Extra Gaussian factors exp(-x_t' J_t x_t / 2 + h_t' x_t) on each step's state (e.g. a
+        Polya-gamma-augmented logistic likelihood of the states' transitions): the filter
+        conditions on them as on the observations, and the log-likelihood integrates them
+        too. Needs a diagonal R and ``parallel=False``.
 
     Returns
     -------
@@ -421,9 +443,10 @@ def kalman_filter(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalman
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
+    info = _check_information(information, T, p.m0.shape[0], r2, parallel, p.m0.dtype)
 
     def single(yy):
-        ms, Ps, lls = _run_filter(p, yy, r2, parallel)
+        ms, Ps, lls = _run_filter(p, yy, r2, parallel, info)
         return KalmanFiltered(jnp.sum(lls), ms, Ps, lls)
 
     return _vmap_y(single, y)
@@ -444,8 +467,8 @@ def _smoother_gains(p: LGSSM, ms, Ps):
     return jax.vmap(one)(ms[:-1], Ps[:-1], p.F, p.b, p.Q)
 
 
-def _kalman_smoother_single(p: LGSSM, y, parallel, r2=None):
-    ms, Ps, lls = _run_filter(p, y, r2, parallel)
+def _kalman_smoother_single(p: LGSSM, y, parallel, r2=None, information=None):
+    ms, Ps, lls = _run_filter(p, y, r2, parallel, information)
     E, g, L = _smoother_gains(p, ms, Ps)
     if parallel:
 
@@ -479,7 +502,7 @@ def _kalman_smoother_single(p: LGSSM, y, parallel, r2=None):
     return KalmanSmoothed(jnp.sum(lls), ms, Ps, sm, sP, cross)
 
 
-def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> KalmanSmoothed:
+def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False, information=None) -> KalmanSmoothed:
     """Rauch-Tung-Striebel smoother; arguments as in :func:`kalman_filter`.
 
     Returns
@@ -495,10 +518,11 @@ def kalman_smoother(y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> Kalm
     if p.H.shape[-2] != N:
         raise ValueError(f"y has N={N} observed dimensions but H has {p.H.shape[-2]} rows")
     y = y.astype(p.m0.dtype)
-    return _vmap_y(lambda yy: _kalman_smoother_single(p, yy, parallel, r2), y)
+    info = _check_information(information, T, p.m0.shape[0], r2, parallel, p.m0.dtype)
+    return _vmap_y(lambda yy: _kalman_smoother_single(p, yy, parallel, r2, info), y)
 
 
-def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> jax.Array:
+def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False, information=None) -> jax.Array:
     """Draw x_{1:T} ~ p(x_{1:T} | y_{1:T}) by forward filtering, backward sampling.
 
     The backward pass x_t = E_t x_{t+1} + g_t + chol(L_t) eps_t is a linear recurrence and runs
@@ -515,11 +539,12 @@ def kalman_sample(key, y, m0, P0, F, b, Q, H, d, R, parallel: bool = False) -> j
     p = canonical_lgssm(T, m0, P0, F, b, Q, H, d, R, jnp.result_type(y, m0, jnp.float32))
     y = y.astype(p.m0.dtype)
     D = p.m0.shape[0]
+    info = _check_information(information, T, D, r2, parallel, p.m0.dtype)
     batch = y.shape[:-2]
     keys = jax.random.split(key, max(math.prod(batch), 1))
 
     def single(yy, k):
-        ms, Ps, _ = _run_filter(p, yy, r2, parallel)
+        ms, Ps, _ = _run_filter(p, yy, r2, parallel, info)
         E, g, L = _smoother_gains(p, ms, Ps)
         eps = jax.random.normal(k, (T, D), ms.dtype)
         x_last = ms[-1] + _chol_psd(Ps[-1]) @ eps[-1]
