@@ -27,7 +27,7 @@ def test_stick_breaking_probabilities_are_the_products_of_their_decisions():
     nu = np.array([[0.3, -1.2, 2.0], [-4.0, 0.0, 7.5]])
     p = np.exp(np.asarray(stick_breaking_log_probs(jnp.asarray(nu))))
     sig = 1.0 / (1.0 + np.exp(-nu))
-    for row, s in zip(p, sig):
+    for row, s in zip(p, sig, strict=True):
         expected = [s[0], (1 - s[0]) * s[1], (1 - s[0]) * (1 - s[1]) * s[2], np.prod(1 - s)]
         np.testing.assert_allclose(row, expected, rtol=1e-6)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)

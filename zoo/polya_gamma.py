@@ -13,7 +13,7 @@ accept-reject sampler for J*(1, z) (the paper's Section 4 and appendix), truncat
 the proposal is a mixture of an exponential on (t, inf) and an inverse Gaussian IG(1/z, 1) on
 (0, t), both tilted by exp(-z^2 x / 2), and a proposal is accepted by the alternating series of
 J*'s density. Pure JAX (``lax.while_loop`` per draw, ``vmap`` over draws), so it runs under
-``jit`` and ``vmap``. About 1.001 proposals are needed per draw for any c.
+``jit`` and ``vmap``. Over 99.9% of proposals are accepted, for every c.
 """
 
 from __future__ import annotations
@@ -94,12 +94,13 @@ def _series_accepts(x: jax.Array, v: jax.Array) -> jax.Array:
         r = (2 * nf + 1) * jnp.exp(-nf * (nf + 1) * rate)
         odd = n % 2 == 1
         s = jnp.where(odd, s - r, s + r)
-        decided = jnp.where(odd, v < s, v > s)  # below an upper bound: accept; above a lower: reject
+        decided = jnp.where(odd, v < s, v > s)  # odd n: s is a lower bound (accept below it),
+        # even n: an upper bound (reject above it)
         return n, s, decided, odd
 
     init = (jnp.int32(0), jnp.ones((), dtype), jnp.bool_(False), jnp.bool_(False))
     _, s, decided, odd = jax.lax.while_loop(lambda st: ~st[2] & (st[0] < _MAX_TERMS), body, init)
-    return jnp.where(decided, odd, v < s)
+    return jnp.where(decided, odd, v < s)  # undecided at the cap (never seen): s is the sum
 
 
 def _sample_j1(key: jax.Array, z: jax.Array) -> jax.Array:
@@ -112,14 +113,16 @@ def _sample_j1(key: jax.Array, z: jax.Array) -> jax.Array:
     def propose(state):
         key, k_u, k_ig = jax.random.split(state[0], 3)
         u = jax.random.uniform(k_u, (3,), dtype)
-        x = jax.lax.cond(u[0] < prob_right, lambda: _T - jnp.log1p(-u[1]) / K,  # t + Exp(1) / K
-                         lambda: _truncated_inverse_gaussian(k_ig, z))
+        # right piece: t + Exp(1) / K; left piece: IG(1/z, 1) on (0, t). Both are computed, as
+        # ``vmap`` would turn a ``lax.cond`` into a select anyway.
+        x = jnp.where(u[0] < prob_right, _T - jnp.log1p(-u[1]) / K, _truncated_inverse_gaussian(k_ig, z))
         return key, x, _series_accepts(x, u[2])
 
     init = (key, jnp.zeros((), dtype), jnp.bool_(False))
     return jax.lax.while_loop(lambda s: ~s[2], propose, init)[1]
 
 
+@jax.jit
 def sample_pg1(key: jax.Array, c: jax.Array) -> jax.Array:
     """Exact draws omega ~ PG(1, c), one per element of ``c``, independent across elements.
 
