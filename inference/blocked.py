@@ -45,7 +45,6 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
@@ -57,6 +56,7 @@ from inference.blocked_warmup import (
     adaptation_update,
     curvature_inverse_mass,
     curvature_mass,
+    final_step_size,
     warmup_schedule,
 )
 from inference.devices import per_device, shard_chains
@@ -687,9 +687,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         done += n
         bar.update(n)
     # after warmup: the averaged step size of the last window
-    _, _, da_final = dual_averaging_adaptation(target)
     if num_warmup:
-        adapt = adapt._replace(step_size=jax.vmap(da_final)(adapt.dual_averaging).astype(dtype))
+        adapt = adapt._replace(step_size=jax.vmap(final_step_size)(adapt.dual_averaging).astype(dtype))
     bar.set_description("blocked sweep, sampling")
     draws, stats, done = [], [], 0
     # the warmup's chunk size where it divides the draws: the same compiled chunk

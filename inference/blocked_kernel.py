@@ -22,7 +22,6 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.mcmc import MCMCKernel
 
@@ -37,7 +36,13 @@ from inference.blocked import (
     start_state,
     sweep,
 )
-from inference.blocked_warmup import Adaptation, adaptation_init, adaptation_update, warmup_schedule
+from inference.blocked_warmup import (
+    Adaptation,
+    adaptation_init,
+    adaptation_update,
+    final_step_size,
+    warmup_schedule,
+)
 from zoo.protocol import as_model
 
 __all__ = ["BlockedKernel", "BlockedKernelState", "adapt_after_sweep", "blocked_algorithm"]
@@ -103,8 +108,7 @@ def adapt_after_sweep(adapt: Adaptation, stage, state: SweepState, info, blocks:
         one = jax.tree.map(lambda v: v[None], state)  # a batch of one chain
         mass = curvature_at_window_end(ad.inverse_mass[None], stage, blocks, one, dense)
         ad = ad._replace(inverse_mass=mass[0])
-    _, _, da_final = dual_averaging_adaptation(target)
-    final = jnp.asarray(da_final(ad.dual_averaging), ad.step_size.dtype)
+    final = jnp.asarray(final_step_size(ad.dual_averaging), ad.step_size.dtype)
     return ad._replace(step_size=jnp.where(last, final, ad.step_size))
 
 

@@ -180,6 +180,26 @@ def curvature_mass(logdensity: Callable, positions, chain_args, dense: bool, pre
     return (V * guarded(lam, fallback)) @ V.T
 
 
+def final_step_size(dual_averaging) -> jax.Array:
+    """The step size after warmup: the last window's averaged one (Stan's x-bar).
+
+    Where a window's end restarted the averaging on the last warmup sweep (a short warmup whose
+    window ends moved to chunk ends), nothing has been averaged yet: the restart's own step size
+    stands, since the empty average would read exp(0) = 1.
+
+    Parameters
+    ----------
+    dual_averaging : blackjax DualAveragingState
+        Of one chain.
+
+    Returns
+    -------
+    scalar array
+    """
+    _, _, da_final = dual_averaging_adaptation(0.8)  # the target does not enter the final value
+    return jnp.where(dual_averaging.step > 1, da_final(dual_averaging), jnp.exp(dual_averaging.log_step_size))
+
+
 def adaptation_update(adapt: Adaptation, stage, position, acceptance, target: float, dense: bool,
                       welford_mass: bool = True) -> Adaptation:
     """One warmup step of Stan's windowed adaptation.

@@ -147,6 +147,22 @@ def test_chunks_of_one_size_where_a_divisor_allows():
     assert chunk_lengths(101, chunk_size(101, 25)) == [25, 25, 25, 25, 1]  # a prime: one short chunk
 
 
+def test_step_size_after_warmup_is_the_average_unless_the_average_just_restarted():
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+
+    from inference.blocked_warmup import final_step_size
+
+    da_init, da_update, da_final = dual_averaging_adaptation(0.8)
+    fresh = da_init(0.2)  # a window's end restarted the averaging on the last warmup sweep
+    assert np.isclose(float(final_step_size(fresh)), 0.2)
+    da = fresh
+    for acc in (0.9, 0.5, 0.95, 0.7):
+        da = da_update(da, acc)
+    assert np.isclose(float(final_step_size(da)), float(da_final(da)))
+    # a 60-sweep warmup in chunks of 10 ends its only slow window on the last sweep
+    assert warmup_schedule(60, curvature=True, align=10)[-1, 1] == 1
+
+
 def test_warmup_schedule_windows():
     s = warmup_schedule(500)
     assert s[:75, 0].sum() == 0 and s[-50:, 0].sum() == 0  # fast windows at both ends
