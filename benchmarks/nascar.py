@@ -37,6 +37,7 @@ T = 1000) with the same figures, written to ``nascar_poisson.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -60,7 +61,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import inference  # noqa: E402
+from inference.devices import use_cpu_devices  # noqa: E402
 from zoo.datasets import nascar  # noqa: E402
+from zoo.distributions import stick_breaking_log_probs  # noqa: E402
 from zoo.initialize import fit_arhmm, pca_latents  # noqa: E402
 from zoo.preprocess import smooth_time  # noqa: E402
 
@@ -209,11 +212,15 @@ def rhat_ess(ds):
                 "ess_bulk_median": float(np.nanmedian(eb[k].values))} for k in ds.data_vars}
 
 
-def drift(A, b, R, r, u):
-    """Expected one-step displacement E[A_z u + b_z] - u under p(z | u) = softmax(R u + r); u (G, D)."""
+def drift(A, b, R, r, u, link="softmax"):
+    """Expected one-step displacement E[A_z u + b_z] - u under p(z | u) = softmax(R u + r) (or the
+    stick-breaking probabilities of R u + r); u (G, D)."""
     logits = u @ R.T + r
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
+    if link == "stick_breaking":
+        p = np.exp(np.asarray(stick_breaking_log_probs(jnp.asarray(logits))))
+    else:
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
     nxt = np.einsum("kij,gj->gki", A, u) + b  # (G, K, D)
     return np.einsum("gk,gki->gi", p, nxt) - u
 
@@ -247,7 +254,7 @@ def flow_field(post, data, num_draws=100, grid=25):
         resid = xt - phi @ coef
         r2.append(1 - resid.var(0).sum() / xt.var(0).sum())
         u = (pts - c) @ np.linalg.inv(M)
-        flows.append(drift(A[i], b[i], R[i], r[i], u) @ M)
+        flows.append(drift(A[i], b[i], R[i], r[i], u, data["model"].switching_link) @ M)
     flows = np.stack(flows)
     mean_flow = flows.mean(0)
     mse = float(np.mean(np.sum((mean_flow - true) ** 2, -1)))
@@ -641,7 +648,11 @@ def main(argv=None):
     ap.add_argument("--grad-repeats", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="data and NUTS seed")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--transition-link", choices=["softmax", "stick_breaking"], default="softmax",
+                    help="the fitted rSLDS's transitions (the data are always simulated with softmax); "
+                         "stick_breaking with Gaussian emissions takes the Polya-gamma blocked sampler")
     args = ap.parse_args(argv)
+    use_cpu_devices(args.chains)  # one host device per chain (inference.devices.chain_mesh says why)
     poisson = args.emissions == "poisson"
     T = args.num_steps or (1000 if poisson else 2000)
     N = args.obs_dim or (100 if poisson else 10)
@@ -654,7 +665,12 @@ def main(argv=None):
     name = args.name or ("nascar" + ("_poisson" if poisson else "") + ("_quick" if args.quick else ""))
     parts = set(args.parts.split(","))
     data = nascar(seed=args.seed, num_steps=T, emissions=args.emissions, obs_dim=N)
-    results = {"problem": f"rSLDS recurrent_only, K=4, D=2, N={N}, T={T}, {args.emissions} emissions",
+    if args.transition_link != "softmax":
+        data["model"] = dataclasses.replace(data["model"], transition_link=args.transition_link)
+        if "funsor" in parts:
+            raise ValueError("the funsor reference is written with softmax transitions: drop it from --parts")
+    results = {"problem": f"rSLDS recurrent_only ({args.transition_link} transitions), K=4, D=2, N={N}, "
+                          f"T={T}, {args.emissions} emissions",
                "T": T, "N": N, "emissions": args.emissions, "quick": args.quick, "args": vars(args),
                "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "

@@ -20,7 +20,7 @@ from blackjax.adaptation.mass_matrix import welford_algorithm
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 
 __all__ = ["Adaptation", "warmup_schedule", "adaptation_init", "adaptation_update",
-           "curvature_inverse_mass", "curvature_mass"]
+           "curvature_inverse_mass", "curvature_mass", "final_step_size"]
 
 
 class Adaptation(NamedTuple):
