@@ -89,6 +89,8 @@ def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapp
     I = 0 if inputs is None else int(inputs.shape[-1])
     K = args.num_states
     D = args.latent_dim
+    if args.transition_link and model != "rslds":
+        raise UsageError(f"--transition-link applies to rslds only, not {model}")
     if model == "hmm":
         kw = {"num_states": K or 3, "obs_dim": N, "emissions": emissions,
               "transitions": args.transitions or "standard"}
@@ -104,6 +106,8 @@ def _model_kwargs_from_args(model: str, args, y: np.ndarray, inputs, attrs: Mapp
         default_tr = "standard" if model == "slds" else "recurrent_only"
         kw = {"num_states": K or 4, "latent_dim": D or 2, "obs_dim": N, "emissions": emissions,
               "transitions": args.transitions or default_tr, "input_dim": I}
+        if args.transition_link:
+            kw["transition_link"] = args.transition_link
     else:
         dt = args.dt if args.dt is not None else float(attrs.get("dt", 0.01))
         if args.transitions:
@@ -644,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "non-integer values is refused (choose explicitly)")
     g.add_argument("--transitions", choices=("standard", "sticky", "recurrent", "recurrent_only"),
                    default=None, help="hmm/slds: standard|sticky; rslds: recurrent|recurrent_only")
+    g.add_argument("--transition-link", choices=("softmax", "stick_breaking"), default=None,
+                   help="rslds: softmax (default) or stick_breaking (recurrent_only; with Gaussian "
+                        "emissions the path is integrated out given Polya-gamma variables)")
     g.add_argument("--dt", type=_positive_float, default=None,
                    help="gpslds/gpsde bin width (default: the data file's dt, else 0.01)")
     g.add_argument("--kernel", choices=("rbf", "matern52"), default="rbf", help="gpsde kernel")

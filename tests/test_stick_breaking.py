@@ -181,3 +181,18 @@ def test_augmented_blocked_matches_brute_force(tiny_sticks):
         mcse = float(az.mcse(v, method="mean"))
         assert abs(v.mean() - truth) < 4 * mcse, (name, v.mean(), truth, mcse)
     assert 0.05 < p_z1.min() and p_z1.max() < 0.95  # the states are uncertain: a real test
+
+
+def test_the_link_is_recorded_with_the_model():
+    import xarray as xr
+
+    from inference.registry import model_from_attrs, record_model
+
+    m = RSLDS(num_states=3, latent_dim=2, obs_dim=4, transition_link="stick_breaking")
+    post = xr.DataTree()
+    record_model(post, m)
+    assert model_from_attrs(post.attrs) == m
+    assert m.dims["recurrence_weights"] == ["stick", "latent"] and m.dim_sizes()["stick"] == 2
+    assert m.blocked_sampler().augmented
+    assert not RSLDS(num_states=3, latent_dim=2, obs_dim=4, transition_link="stick_breaking",
+                     emissions="poisson").blocked_sampler().augmented
