@@ -272,9 +272,11 @@ def flow_field(post, data, num_draws=100, grid=25):
 def bench_nuts(data, args):
     model, y, z = data["model"], np.asarray(data["y"]), np.asarray(data["z"])
     t0 = time.perf_counter()
+    options = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (o.split("=", 1) for o in args.option)}
     post = inference.fit(model, y, args.method, num_chains=args.chains, num_warmup=args.warmup,
                          num_samples=args.samples, seed=args.seed, progress_bar=False,
-                         max_tree_depth=args.max_tree_depth, init="auto", chain_method=args.chain_method)
+                         max_tree_depth=args.max_tree_depth, init="auto", chain_method=args.chain_method,
+                         **options)
     wall = time.perf_counter() - t0
     print(f"[nuts] fit done in {wall:.1f} s", flush=True)
     if os.environ.get("NASCAR_SAVE_POSTERIOR"):
@@ -648,6 +650,8 @@ def main(argv=None):
     ap.add_argument("--grad-repeats", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="data and NUTS seed")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method option for inference.fit (integers parsed), e.g. -o boundary_moves=32")
     ap.add_argument("--transition-link", choices=["softmax", "stick_breaking"], default="softmax",
                     help="the fitted rSLDS's transitions (the data are always simulated with softmax); "
                          "stick_breaking with Gaussian emissions takes the Polya-gamma blocked sampler")

@@ -62,7 +62,7 @@ from inference.blocked_warmup import (
 from inference.devices import per_device, shard_chains
 from inference.program import inspect_program
 from inference.starts import initial_positions
-from zoo.collapsed_states import boundary_shift, sweep_states, window_sweep_states
+from zoo.collapsed_states import augmented_sweep_states, boundary_shift, sweep_states, window_sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
@@ -200,8 +200,8 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return draw.astype(jnp.int32) if spec.states_site == "z" else draw
 
     if spec.collapsed and spec.augmented:
-        return _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, boundary_moves,
-                                 max_shift)
+        return _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps,
+                                 boundary_moves, max_shift)
     if spec.collapsed:
         def collapsed(states):
             return integrate_out(condition_states(model, states={site: states}))
@@ -310,8 +310,8 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
                   shift_states)
 
 
-def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, boundary_moves: int,
-                      max_shift: int) -> Blocks:
+def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps: int,
+                      boundary_moves: int, max_shift: int) -> Blocks:
     """The blocks of a model whose transitions are Gaussian in the path given Polya-gamma
     variables omega (stick-breaking recurrent transitions, :class:`zoo.rslds.RSLDS`).
 
@@ -321,10 +321,11 @@ def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, bounda
     exact; for the others omega ~ PG(1, 0), their conditional (they enter no factor). Given
     (z, omega) the path is a Gauss-Markov path with extra information (Kalman-integrable), so
     the NUTS block sees theta only and the path is drawn exactly after it, as for the SLDS.
-    A sweep: z | x, theta by FFBS, omega | x, z, theta, then Metropolis shifts of z's segment
-    boundaries on p(z | omega, theta, y) with the path integrated out (moves that z | x cannot
-    make where the path nearly determines the states), theta | z, omega, y by NUTS, x | theta,
-    z, omega, y by the simulation smoother.
+    A sweep: z | x, theta by FFBS, omega | x, z, theta, then ``state_sweeps`` sweeps of
+    single-site draws z_t ~ p(z_t | z_{-t}, omega, theta, y) and Metropolis shifts of z's
+    segment boundaries on p(z | omega, theta, y), both with the path integrated out (moves that
+    z | x cannot make where the path nearly determines the states), theta | z, omega, y by NUTS,
+    x | theta, z, omega, y by the simulation smoother.
     """
     from zoo.polya_gamma import sample_pg1
 
@@ -360,10 +361,17 @@ def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, bounda
         return z, draw_omega(k_omega, params, z, path)
 
     def draw_states(key, flat, states, path):
-        k_z, k_omega, k_shift = jax.random.split(key, 3)
+        k_z, k_omega, k_sweep, k_shift = jax.random.split(key, 4)
         params = constrained(flat, states)
         z = draw_states_given(k_z, params, path)
         omega = draw_omega(k_omega, params, z, path)
+        dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, z, path, omega)
+
+        def one(z, k):
+            return augmented_sweep_states(k, dynamics, omega, z, y_seen, emission.H, emission.d,
+                                          emission.R), None
+
+        z = jax.lax.scan(one, z, jax.random.split(k_sweep, int(state_sweeps)))[0]
         z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
                               int(max_shift))
         return z, omega
@@ -399,12 +407,13 @@ def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift:
     return jax.lax.scan(shift, carry, jax.random.split(key, moves))[0][0]
 
 
-def _linear_gaussian_parts(model, y, kwargs, site, params, states, path):
+def _linear_gaussian_parts(model, y, kwargs, site, params, states, path, augmentation=None):
     """The switching path's per-state distribution and the Kalman marginal's emission (H, d, R)
     of one parameter draw, read off the program's own sites; and y as that site sees it."""
     seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
     dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
-    conditioned = integrate_out(condition_states(model, states={site: states}))
+    extra = {} if augmentation is None else {site: augmentation}
+    conditioned = integrate_out(condition_states(model, states={site: states}, augmentation=extra))
     marginal = handlers.substitute(handlers.seed(conditioned, 0), data=params)
     (obs,) = [s for s in handlers.trace(marginal).get_trace(y, **kwargs).values()
               if s["type"] == "sample" and isinstance(s["fn"], LinearGaussianSSM)]
@@ -804,8 +813,10 @@ def _run(problem, key, settings) -> RunResult:
     if spec.collapsed and spec.augmented:
         moves = int(settings.options.get("boundary_moves", 8))
         shifts = f", {moves} Metropolis shifts of segment boundaries of z | omega, theta, y" if moves else ""
-        text += ("; each sweep: z | x, theta by FFBS, the Polya-gamma variables omega | x, z, theta"
-                 f"{shifts} (path integrated out), theta | z, omega, y by one NUTS transition with the path "
+        sweeps = int(settings.options.get("state_sweeps", 4))
+        text += ("; each sweep: z | x, theta by FFBS, the Polya-gamma variables omega | x, z, theta, "
+                 f"{sweeps} sweeps of single-site z_t | z_-t, omega, theta, y{shifts} (path integrated out), "
+                 "theta | z, omega, y by one NUTS transition with the path "
                  "integrated out (Kalman filter), x | theta, z, omega, y by the simulation smoother")
         kind = "blocked: FFBS + Polya-gamma | NUTS (path collapsed) | smoother"
     elif spec.collapsed:

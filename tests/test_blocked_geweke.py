@@ -4,7 +4,9 @@ The successive-conditional simulator alternates y ~ p(y | theta, z, x) with one 
 blocked sampler given y. If every block leaves its conditional invariant, the chain's stationary
 distribution is the joint prior p(theta, z, x, y), so the means of test functions of
 (theta, z, x) along the chain must equal their prior means, computed here from independent prior
-draws. The sweep runs with a fixed step size and unit inverse mass (no adaptation: the kernel
+draws. Two sweeps: the SLDS's (states site by site with the path integrated out) and the
+stick-breaking rSLDS's (states by FFBS, Polya-gamma variables, boundary shifts with the path
+integrated out given them). The sweep runs with a fixed step size and unit inverse mass (no adaptation: the kernel
 must be exact for any setting). The frame is fixed (``default_frame``), since a frame computed
 from y would change the model with every y.
 """
@@ -23,14 +25,14 @@ from numpyro import handlers
 from numpyro.infer.util import unconstrain_fn
 
 from inference.blocked import SweepState, build_blocks, sweep
-from zoo import SLDS
+from zoo import RSLDS, SLDS
 from zoo.frame import default_frame
 
 T, K, D, N = 5, 2, 1, 2
 CHAINS, SWEEPS = 16, 600
 
 
-def _functions(values, states, path):
+def _functions(values, states, path, sticks=False):
     """Test functions of (theta, z, x): shape (..., F). The last ones couple all three: the
     fraction of standardised dynamics residuals of x given z and theta inside (-1, 1) (0.683
     under the prior; bounded, so one wild draw cannot hide a bias in a huge variance), and
@@ -47,23 +49,30 @@ def _functions(values, states, path):
         values["dynamics"][..., 0, 0, 0], values["dynamics"][..., 1, 0, 0],
         jnp.log(values["dynamics_noise"][..., 0, 0]), jnp.log(values["dynamics_noise"][..., 1, 0]),
         jnp.log(values["emission_noise"][..., 0]), values["emission_free"][..., 0, 0],
-        values["trans_probs"][..., 0, 0], values["dynamics_bias"][..., 0, 0],
+        values["recurrence_weights"][..., 0, 0] if sticks else values["trans_probs"][..., 0, 0],
+        values["dynamics_bias"][..., 0, 0],
         jnp.mean(zf, -1), jnp.mean(x ** 2, -1), x[..., -1],
         jnp.mean(jnp.abs(resid) < 1.0, -1), jnp.mean(zf * x, -1), jnp.mean(zf[..., 1:] != zf[..., :-1], -1),
     ], -1)
 
 
-NAMES = ["a_0", "a_1", "log_q_0", "log_q_1", "log_r_0", "c_free", "p_00", "b_0", "mean_z", "mean_x2",
-         "x_T", "resid_inside_1", "zx", "switches"]
+NAMES = ["a_0", "a_1", "log_q_0", "log_q_1", "log_r_0", "c_free", "p_00 (w_0 for sticks)", "b_0", "mean_z",
+         "mean_x2", "x_T", "resid_inside_1", "zx", "switches"]
 
 
-@pytest.fixture(scope="module")
-def geweke():
+@pytest.fixture(scope="module", params=["slds", "sticks"])
+def geweke(request):
+    sticks = request.param == "sticks"
     with jax.enable_x64(True):
-        model = SLDS(num_states=K, latent_dim=D, obs_dim=N)
+        if sticks:
+            model = RSLDS(num_states=K, latent_dim=D, obs_dim=N, transition_link="stick_breaking")
+            transitions = ("recurrence_weights", "recurrence_bias")
+        else:
+            model = SLDS(num_states=K, latent_dim=D, obs_dim=N)
+            transitions = ("trans_probs",)
         # the program fit runs: offsets centred (bias_centres)
         kwargs = {"frame": default_frame(N, D, jnp.float64), "bias_centres": jnp.array([[0.5], [-0.5]])}
-        params = ("init_probs", "trans_probs", "dynamics", "dynamics_bias_centred", "dynamics_noise",
+        params = ("init_probs", *transitions, "dynamics", "dynamics_bias_centred", "dynamics_noise",
                   "emission_free", "emission_bias_free", "emission_noise")
 
         def prior_with_states(key):
@@ -84,28 +93,30 @@ def geweke():
         def one_chain(key):
             k0, kr = jax.random.split(key)
             values, z, x, y = prior_with_states(k0)
+            # the sweep's first block draws the states and the Polya-gamma variables afresh
+            states = (z, jnp.zeros((T - 1, K - 1))) if sticks else z
             flat = ravel_pytree({k: v for k, v in unconstrain_fn(
                 model, (y,), kwargs, {k: values[k] for k in params} | {"x": x}).items() if k in params})[0]
 
             def body(carry, k):
-                flat, z, x, y = carry
+                flat, states, x, y = carry
                 ky, ks = jax.random.split(k)
                 blocks = build_blocks(model, y, kwargs, spec, theta_example)
-                hmc = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, z))
-                state, _ = sweep(ks, SweepState(hmc, z, x), blocks, 0.2, jnp.ones(dim), 6)
+                hmc = blackjax.nuts.init(flat, lambda f: blocks.theta_logdensity(f, states))
+                state, _ = sweep(ks, SweepState(hmc, states, x), blocks, 0.2, jnp.ones(dim), 6)
                 rec = blocks.record(state.hmc.position, state.states, state.path)
                 y = _emit(model, {k: rec[k] for k in params}, state.path, ky, kwargs)
-                g = _functions(rec, state.states, state.path)
+                g = _functions(rec, rec["z"], state.path, sticks)
                 return (state.hmc.position, state.states, state.path, y), g
 
-            _, g = jax.lax.scan(body, (flat, z, x, y), jax.random.split(kr, SWEEPS))
+            _, g = jax.lax.scan(body, (flat, states, x, y), jax.random.split(kr, SWEEPS))
             return g
 
         chains = np.asarray(jax.jit(jax.vmap(one_chain))(jax.random.split(jax.random.key(1), CHAINS)))
 
         def prior_g(key):
             values, z, x, _ = prior_with_states(key)
-            return _functions(values, z, x)
+            return _functions(values, z, x, sticks)
 
         prior = np.asarray(jax.jit(jax.vmap(prior_g))(jax.random.split(jax.random.key(2), 20000)))
     return chains, prior

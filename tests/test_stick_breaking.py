@@ -110,6 +110,40 @@ def test_augmentation_integrates_to_the_stick_breaking_likelihood():
         assert (np.abs(mean - np.exp(exact)) < 4 * se + 1e-12).all(), (mean, np.exp(exact), se)
 
 
+def test_single_site_conditionals_given_omega_are_the_integrated_densities():
+    """z_t | z_-t, omega, theta, y with the path integrated out (the Gerlach-Carter-Kohn sweep
+    with the transitions' factors) against the Kalman-integrated density of each candidate state
+    path, site by site along the sweep."""
+    from zoo.collapsed_states import candidate_transition_information, single_move_states
+
+    with jax.enable_x64(True):
+        m, kw, params, y, z, omega = _tiny(jnp.float64)
+        T_ = y.shape[0]
+
+        def log_p(states):
+            c = integrate_out(condition_states(m, states={"x": states}, augmentation={"x": omega}))
+            return float(log_density(c, (y,), kw, params)[0])
+
+        seeded = handlers.substitute(handlers.seed(m, 0), data={**params, "x": jnp.zeros((T_, D))})
+        tr = handlers.trace(seeded).get_trace(y, **kw)
+        dyn = tr["x"]["fn"]
+        C, d = tr["emission_matrix"]["value"], tr["emission_bias"]["value"]
+        new, logits = single_move_states(
+            jax.random.key(0), z, y, dyn.log_init, jnp.zeros((K, K)), dyn.A, dyn.b, dyn.scale_tril,
+            dyn.init_mean, dyn.init_scale_tril, C, d, params["emission_noise"] ** 2,
+            transition_info=candidate_transition_information(dyn, omega))
+        current = np.asarray(z).copy()
+        for t in range(T_):
+            direct = []
+            for k in range(K):
+                current[t] = k
+                direct.append(log_p(jnp.asarray(current)))
+            direct = np.array(direct) - np.logaddexp.reduce(direct)
+            np.testing.assert_allclose(np.asarray(logits[t]), direct, atol=1e-8)
+            current[t] = int(new[t])  # the sweep goes on from its own draw
+        assert np.ptp(np.exp(np.asarray(logits)), axis=1).min() < 0.99  # some sites are uncertain
+
+
 # ---------------------------------------------------------------------------------------------
 # The blocked sampler with the path integrated out given (z, omega): a tiny stick-breaking
 # rSLDS (K = 2, D = N = 1, T = 3) with every parameter fixed but the recurrence bias, against a

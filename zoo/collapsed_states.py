@@ -50,7 +50,8 @@ from zoo.scans.linalg import cholesky, matmul, matvec, solve_lower
 from zoo.scans.linalg import transpose as tr
 
 __all__ = ["single_move_states", "window_move_states", "sweep_states", "window_sweep_states",
-           "emission_information", "boundary_shift"]
+           "emission_information", "boundary_shift", "augmented_sweep_states",
+           "candidate_transition_information"]
 
 
 def _sym(M):
@@ -138,10 +139,11 @@ def _update(m, L, Jt, ht):
     return m + matvec(P, ht - matvec(Jt, m)), _sym(P)
 
 
-def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll):
+def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll, transition_info=None):
     """What the state moves of one trial share: the working dtype, offsets (T, K, D), int32
     states, the present steps, the emission information (J, h) and the backward messages
-    (Omega, mu) of the current states."""
+    (Omega, mu) of the current states (with ``transition_info``, the backward messages also
+    carry the transitions' factors under the current states)."""
     T, D = y.shape[0], A.shape[-1]
     K = A.shape[0]
     dtype = jnp.result_type(A, y, jnp.float32)
@@ -149,12 +151,27 @@ def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll):
     states = jnp.asarray(states, jnp.int32)
     present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
     J, h = emission_information(y.astype(dtype), H, d, r, present)
-    Om, mu = _backward_messages(states, J, h, A, b, Q_tril, unroll)
+    Jb, hb = J, h
+    if transition_info is not None:
+        Jn, hn = _next_transition_information(transition_info, states)
+        Jb, hb = J + Jn, h + hn
+    Om, mu = _backward_messages(states, Jb, hb, A, b, Q_tril, unroll)
     return dtype, b, states, present, J, h, Om, mu
 
 
+def _next_transition_information(transition_info, states):
+    """The factors on each x_t of the transition out of t under the current z_{t+1} (zero at
+    the last step), from ``transition_info`` (J (T, K, D, D), h (T, K, D), c (T, K)), whose row
+    t holds the factor on x_{t-1} of the transition into t for every state k."""
+    Jtr, htr, _ = transition_info
+    nxt = states[1:]
+    J = jnp.take_along_axis(Jtr[1:], nxt[:, None, None, None], 1)[:, 0]
+    h = jnp.take_along_axis(htr[1:], nxt[:, None, None], 1)[:, 0]
+    return (jnp.concatenate([J, jnp.zeros_like(J[:1])]), jnp.concatenate([h, jnp.zeros_like(h[:1])]))
+
+
 def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r,
-                       mask=None, unroll: int = 4):
+                       mask=None, unroll: int = 4, transition_info=None):
     """One systematic sweep of z_t ~ p(z_t | z_{-t}, theta, y), t = 1 .. T, path integrated out.
 
     Parameters
@@ -183,6 +200,13 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
         Steps that exist (a trial padded at its end): padded steps add nothing.
     unroll : int
         Time steps per iteration of the compiled loops (fewer loop iterations of tiny bodies).
+    transition_info : tuple of arrays (T, K, D, D), (T, K, D), (T, K), optional
+        Transitions that depend on the path through Gaussian factors (Polya-gamma-augmented
+        stick-breaking transitions, :meth:`zoo.distributions.SwitchingLinearDynamics.
+        transition_information`): row t (t >= 1) holds, for every state k, the factor
+        exp(-x' J x / 2 + h' x + c) on x_{t-1} of the transition into t with z_t = k (row 0 is
+        not used). The factor of z_t = k then enters the filtered x_{t-1} before the prediction
+        of x_t; pass ``log_trans`` zeros for transitions with no Markov part.
 
     Returns
     -------
@@ -194,12 +218,23 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
     T, D = y.shape[0], A.shape[-1]
     K = log_init.shape[0]
     dtype, b, states, present, J, h, Om, mu = _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask,
-                                                                unroll)
+                                                                unroll, transition_info)
     # transitions into t (from the new z_{t-1}) and out of t (to the old z_{t+1}); padded steps
     # add no transition terms
     into_ok = present
     out_ok = jnp.concatenate([present[1:], jnp.zeros(1, bool)])
     nxt = jnp.concatenate([states[1:], states[-1:]])
+    # the factors on x_t that the site sees through its backward message: the transition out of
+    # t under the old z_{t+1}; the forward filter leaves them out (the next site scores them)
+    if transition_info is None:
+        Jo, ho = J, h
+        Jtr, htr, ctr = (jnp.zeros((T, K, D, D), dtype), jnp.zeros((T, K, D), dtype),
+                         jnp.zeros((T, K), dtype))
+    else:
+        Jn, hn = _next_transition_information(transition_info, states)
+        Jo, ho = J + Jn, h + hn
+        Jtr, htr, ctr = (a.astype(dtype) for a in transition_info)
+    augmented = transition_info is not None
 
     Q = matmul(Q_tril, tr(Q_tril))
     # Gumbel noise for every site at once: argmax(logits + g) is a categorical draw
@@ -208,11 +243,19 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
 
     def step(carry, inp):
         m, P, z_prev = carry
-        O, u, Jt, ht, bt, z_next, into_t, out_t, g, t0 = inp
+        O, u, Jt, ht, bt, z_next, into_t, out_t, g, t0, Jk, hk, ck = inp
+        if augmented:
+            # the transition into t with z_t = k informs x_{t-1}: condition the filter on it
+            Lp = jnp.broadcast_to(cholesky(P), (K, D, D))
+            mp = jnp.broadcast_to(m, (K, D))
+            lt = jnp.where(t0 | ~into_t, 0.0, _log_integral(mp, Lp, Jk, hk) + ck)
+            mk, Pk = jax.vmap(_update)(mp, Lp, Jk, hk)
+        else:
+            lt, mk, Pk = 0.0, m, P
         # one-step predictions of x_t under every state k; the initial distribution at t = 0
-        means = jnp.where(t0, m0, matvec(A, m) + bt)
-        L = jnp.where(t0, P0_tril, cholesky(_sym(matmul(matmul(A, P), tr(A))) + Q))
-        ll = _log_integral(means, L, O, u)
+        means = jnp.where(t0, m0, matvec(A, mk) + bt)
+        L = jnp.where(t0, P0_tril, cholesky(_sym(matmul(matmul(A, Pk), tr(A))) + Q))
+        ll = _log_integral(means, L, O, u) + lt
         into = jnp.where(t0, log_init, log_trans[z_prev])
         logits = ll + jnp.where(into_t, into, 0.0) + jnp.where(out_t, log_trans[:, z_next], 0.0)
         logits = jax.nn.log_softmax(logits)
@@ -221,15 +264,16 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
         return (m_f, P_f, k), (k, logits)
 
     init = (jnp.zeros(D, dtype), jnp.eye(D, dtype=dtype), jnp.int32(0))
-    xs = (Om + J, mu + h, J, h, b, nxt, into_ok, out_ok, gumbel, first)
+    xs = (Om + Jo, mu + ho, J, h, b, nxt, into_ok, out_ok, gumbel, first, Jtr, htr, ctr)
     _, (new, logits) = lax.scan(step, init, xs, unroll=unroll)
     return new, logits
 
 
-def _map_trials(fn, key, dynamics, states, y, H, d, R):
+def _map_trials(fn, key, dynamics, states, y, H, d, R, transition_info=None):
     """Apply ``fn(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r, mask)``
-    (one trial) to a switching path's trials."""
-    if dynamics.R is not None:
+    (one trial) to a switching path's trials; ``transition_info`` (batch_shape in front of each
+    array) goes to ``fn`` as a keyword, trial by trial."""
+    if dynamics.R is not None and transition_info is None:
         raise ValueError("dynamics: non-recurrent transitions needed (dynamics.R is None): with "
                          "recurrent ones, x given z is not Gaussian and cannot be integrated out")
     if jnp.ndim(R) != 1:
@@ -239,11 +283,13 @@ def _map_trials(fn, key, dynamics, states, y, H, d, R):
     T, D = dynamics.event_shape
     K = dynamics.num_states
     mask = dynamics.step_mask
-    args = (jnp.asarray(dynamics.log_init), jnp.asarray(dynamics.log_P), jnp.asarray(dynamics.A))
+    # recurrent-only transitions: no Markov part, all of it in transition_info
+    log_P = jnp.zeros((K, K)) if dynamics.log_P is None else jnp.asarray(dynamics.log_P)
+    args = (jnp.asarray(dynamics.log_init), log_P, jnp.asarray(dynamics.A))
     tail = (jnp.asarray(dynamics.scale_tril), jnp.asarray(dynamics.init_mean),
             jnp.asarray(dynamics.init_scale_tril), H)
     if not batch:
-        return fn(key, states, y, *args, dynamics.b, *tail, d, R, mask)
+        return fn(key, states, y, *args, dynamics.b, *tail, d, R, mask, transition_info=transition_info)
     B = batch[0]
     b = jnp.asarray(dynamics.b)
     b = jnp.broadcast_to(b, batch + b.shape[-3:]) if b.ndim > 3 else jnp.broadcast_to(b, (B,) + (
@@ -252,10 +298,10 @@ def _map_trials(fn, key, dynamics, states, y, H, d, R):
     d = jnp.broadcast_to(d, batch + (T, H.shape[0])) if d.ndim >= 2 else jnp.broadcast_to(d, (B, H.shape[0]))
     mask = jnp.ones(batch + (T,), bool) if mask is None else jnp.broadcast_to(mask, batch + (T,))
 
-    def one(k, z, yy, bb, dd, mm):
-        return fn(k, z, yy, *args, bb, *tail, dd, R, mm)
+    def one(k, z, yy, bb, dd, mm, info):
+        return fn(k, z, yy, *args, bb, *tail, dd, R, mm, transition_info=info)
 
-    return jax.vmap(one)(jax.random.split(key, B), states, y, b, d, mask)
+    return jax.vmap(one)(jax.random.split(key, B), states, y, b, d, mask, transition_info)
 
 
 def sweep_states(key, dynamics, states, y, H, d, R):
@@ -279,10 +325,53 @@ def sweep_states(key, dynamics, states, y, H, d, R):
     -------
     int32 array batch_shape + (T,)
     """
-    def single(*a):
-        return single_move_states(*a)[0]
+    def single(*a, transition_info=None):
+        return single_move_states(*a, transition_info=transition_info)[0]
 
     return _map_trials(single, key, dynamics, states, y, H, d, R)
+
+
+def candidate_transition_information(dynamics, omega):
+    """Every state's Polya-gamma-augmented transition factors, the ``transition_info`` of
+    :func:`single_move_states`.
+
+    Parameters
+    ----------
+    dynamics : zoo.distributions.SwitchingLinearDynamics
+        Stick-breaking transitions; batch_shape () or (B,).
+    omega : array batch_shape + (T-1, K-1)
+
+    Returns
+    -------
+    tuple of arrays batch_shape + (T, K, D, D), (T, K, D), (T, K)
+        Row t (t >= 1): the factor on x_{t-1} of the transition into t with z_t = k; row 0 zero.
+    """
+    K = dynamics.num_states
+    shape = dynamics.batch_shape + (dynamics.event_shape[0] - 1,)
+    per_state = [dynamics.transition_information(jnp.full(shape, k, jnp.int32), omega) for k in range(K)]
+    time = len(shape) - 1
+    out = []
+    for parts in zip(*per_state, strict=True):
+        a = jnp.stack(parts, axis=time + 1)  # batch + (T-1, K, ...)
+        first = jnp.zeros_like(jax.lax.slice_in_dim(a, 0, 1, axis=time))
+        out.append(jnp.concatenate([first, a], axis=time))
+    return tuple(out)
+
+
+def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R):
+    """:func:`single_move_states` for a stick-breaking switching path given its Polya-gamma
+    variables ``omega`` (batch_shape + (T-1, K-1)): z_t ~ p(z_t | z_{-t}, omega, theta, y) with
+    the path integrated out; other arguments as :func:`sweep_states`.
+
+    Returns
+    -------
+    int32 array batch_shape + (T,)
+    """
+    def single(*a, transition_info=None):
+        return single_move_states(*a, transition_info=transition_info)[0]
+
+    info = candidate_transition_information(dynamics, omega)
+    return _map_trials(single, key, dynamics, states, y, H, d, R, info)
 
 
 def window_sweep_states(key, dynamics, states, y, H, d, R, length: int = 8):
@@ -293,7 +382,7 @@ def window_sweep_states(key, dynamics, states, y, H, d, R, length: int = 8):
     -------
     int32 array batch_shape + (T,)
     """
-    def block(*a):
+    def block(*a, transition_info=None):  # non-recurrent transitions: no transition factors
         return window_move_states(*a, length=int(length))
 
     return _map_trials(block, key, dynamics, states, y, H, d, R)

@@ -581,10 +581,39 @@ class SwitchingLinearDynamics(SwitchingSequence):
         if omega.shape != self.batch_shape + (T - 1, K - 1):
             raise ValueError(f"augmentation must have shape batch_shape + (T-1, K-1) = "
                              f"{self.batch_shape + (T - 1, K - 1)}; got {omega.shape}")
+        J, h, constant = self.transition_information(z[..., 1:], omega)
+        # the last step's state informs no transition
+        information = (jnp.concatenate([J, jnp.zeros_like(J[..., :1, :, :])], -3),
+                       jnp.concatenate([h, jnp.zeros_like(h[..., :1, :])], -2))
+        return AugmentedStatePath(*self._path_given(z), z, jnp.asarray(self.log_init), constant, T,
+                                  self.batch_shape, self.step_mask, information)
+
+    def transition_information(self, next_states, omega) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The Polya-gamma-augmented stick-breaking transitions as Gaussian factors on the path.
+
+        Given omega, the transition into step t + 1 with state z_{t+1} contributes
+        exp(-x_t' J_t x_t / 2 + h_t' x_t + c_t) (:meth:`given_states`). For a candidate
+        ``next_states`` that need not be the chain's (:func:`zoo.collapsed_states.
+        single_move_states` scores every state of a site with it).
+
+        Parameters
+        ----------
+        next_states : int array batch_shape + (T-1,)
+            z_2 .. z_T.
+        omega : array batch_shape + (T-1, K-1)
+
+        Returns
+        -------
+        J : array batch_shape + (T-1, D, D)
+        h : array batch_shape + (T-1, D)
+        c : array batch_shape + (T-1,)
+            Padded steps (``mask``) give zeros.
+        """
+        K = self.num_states
         R = jnp.asarray(self.R)
         r = jnp.asarray(self.r)
         r = r if r.ndim == 1 else r[..., 1:, :]  # r for the transition into t
-        zt = z[..., 1:, None]
+        zt = next_states[..., None]
         sticks = jnp.arange(K - 1)
         reached = (zt >= sticks).astype(omega.dtype)  # (..., T-1, K-1)
         if self.step_mask is not None:
@@ -593,12 +622,7 @@ class SwitchingLinearDynamics(SwitchingSequence):
         w = reached * omega
         J = jnp.einsum("...tk,ki,kj->...tij", w, R, R)
         h = jnp.einsum("...tk,kd->...td", reached * kappa - w * r, R)
-        # the last step's state informs no transition
-        information = (jnp.concatenate([J, jnp.zeros_like(J[..., :1, :, :])], -3),
-                       jnp.concatenate([h, jnp.zeros_like(h[..., :1, :])], -2))
-        constant = jnp.sum(reached * (kappa * r - jnp.log(2.0)) - 0.5 * w * r * r, -1)
-        return AugmentedStatePath(*self._path_given(z), z, jnp.asarray(self.log_init), constant, T,
-                                  self.batch_shape, self.step_mask, information)
+        return J, h, jnp.sum(reached * (kappa * r - jnp.log(2.0)) - 0.5 * w * r * r, -1)
 
 
 # ----------------------------------------------------------------------------------------------
