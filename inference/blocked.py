@@ -62,7 +62,7 @@ from inference.blocked_warmup import (
 from inference.devices import per_device, shard_chains
 from inference.program import inspect_program
 from inference.starts import initial_positions
-from zoo.collapsed_states import augmented_sweep_states, boundary_shift, sweep_states, window_sweep_states
+from zoo.collapsed_states import boundary_shift, sweep_states, window_sweep_states
 from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
@@ -106,6 +106,10 @@ class Blocks(NamedTuple):
         For a whitened path: Metropolis shifts of segment boundaries of z with theta and eps
         held (so x = mu(theta, z) + U(theta, z)^-1 eps follows the new states), exact for
         p(z | theta, eps, y). None: no such move.
+    given_path : callable (key, flat theta, states, path) -> flat theta, optional
+        An update of some parameters given the new path and states, after it is drawn (the
+        stick-breaking recurrence, whose Polya-gamma conditional crawls:
+        :mod:`inference.blocked_augmented`). None: no such update.
     """
 
     theta_logdensity: Callable
@@ -116,6 +120,7 @@ class Blocks(NamedTuple):
     remap: Callable
     states_given_path: Callable
     shift_states: Callable | None = None
+    given_path: Callable | None = None
 
 
 class SweepState(NamedTuple):
@@ -200,8 +205,10 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         return draw.astype(jnp.int32) if spec.states_site == "z" else draw
 
     if spec.collapsed and spec.augmented:
-        return _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps,
-                                 boundary_moves, max_shift)
+        from inference.blocked_augmented import augmented_blocks  # it builds on this module's helpers
+
+        return augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps,
+                                boundary_moves, max_shift)
     if spec.collapsed:
         def collapsed(states):
             return integrate_out(condition_states(model, states={site: states}))
@@ -310,88 +317,6 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
                   shift_states)
 
 
-def _augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps: int,
-                      boundary_moves: int, max_shift: int) -> Blocks:
-    """The blocks of a model whose transitions are Gaussian in the path given Polya-gamma
-    variables omega (stick-breaking recurrent transitions, :class:`zoo.rslds.RSLDS`).
-
-    The chain's states are the pair (z, omega), omega (..., T-1, K-1): one variable per
-    transition and stick. For the sticks a transition reached (z_t >= k) omega ~ PG(1, nu), nu
-    = R_k x_{t-1} + r_k, the conditional that makes the factor exp(kappa nu - omega nu^2 / 2)
-    exact; for the others omega ~ PG(1, 0), their conditional (they enter no factor). Given
-    (z, omega) the path is a Gauss-Markov path with extra information (Kalman-integrable), so
-    the NUTS block sees theta only and the path is drawn exactly after it, as for the SLDS.
-    A sweep: z | x, theta by FFBS, omega | x, z, theta, then ``state_sweeps`` sweeps of
-    single-site draws z_t ~ p(z_t | z_{-t}, omega, theta, y) and Metropolis shifts of z's
-    segment boundaries on p(z | omega, theta, y), both with the path integrated out (moves that
-    z | x cannot make where the path nearly determines the states), theta | z, omega, y by NUTS,
-    x | theta, z, omega, y by the simulation smoother.
-    """
-    from zoo.polya_gamma import sample_pg1
-
-    def collapsed(states):
-        z, omega = states
-        return integrate_out(condition_states(model, states={site: z}, augmentation={site: omega}))
-
-    def theta_logdensity(flat, states):
-        return -potential_energy(collapsed(states), (y,), kwargs, unravel(flat))
-
-    def constrained(flat, states):
-        return constrain_fn(collapsed(states), (y,), kwargs, unravel(flat), return_deterministic=True)
-
-    def draw_omega(key, params, z, path):
-        seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
-        dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
-        r = dynamics.r if jnp.ndim(dynamics.r) == 1 else dynamics.r[..., 1:, :]
-        nu = path[..., :-1, :] @ dynamics.R.T + r
-        reached = z[..., 1:, None] >= jnp.arange(nu.shape[-1])
-        return sample_pg1(key, jnp.where(reached, nu, 0.0))
-
-    # the number of sticks, K - 1, from the program's switching site
-    sticks = handlers.trace(handlers.seed(model, 0)).get_trace(y, **kwargs)[site]["fn"].R.shape[0]
-
-    def placeholder(path):
-        z = jnp.zeros(path.shape[:-1], jnp.int32)
-        return z, jnp.zeros(path.shape[:-2] + (path.shape[-2] - 1, sticks), path.dtype)
-
-    def states_given_path(key, flat, path):
-        params = constrained(flat, placeholder(path))
-        k_z, k_omega = jax.random.split(key)
-        z = draw_states_given(k_z, params, path)
-        return z, draw_omega(k_omega, params, z, path)
-
-    def draw_states(key, flat, states, path):
-        k_z, k_omega, k_sweep, k_shift = jax.random.split(key, 4)
-        params = constrained(flat, states)
-        z = draw_states_given(k_z, params, path)
-        omega = draw_omega(k_omega, params, z, path)
-        dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, z, path, omega)
-
-        def one(z, k):
-            return augmented_sweep_states(k, dynamics, omega, z, y_seen, emission.H, emission.d,
-                                          emission.R), None
-
-        z = jax.lax.scan(one, z, jax.random.split(k_sweep, int(state_sweeps)))[0]
-        z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
-                              int(max_shift))
-        return z, omega
-
-    def draw_path(key, flat, states):
-        params = constrained(flat, states)
-        with decode(rng_key=key) as dec:
-            handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
-        (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
-        return post.sample
-
-    def record(flat, states, path):
-        return {**constrained(flat, states), site: path, "z": states[0]}
-
-    def keep(flat, states, path):
-        return flat
-
-    return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, keep, states_given_path)
-
-
 def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
     """``moves`` Metropolis boundary shifts of z (:func:`zoo.collapsed_states.boundary_shift`)
     for the target ``log_density`` (z -> scalar)."""
@@ -426,7 +351,8 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     """One sweep: z by ``blocks.draw_states``; then either theta | z by NUTS with x integrated
     out and x | theta, z by the simulation smoother (collapsed path), or (theta, x) | z by NUTS
     with x whitened given z, its eps remapped first so that x is unchanged, after boundary
-    shifts of z given (theta, eps) (``blocks.shift_states``; whitened path).
+    shifts of z given (theta, eps) (``blocks.shift_states``; whitened path); last, where the
+    blocks have one, an update of parameters given the new path (``blocks.given_path``).
 
     Returns
     -------
@@ -447,6 +373,9 @@ def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_t
     hmc, info = blackjax.nuts.build_kernel()(k_theta, hmc, logdensity, step_size, inverse_mass,
                                               max_num_doublings=max_tree_depth)
     path = blocks.draw_path(k_x, hmc.position, states)
+    if blocks.given_path is not None:
+        position = blocks.given_path(jax.random.fold_in(k_x, 1), hmc.position, states, path)
+        hmc = blackjax.nuts.init(position, logdensity)
     return SweepState(hmc, states, path), info
 
 

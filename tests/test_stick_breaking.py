@@ -230,3 +230,41 @@ def test_the_link_is_recorded_with_the_model():
     assert m.blocked_sampler().augmented
     assert not RSLDS(num_states=3, latent_dim=2, obs_dim=4, transition_link="stick_breaking",
                      emissions="poisson").blocked_sampler().augmented
+
+
+def test_the_recurrence_update_leaves_the_logistic_posterior_invariant():
+    """The independence Metropolis-Hastings step of one stick's logistic regression, run as a
+    chain, against the posterior on a grid (2 coefficients, 40 transitions)."""
+    from inference.blocked_augmented import stick_regressions_step
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=40)
+        nxt = (rng.uniform(size=40) < 1 / (1 + np.exp(-(3.0 * x - 0.5)))).astype(np.int32)
+        nxt = np.where(nxt == 1, 0, 1)  # stick 0 claims state 0; the rest go on to state 1
+        phi = jnp.asarray(np.stack([x, np.ones(40)], -1))
+        prior = jnp.array([1 / 9.0, 1 / 9.0])
+        present = jnp.ones(40, bool)
+
+        @jax.jit
+        def chain(key):
+            def step(b, k):
+                b, acc = stick_regressions_step(k, b, phi, jnp.asarray(nxt), present, prior)
+                return b, (b[0], acc[0])
+            return jax.lax.scan(step, jnp.zeros((1, 2)), jax.random.split(key, 4000))[1]
+
+        draws, accepted = jax.vmap(chain)(jax.random.split(jax.random.key(1), 4))
+        g = np.linspace(-4, 12, 321)
+        w1, w0 = np.meshgrid(g, np.linspace(-6, 5, 221), indexing="ij")
+        eta = w1[..., None] * x + w0[..., None]
+        a = (nxt == 0)
+        logp = (np.sum(a * eta - np.logaddexp(0, eta), -1) - 0.5 * (w1**2 + w0**2) / 9.0)
+        p = np.exp(logp - logp.max())
+        p /= p.sum()
+        truth = [np.sum(p * w1), np.sum(p * w0)]
+        draws = np.asarray(draws)[:, 100:]
+        for j in range(2):
+            v = draws[..., j]
+            mcse = float(az.mcse(v, method="mean"))
+            assert abs(v.mean() - truth[j]) < 4 * mcse, (j, v.mean(), truth[j], mcse)
+        assert float(np.mean(accepted)) > 0.5  # the Laplace proposal fits: most steps move
