@@ -23,7 +23,8 @@ PACKAGES = {
 
 MODULES = {
     "zoo.conjugate": ["ConjugatePrior", "ConsumesDelayed", "Decodable", "Delayed", "IntegratedOut"],
-    "zoo.collapsed_states": ["boundary_shift", "emission_information", "single_move_states", "sweep_states",
+    "zoo.collapsed_states": ["augmented_sweep_states", "boundary_shift", "candidate_transition_information",
+                             "emission_information", "single_move_states", "sweep_states",
                              "window_move_states", "window_sweep_states"],
     "zoo.datasets": ["double_well", "line_attractor", "nascar", "nascar_params",
                      "two_point_attractors", "two_spirals", "van_der_pol"],
@@ -98,6 +99,7 @@ MODULES = {
     "inference.backends": ["Backend", "COMMON_OPTIONS", "Problem", "RunResult", "Settings",
                            "backend", "method_names"],
     "inference.blackjax_backend": ["BACKENDS", "BLACKJAX_OPTIONS", "log_density_fns", "run_blackjax"],
+    "inference.blocked_augmented": ["augmented_blocks", "stick_regressions_step"],
     "inference.blocked": ["BACKENDS", "BLOCKED_OPTIONS", "Blocks", "SweepState", "build_blocks",
                           "chain_starts", "chunk_lengths", "chunk_size", "curvature_at_window_end",
                           "initial_inverse_mass", "parameter_mask", "pooled_curvature", "start_state", "sweep"],
