@@ -202,11 +202,12 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
         omega = draw_omega(k_omega, params, z, path)
         dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, z, path, omega)
 
-        def one(z, k):
+        def one(carry, k):
+            z, omega = carry
             return augmented_sweep_states(k, dynamics, omega, z, y_seen, emission.H, emission.d,
                                           emission.R), None
 
-        z = jax.lax.scan(one, z, jax.random.split(k_sweep, int(state_sweeps)))[0]
+        z, omega = jax.lax.scan(one, (z, omega), jax.random.split(k_sweep, int(state_sweeps)))[0]
         z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
                               int(max_shift))
         return z, omega

@@ -609,20 +609,12 @@ class SwitchingLinearDynamics(SwitchingSequence):
         c : array batch_shape + (T-1,)
             Padded steps (``mask``) give zeros.
         """
-        K = self.num_states
-        R = jnp.asarray(self.R)
+        from zoo.polya_gamma import stick_breaking_factor
+
         r = jnp.asarray(self.r)
         r = r if r.ndim == 1 else r[..., 1:, :]  # r for the transition into t
-        zt = next_states[..., None]
-        sticks = jnp.arange(K - 1)
-        reached = (zt >= sticks).astype(omega.dtype)  # (..., T-1, K-1)
-        if self.step_mask is not None:
-            reached = reached * self.step_mask[..., 1:, None]
-        kappa = (zt == sticks).astype(omega.dtype) - 0.5
-        w = reached * omega
-        J = jnp.einsum("...tk,ki,kj->...tij", w, R, R)
-        h = jnp.einsum("...tk,kd->...td", reached * kappa - w * r, R)
-        return J, h, jnp.sum(reached * (kappa * r - jnp.log(2.0)) - 0.5 * w * r * r, -1)
+        present = None if self.step_mask is None else self.step_mask[..., 1:]
+        return stick_breaking_factor(jnp.asarray(self.R), r, omega, next_states, present)
 
 
 # ----------------------------------------------------------------------------------------------

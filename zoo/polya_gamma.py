@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
-__all__ = ["pg1_mean", "sample_pg1"]
+__all__ = ["pg1_mean", "sample_pg1", "stick_breaking_factor"]
 
 _T = 0.64  # Devroye's truncation point: the two piecewise series forms meet here
 _MAX_TERMS = 200  # cap on the alternating series; it decides within 2-3 terms in practice
@@ -164,3 +164,37 @@ def pg1_mean(c: jax.Array) -> jax.Array:
     c_safe = jnp.where(small, 1.0, c)
     c2 = c * c
     return jnp.where(small, 0.25 - c2 / 48 + c2 * c2 / 480, jnp.tanh(c_safe / 2) / (2 * c_safe))
+
+
+def stick_breaking_factor(R: jax.Array, r: jax.Array, omega: jax.Array, state: jax.Array,
+                          present: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One augmented stick-breaking transition as a Gaussian factor on the previous state x.
+
+    Given omega, the transition to ``state`` contributes prod over the sticks it reached (k <=
+    state, k < K-1) of 2^-1 exp(kappa_k nu_k - omega_k nu_k^2 / 2), nu = R x + r, kappa_k =
+    [state = k] - 1/2; that is exp(-x' J x / 2 + h' x + c).
+
+    Parameters
+    ----------
+    R : array (K-1, D)
+    r : array (..., K-1)
+    omega : array (..., K-1)
+    state : int array (...)
+    present : bool array (...), optional
+        Transitions that exist; the others give J = 0, h = 0, c = 0.
+
+    Returns
+    -------
+    J : array (..., D, D)
+    h : array (..., D)
+    c : array (...)
+    """
+    sticks = jnp.arange(R.shape[0])
+    reached = (state[..., None] >= sticks).astype(omega.dtype)
+    if present is not None:
+        reached = reached * present[..., None]
+    kappa = (state[..., None] == sticks).astype(omega.dtype) - 0.5
+    w = reached * omega
+    J = jnp.einsum("...k,ki,kj->...ij", w, R, R)
+    h = jnp.einsum("...k,kd->...d", reached * kappa - w * r, R)
+    return J, h, jnp.sum(reached * (kappa * r - math.log(2.0)) - 0.5 * w * r * r, -1)
