@@ -42,6 +42,8 @@ triangular solves only, no inverse of a covariance.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -359,7 +361,24 @@ def candidate_transition_information(dynamics, omega):
     return tuple(out)
 
 
-def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R, reference_path=None):
+def _fresh_near_boundaries(key, c, distance, fraction: float):
+    """PG(1, c) draws (..., n, K, K-1) at the ceil(fraction n) sites of smallest ``distance``
+    (..., n) and zeros elsewhere, with the mask (..., n) of those sites: only they are drawn."""
+    n = distance.shape[-1]
+    m = max(1, min(n, math.ceil(fraction * n)))
+
+    def one(cc, dist, k):
+        idx = jnp.argsort(dist)[:m]
+        return jnp.zeros_like(cc).at[idx].set(sample_pg1(k, cc[idx])), jnp.zeros(n, bool).at[idx].set(True)
+
+    lead = distance.shape[:-1]
+    keys = jax.random.split(key, max(math.prod(lead), 1))
+    draws, near = jax.vmap(one)(c.reshape((-1,) + c.shape[-3:]), distance.reshape(-1, n), keys)
+    return draws.reshape(c.shape), near.reshape(distance.shape)
+
+
+def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R, reference_path=None,
+                           refresh_fraction: float = 0.2):
     """One sweep of single-site moves of (z_t, omega_t) for a stick-breaking switching path,
     the path integrated out; arguments as :func:`sweep_states`, with its Polya-gamma variables
     ``omega`` (batch_shape + (T-1, K-1)).
@@ -374,7 +393,9 @@ def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R, reference_p
     (the :func:`single_move_states` conditional with the factors of omega^(k), the proposal's
     tilt log cosh(c / 2) - c^2 omega / 2 subtracted; the PG(1, 0) densities of target and
     proposal cancel). Its marginal on (z_t, omega_t) is the target, so the sweep leaves
-    p(z, omega | theta, y) invariant.
+    p(z, omega | theta, y) invariant. Polya-gamma draws are the cost: only the
+    ``refresh_fraction`` of sites whose guessed nu is nearest a regime boundary get fresh
+    variables (a choice free of z and omega); the others move z_t given omega_t.
 
     Returns
     -------
@@ -393,13 +414,19 @@ def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R, reference_p
     c = jnp.where(reaches, nu[..., None, :], 0.0)  # (..., T-1, K, K-1)
     k_omega, k_sweep = jax.random.split(key)
     current = jnp.asarray(states)[..., 1:, None] == cand  # (..., T-1, K)
-    om = jnp.where(current[..., None], omega[..., None, :], sample_pg1(k_omega, c))
+    # fresh variables only where a state change is plausible: the sites whose guessed nu is
+    # nearest a regime boundary (a choice that depends on neither z nor omega); elsewhere every
+    # state keeps the current omega_t (the plain move given omega, also exact) and no tilt
+    fresh, near = _fresh_near_boundaries(k_omega, c, jnp.min(jnp.abs(nu), -1), refresh_fraction)
+    refreshed = near[..., None] & ~current  # (..., T-1, K)
+    om = jnp.where(refreshed[..., None], fresh, omega[..., None, :])
+    c = jnp.where(near[..., None, None], c, 0.0)
     present = None if dynamics.step_mask is None else jnp.broadcast_to(dynamics.step_mask[..., 1:, None],
                                                                       current.shape)
     r_k = r[..., None, :] if r.ndim > 1 else r
     J, h, const = stick_breaking_factor(R_sb, r_k, om, jnp.broadcast_to(cand, current.shape), present)
-    tilt = jnp.sum(jnp.where(reaches, jnp.logaddexp(0.5 * c, -0.5 * c) - jnp.log(2.0) - 0.5 * c * c * om,
-                             0.0), -1)
+    tilt = jnp.sum(jnp.where(reaches & near[..., None, None],
+                             jnp.logaddexp(0.5 * c, -0.5 * c) - jnp.log(2.0) - 0.5 * c * c * om, 0.0), -1)
     if present is not None:
         tilt = jnp.where(present, tilt, 0.0)
     info = tuple(jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(a, 0, 1, axis=len(batch))), a],
