@@ -208,7 +208,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
         from inference.blocked_augmented import augmented_blocks  # it builds on this module's helpers
 
         return augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps,
-                                boundary_moves, max_shift, reference_path)
+                                boundary_moves, max_shift)
     if spec.collapsed:
         def collapsed(states):
             return integrate_out(condition_states(model, states={site: states}))
@@ -744,7 +744,7 @@ def _run(problem, key, settings) -> RunResult:
         shifts = f", {moves} Metropolis shifts of segment boundaries of z | omega, theta, y" if moves else ""
         sweeps = int(settings.options.get("state_sweeps", 4))
         text += ("; each sweep: z | x, theta by FFBS, the Polya-gamma variables omega | x, z, theta, "
-                 f"{sweeps} sweeps of single-site moves of (z_t, omega_t){shifts} (path integrated out), "
+                 f"{sweeps} sweeps of single-site z_t | z_-t, omega, theta, y{shifts} (path integrated out), "
                  "theta | z, omega, y by one NUTS transition with the path "
                  "integrated out (Kalman filter), x | theta, z, omega, y by the simulation smoother")
         kind = "blocked: FFBS + Polya-gamma | NUTS (path collapsed) | smoother"

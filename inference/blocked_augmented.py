@@ -131,7 +131,7 @@ def stick_regressions_step(key, beta, phi, next_states, present, prior_precision
 
 
 def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_sweeps: int,
-                     boundary_moves: int, max_shift: int, reference_path=None) -> Blocks:
+                     boundary_moves: int, max_shift: int) -> Blocks:
     """The blocks of a model whose transitions are Gaussian in the path given Polya-gamma
     variables omega (stick-breaking recurrent transitions, :class:`zoo.rslds.RSLDS`).
 
@@ -142,8 +142,8 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
     (z, omega) the path is a Gauss-Markov path with extra information (Kalman-integrable), so
     the NUTS block sees theta only and the path is drawn exactly after it, as for the SLDS.
     A sweep: z | x, theta by FFBS, omega | x, z, theta, then ``state_sweeps`` sweeps of
-    single-site moves of (z_t, omega_t) together (:func:`zoo.collapsed_states.
-    augmented_sweep_states`) and Metropolis shifts of z's
+    single-site moves of (z_t, omega_t) together (``refresh`` of
+    :func:`zoo.collapsed_states.single_move_states`) and Metropolis shifts of z's
     segment boundaries on p(z | omega, theta, y), both with the path integrated out (moves that
     z | x cannot make where the path nearly determines the states), theta | z, omega, y by NUTS,
     x | theta, z, omega, y by the simulation smoother, and last the recurrence (R, r) | x, z
@@ -159,9 +159,6 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
         The exact draw of z | x, theta (FFBS).
     state_sweeps, boundary_moves, max_shift : int
         As in :func:`inference.blocked.build_blocks`.
-    reference_path : array (..., T, D), optional
-        A constant path (the point estimate's) from which the site moves guess where each
-        x_{t-1} lies (:func:`zoo.collapsed_states.augmented_sweep_states`).
 
     Returns
     -------
@@ -209,7 +206,7 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
         def one(carry, k):
             z, omega = carry
             return augmented_sweep_states(k, dynamics, omega, z, y_seen, emission.H, emission.d,
-                                          emission.R, reference_path), None
+                                          emission.R), None
 
         z, omega = jax.lax.scan(one, (z, omega), jax.random.split(k_sweep, int(state_sweeps)))[0]
         z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),

@@ -54,7 +54,7 @@ MODULES = {
                     "num_partition_features", "partition", "partition_features", "rbf_kernel",
                     "ssl_features", "ssl_kernel", "ssl_weight_scale_tril", "stationary_kernel"],
     "zoo.lds": ["LDS"],
-    "zoo.polya_gamma": ["pg1_mean", "sample_pg1"],
+    "zoo.polya_gamma": ["pg1_mean", "sample_pg1", "stick_breaking_factor"],
     "zoo.preprocess": ["bin_observations", "fill_missing", "initial_path", "smooth_time"],
     "zoo.protocol": ["BlockedSpec", "Model", "Program", "as_model"],
     "zoo.reparam": ["GaussianPathReparam", "emission_information", "gauss_markov_factor",

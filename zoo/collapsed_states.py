@@ -42,8 +42,6 @@ triangular solves only, no inverse of a covariance.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -174,7 +172,7 @@ def _next_transition_information(transition_info, states):
 
 
 def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r,
-                       mask=None, unroll: int = 4, transition_info=None):
+                       mask=None, unroll: int = 4, transition_info=None, refresh=None):
     """One systematic sweep of z_t ~ p(z_t | z_{-t}, theta, y), t = 1 .. T, path integrated out.
 
     Parameters
@@ -210,13 +208,27 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
         exp(-x' J x / 2 + h' x + c) on x_{t-1} of the transition into t with z_t = k (row 0 is
         not used). The factor of z_t = k then enters the filtered x_{t-1} before the prediction
         of x_t; pass ``log_trans`` zeros for transitions with no Markov part.
+    refresh : tuple of arrays (K-1, D), (T, K-1), (T, K-1), optional
+        (R, r, omega) of stick-breaking transitions (row t: the transition into t; row 0 not
+        used), with ``transition_info`` computed from this omega. Each site then moves (z_t,
+        omega_t) together: every state k other than the current one gets fresh Polya-gamma
+        variables omega^(k) ~ PG(1, nu-hat) on the sticks it reaches (PG(1, 0) on the others),
+        nu-hat = R m + r_t from the filtered mean m of x_{t-1}, which depends on neither z_t nor
+        omega_t; the current state keeps its omega_t; k is drawn with probability proportional
+        to p(z_t = k, omega^(k) | rest) / q(omega^(k) | k). That is a Gibbs step on an extended
+        space whose marginal is the target (the PG(1, 0) densities cancel, leaving the tilts
+        cosh(c / 2) exp(-c^2 omega / 2)). Without it, z_t moves given the current omega_t, which
+        encodes where x_{t-1} was relative to each regime boundary and holds z_t there.
 
     Returns
     -------
     states : int32 array (T,)
         The updated states.
     log_conditionals : array (T, K)
-        Normalised log p(z_t = k | new z_{<t}, old z_{>t}, theta, y) used at each site.
+        Normalised log p(z_t = k | new z_{<t}, old z_{>t}, theta, y) used at each site (with
+        ``refresh``: of the extended-space step).
+    omega : array (T, K-1)
+        With ``refresh`` only: the new omega (row 0 unchanged).
     """
     T, D = y.shape[0], A.shape[-1]
     K = log_init.shape[0]
@@ -238,15 +250,36 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
         Jo, ho = J + Jn, h + hn
         Jtr, htr, ctr = (a.astype(dtype) for a in transition_info)
     augmented = transition_info is not None
+    if refresh is not None:
+        R_sb, r_sb, omega = (jnp.asarray(a, dtype) for a in refresh)
+        key, k_omega = jax.random.split(key)
+        omega_keys = jax.random.split(k_omega, T)
+        cand = jnp.arange(K)
+        reaches = cand[:, None] >= jnp.arange(K - 1)  # (K, K-1)
+    else:
+        r_sb = omega = jnp.zeros((T, 0), dtype)
+        omega_keys = jax.random.split(key, T)
 
     Q = matmul(Q_tril, tr(Q_tril))
     # Gumbel noise for every site at once: argmax(logits + g) is a categorical draw
     gumbel = jax.random.gumbel(key, (T, K), dtype)
     first = jnp.arange(T) == 0
 
+    def refreshed(m, z_now, into_t, r_t, om_t, k_t):
+        # fresh omega for every state but the current one, and each state's factor and tilt
+        c = jnp.where(reaches, (R_sb @ m + r_t)[None, :], 0.0)  # (K, K-1)
+        om = jnp.where((cand == z_now)[:, None], om_t[None, :], sample_pg1(k_t, c))
+        Jk, hk, ck = stick_breaking_factor(R_sb, r_t, om, cand, jnp.broadcast_to(into_t, (K,)))
+        tilt = jnp.sum(jnp.where(reaches, jnp.logaddexp(0.5 * c, -0.5 * c) - jnp.log(2.0) - 0.5 * c * c * om,
+                                 0.0), -1)
+        return Jk, hk, ck, om, jnp.where(into_t, tilt, 0.0)
+
     def step(carry, inp):
         m, P, z_prev = carry
-        O, u, Jt, ht, bt, z_next, into_t, out_t, g, t0, Jk, hk, ck = inp
+        O, u, Jt, ht, bt, z_next, into_t, out_t, g, t0, Jk, hk, ck, z_now, r_t, om_t, k_t = inp
+        om = tilt = None
+        if refresh is not None:
+            Jk, hk, ck, om, tilt = refreshed(m, z_now, into_t & ~t0, r_t, om_t, k_t)
         if augmented:
             # the transition into t with z_t = k informs x_{t-1}: condition the filter on it
             Lp = jnp.broadcast_to(cholesky(P), (K, D, D))
@@ -259,24 +292,30 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
         means = jnp.where(t0, m0, matvec(A, mk) + bt)
         L = jnp.where(t0, P0_tril, cholesky(_sym(matmul(matmul(A, Pk), tr(A))) + Q))
         ll = _log_integral(means, L, O, u) + lt
+        if refresh is not None:
+            ll = ll - tilt
         into = jnp.where(t0, log_init, log_trans[z_prev])
         logits = ll + jnp.where(into_t, into, 0.0) + jnp.where(out_t, log_trans[:, z_next], 0.0)
         logits = jax.nn.log_softmax(logits)
         k = jnp.argmax(logits + g).astype(jnp.int32)
         m_f, P_f = _update(means[k], L[k], Jt, ht)
-        return (m_f, P_f, k), (k, logits)
+        om_new = om_t if refresh is None else om[k]
+        return (m_f, P_f, k), (k, logits, om_new)
 
     init = (jnp.zeros(D, dtype), jnp.eye(D, dtype=dtype), jnp.int32(0))
-    xs = (Om + Jo, mu + ho, J, h, b, nxt, into_ok, out_ok, gumbel, first, Jtr, htr, ctr)
-    _, (new, logits) = lax.scan(step, init, xs, unroll=unroll)
+    xs = (Om + Jo, mu + ho, J, h, b, nxt, into_ok, out_ok, gumbel, first, Jtr, htr, ctr, states, r_sb, omega,
+          omega_keys)
+    _, (new, logits, omega_new) = lax.scan(step, init, xs, unroll=unroll)
+    if refresh is not None:
+        return new, logits, omega_new
     return new, logits
 
 
-def _map_trials(fn, key, dynamics, states, y, H, d, R, transition_info=None):
+def _map_trials(fn, key, dynamics, states, y, H, d, R, **per_trial):
     """Apply ``fn(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0_tril, H, d, r, mask)``
-    (one trial) to a switching path's trials; ``transition_info`` (batch_shape in front of each
-    array) goes to ``fn`` as a keyword, trial by trial."""
-    if dynamics.R is not None and transition_info is None:
+    (one trial) to a switching path's trials; ``per_trial`` keywords (``transition_info``,
+    ``refresh``: tuples of arrays with batch_shape in front) go to ``fn`` trial by trial."""
+    if dynamics.R is not None and per_trial.get("transition_info") is None:
         raise ValueError("dynamics: non-recurrent transitions needed (dynamics.R is None): with "
                          "recurrent ones, x given z is not Gaussian and cannot be integrated out")
     if jnp.ndim(R) != 1:
@@ -292,7 +331,7 @@ def _map_trials(fn, key, dynamics, states, y, H, d, R, transition_info=None):
     tail = (jnp.asarray(dynamics.scale_tril), jnp.asarray(dynamics.init_mean),
             jnp.asarray(dynamics.init_scale_tril), H)
     if not batch:
-        return fn(key, states, y, *args, dynamics.b, *tail, d, R, mask, transition_info=transition_info)
+        return fn(key, states, y, *args, dynamics.b, *tail, d, R, mask, **per_trial)
     B = batch[0]
     b = jnp.asarray(dynamics.b)
     b = jnp.broadcast_to(b, batch + b.shape[-3:]) if b.ndim > 3 else jnp.broadcast_to(b, (B,) + (
@@ -301,10 +340,10 @@ def _map_trials(fn, key, dynamics, states, y, H, d, R, transition_info=None):
     d = jnp.broadcast_to(d, batch + (T, H.shape[0])) if d.ndim >= 2 else jnp.broadcast_to(d, (B, H.shape[0]))
     mask = jnp.ones(batch + (T,), bool) if mask is None else jnp.broadcast_to(mask, batch + (T,))
 
-    def one(k, z, yy, bb, dd, mm, info):
-        return fn(k, z, yy, *args, bb, *tail, dd, R, mm, transition_info=info)
+    def one(k, z, yy, bb, dd, mm, extra):
+        return fn(k, z, yy, *args, bb, *tail, dd, R, mm, **extra)
 
-    return jax.vmap(one)(jax.random.split(key, B), states, y, b, d, mask, transition_info)
+    return jax.vmap(one)(jax.random.split(key, B), states, y, b, d, mask, per_trial)
 
 
 def sweep_states(key, dynamics, states, y, H, d, R):
@@ -361,83 +400,29 @@ def candidate_transition_information(dynamics, omega):
     return tuple(out)
 
 
-def _fresh_near_boundaries(key, c, distance, fraction: float):
-    """PG(1, c) draws (..., n, K, K-1) at the ceil(fraction n) sites of smallest ``distance``
-    (..., n) and zeros elsewhere, with the mask (..., n) of those sites: only they are drawn."""
-    n = distance.shape[-1]
-    m = max(1, min(n, math.ceil(fraction * n)))
-
-    def one(cc, dist, k):
-        idx = jnp.argsort(dist)[:m]
-        return jnp.zeros_like(cc).at[idx].set(sample_pg1(k, cc[idx])), jnp.zeros(n, bool).at[idx].set(True)
-
-    lead = distance.shape[:-1]
-    keys = jax.random.split(key, max(math.prod(lead), 1))
-    draws, near = jax.vmap(one)(c.reshape((-1,) + c.shape[-3:]), distance.reshape(-1, n), keys)
-    return draws.reshape(c.shape), near.reshape(distance.shape)
-
-
-def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R, reference_path=None,
-                           refresh_fraction: float = 0.2):
-    """One sweep of single-site moves of (z_t, omega_t) for a stick-breaking switching path,
-    the path integrated out; arguments as :func:`sweep_states`, with its Polya-gamma variables
-    ``omega`` (batch_shape + (T-1, K-1)).
-
-    Given omega_t, z_t cannot leave its side of a regime boundary: omega ~ PG(1, nu) encodes
-    |nu| = |R x_{t-1} + r_t|. So each site moves z_t and omega_t together, by a Gibbs step on an
-    extended space: every state k but the current one gets fresh variables omega^(k) ~ q_k =
-    PG(1, c_k), c_k = nu-hat on the sticks k reaches and 0 on the others, with nu-hat = R x-hat_{t-1}
-    + r_t from ``reference_path`` (a constant of the run, e.g. the point estimate's path; zero
-    when not given), which depends on neither z nor omega; the current state keeps its omega_t;
-    then z_t = k with probability proportional to p(z_t = k, omega^(k) | rest, y) / q_k(omega^(k))
-    (the :func:`single_move_states` conditional with the factors of omega^(k), the proposal's
-    tilt log cosh(c / 2) - c^2 omega / 2 subtracted; the PG(1, 0) densities of target and
-    proposal cancel). Its marginal on (z_t, omega_t) is the target, so the sweep leaves
-    p(z, omega | theta, y) invariant. Polya-gamma draws are the cost: only the
-    ``refresh_fraction`` of sites whose guessed nu is nearest a regime boundary get fresh
-    variables (a choice free of z and omega); the others move z_t given omega_t.
+def augmented_sweep_states(key, dynamics, omega, states, y, H, d, R):
+    """:func:`single_move_states` for a stick-breaking switching path and its Polya-gamma
+    variables ``omega`` (batch_shape + (T-1, K-1)): each site moves (z_t, omega_t) together by
+    the extended-space Gibbs step of ``refresh``, the path integrated out; other arguments as
+    :func:`sweep_states`.
 
     Returns
     -------
     states : int32 array batch_shape + (T,)
     omega : array batch_shape + (T-1, K-1)
     """
-    batch, (T, D) = dynamics.batch_shape, dynamics.event_shape
-    K = dynamics.num_states
-    R_sb = jnp.asarray(dynamics.R)
+    def single(*a, transition_info=None, refresh=None):
+        new, _, om = single_move_states(*a, transition_info=transition_info, refresh=refresh)
+        return new, om[1:]
+
+    batch, T = dynamics.batch_shape, dynamics.event_shape[0]
+    info = candidate_transition_information(dynamics, omega)
     r = jnp.asarray(dynamics.r)
-    r = r if r.ndim == 1 else r[..., 1:, :]  # r for the transition into t
-    x_hat = jnp.zeros(batch + (T, D), omega.dtype) if reference_path is None else jnp.asarray(reference_path)
-    nu = x_hat[..., :-1, :] @ R_sb.T + r  # (..., T-1, K-1)
-    cand = jnp.arange(K)
-    reaches = cand[:, None] >= jnp.arange(K - 1)  # (K, K-1)
-    c = jnp.where(reaches, nu[..., None, :], 0.0)  # (..., T-1, K, K-1)
-    k_omega, k_sweep = jax.random.split(key)
-    current = jnp.asarray(states)[..., 1:, None] == cand  # (..., T-1, K)
-    # fresh variables only where a state change is plausible: the sites whose guessed nu is
-    # nearest a regime boundary (a choice that depends on neither z nor omega); elsewhere every
-    # state keeps the current omega_t (the plain move given omega, also exact) and no tilt
-    fresh, near = _fresh_near_boundaries(k_omega, c, jnp.min(jnp.abs(nu), -1), refresh_fraction)
-    refreshed = near[..., None] & ~current  # (..., T-1, K)
-    om = jnp.where(refreshed[..., None], fresh, omega[..., None, :])
-    c = jnp.where(near[..., None, None], c, 0.0)
-    present = None if dynamics.step_mask is None else jnp.broadcast_to(dynamics.step_mask[..., 1:, None],
-                                                                      current.shape)
-    r_k = r[..., None, :] if r.ndim > 1 else r
-    J, h, const = stick_breaking_factor(R_sb, r_k, om, jnp.broadcast_to(cand, current.shape), present)
-    tilt = jnp.sum(jnp.where(reaches & near[..., None, None],
-                             jnp.logaddexp(0.5 * c, -0.5 * c) - jnp.log(2.0) - 0.5 * c * c * om, 0.0), -1)
-    if present is not None:
-        tilt = jnp.where(present, tilt, 0.0)
-    info = tuple(jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(a, 0, 1, axis=len(batch))), a],
-                                 axis=len(batch)) for a in (J, h, const - tilt))
-
-    def single(*a, transition_info=None):
-        return single_move_states(*a, transition_info=transition_info)[0]
-
-    new = _map_trials(single, k_sweep, dynamics, states, y, H, d, R, transition_info=info)
-    chosen = new[..., 1:, None, None] == cand[:, None]  # (..., T-1, K, 1)
-    return new, jnp.sum(jnp.where(chosen, om, 0.0), -2)
+    r = jnp.broadcast_to(r, batch + (T, r.shape[-1]) if r.ndim == 1 else batch + r.shape[-2:])
+    rows = jnp.concatenate([jnp.zeros_like(omega[..., :1, :]), omega], -2)  # row t: into t
+    R_sb = jnp.broadcast_to(jnp.asarray(dynamics.R), batch + jnp.shape(dynamics.R))
+    return _map_trials(single, key, dynamics, states, y, H, d, R, transition_info=info,
+                       refresh=(R_sb, r, rows))
 
 
 def window_sweep_states(key, dynamics, states, y, H, d, R, length: int = 8):
