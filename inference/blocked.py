@@ -528,8 +528,8 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
         for a collapsed path: a dense inverse mass for the parameter block, which is small,
         since the dynamics slopes and offsets of a state are correlated; False for a whitened
         path, whose eps has T x D coordinates); ``state_sampler`` ("collapsed", the default,
-        or "ffbs"), ``state_sweeps`` (4), ``boundary_moves`` (8), ``max_shift`` (8) and
-        ``window_length`` (8), see
+        or "ffbs"), ``state_sweeps`` (4; 2 for the augmented sweep), ``boundary_moves`` (8),
+        ``max_shift`` (8) and ``window_length`` (8), see
         :func:`build_blocks`; ``mass_adaptation``: at
         the end of each slow warmup window, the inverse mass from the pooled curvature of the chains' targets
         ("curvature", :func:`curvature_mass`; the default for a collapsed path, whose
@@ -557,7 +557,7 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     if not spec.collapsed:  # eps of the whitened path joins the NUTS block; remapped at the start
         theta0[f"{path_site}_whitened"] = jnp.zeros_like(path0)
     blocks = build_blocks(model, y, run_kwargs, spec, jax.tree.map(lambda v: v[0], theta0), reference_path,
-                          str(options.get("state_sampler", "collapsed")), int(options.get("state_sweeps", 4)),
+                          str(options.get("state_sampler", "collapsed")), _state_sweeps(options, spec),
                           int(options.get("boundary_moves", 8)), int(options.get("max_shift", 8)),
                           options.get("path_iterations"), int(options.get("window_length", 8)))
     flat0 = jax.vmap(lambda t: ravel_pytree(t)[0])(theta0)
@@ -648,6 +648,13 @@ def run_blocked(model, y, run_kwargs: Mapping, key, *, spec: BlockedSpec, start:
     for k in ("n_steps", "tree_depth"):
         stats[k] = stats[k].astype(np.int64)
     return samples, stats
+
+
+def _state_sweeps(options: Mapping, spec: BlockedSpec) -> int:
+    """Single-site sweeps of z per sweep: 4 by default, 2 for the augmented (stick-breaking)
+    sweep, whose joint (z_t, omega_t) moves cost Polya-gamma draws (on NASCAR T = 2000, 2 gave
+    0.70 ESS per second and 4 gave 0.46: benchmarks/results/rslds_links.md)."""
+    return int(options.get("state_sweeps", 2 if spec.augmented else 4))
 
 
 def chain_starts(model, y, run_kwargs: Mapping, key, num_chains: int, estimate: Mapping | None = None,
@@ -742,7 +749,7 @@ def _run(problem, key, settings) -> RunResult:
     if spec.collapsed and spec.augmented:
         moves = int(settings.options.get("boundary_moves", 8))
         shifts = f", {moves} Metropolis shifts of segment boundaries of z | omega, theta, y" if moves else ""
-        sweeps = int(settings.options.get("state_sweeps", 4))
+        sweeps = _state_sweeps(settings.options, spec)
         text += ("; each sweep: z | x, theta by FFBS, the Polya-gamma variables omega | x, z, theta, "
                  f"{sweeps} sweeps of single-site z_t | z_-t, omega, theta, y{shifts} (path integrated out), "
                  "theta | z, omega, y by one NUTS transition with the path "
