@@ -69,7 +69,8 @@ from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "build_blocks", "sweep", "start_state", "initial_inverse_mass",
            "chain_starts", "parameter_mask", "curvature_at_window_end", "pooled_curvature",
-           "BLOCKED_OPTIONS", "BACKENDS", "chunk_size", "chunk_lengths"]
+           "BLOCKED_OPTIONS", "BACKENDS", "chunk_size", "chunk_lengths", "linear_gaussian_parts",
+           "shift_boundaries"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
                              "state_sweeps", "boundary_moves", "max_shift", "window_length",
@@ -223,7 +224,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             params = constrained(flat, states)
             if state_sampler == "ffbs":
                 return draw_states_given(key, params, path)
-            dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, states, path)
+            dynamics, emission, y_seen = linear_gaussian_parts(model, y, kwargs, site, params, states, path)
 
             def one(z, k):
                 return sweep_states(k, dynamics, z, y_seen, emission.H, emission.d, emission.R), None
@@ -233,7 +234,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             if window_length:
                 z = window_sweep_states(k_window, dynamics, z, y_seen, emission.H, emission.d, emission.R,
                                         int(window_length))
-            return _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, z), int(boundary_moves),
+            return shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, z), int(boundary_moves),
                                      int(max_shift))
 
         def draw_path(key, flat, states):
@@ -310,16 +311,28 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
             # (its conditional mean given them, plus the same standardised deviation), so a
             # boundary moves together with the path around it, which z | x cannot do where the
             # path nearly determines the states
-            return _shift_boundaries(key, states, lambda z: theta_logdensity(flat, z), int(boundary_moves),
+            return shift_boundaries(key, states, lambda z: theta_logdensity(flat, z), int(boundary_moves),
                                      int(max_shift))
 
     return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path,
                   shift_states)
 
 
-def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
+def shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
     """``moves`` Metropolis boundary shifts of z (:func:`zoo.collapsed_states.boundary_shift`)
-    for the target ``log_density`` (z -> scalar)."""
+    for the target ``log_density`` (z -> scalar).
+
+    Parameters
+    ----------
+    key : jax.random key
+    states : int array (..., T)
+    log_density : callable
+    moves, max_shift : int
+
+    Returns
+    -------
+    int array (..., T)
+    """
     if not moves:
         return states
 
@@ -332,9 +345,27 @@ def _shift_boundaries(key, states, log_density: Callable, moves: int, max_shift:
     return jax.lax.scan(shift, carry, jax.random.split(key, moves))[0][0]
 
 
-def _linear_gaussian_parts(model, y, kwargs, site, params, states, path, augmentation=None):
+def linear_gaussian_parts(model, y, kwargs, site, params, states, path, augmentation=None):
     """The switching path's per-state distribution and the Kalman marginal's emission (H, d, R)
-    of one parameter draw, read off the program's own sites; and y as that site sees it."""
+    of one parameter draw, read off the program's own sites; and y as that site sees it.
+
+    Parameters
+    ----------
+    model, y, kwargs, site
+        The program, its data and arguments, the path site.
+    params : mapping
+        Constrained parameter values.
+    states : int array (..., T)
+    path : array (..., T, D)
+    augmentation : array (..., T-1, K-1), optional
+        Polya-gamma variables of stick-breaking transitions.
+
+    Returns
+    -------
+    dynamics : zoo.distributions.SwitchingLinearDynamics
+    emission : zoo.distributions.LinearGaussianSSM
+    y_seen : array
+    """
     seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
     dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
     extra = {} if augmentation is None else {site: augmentation}

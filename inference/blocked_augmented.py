@@ -23,7 +23,7 @@ from jax.scipy.linalg import solve_triangular
 from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 
-from inference.blocked import Blocks, _linear_gaussian_parts, _shift_boundaries
+from inference.blocked import Blocks, linear_gaussian_parts, shift_boundaries
 from zoo.collapsed_states import augmented_sweep_states
 from zoo.distributions import PathPosterior
 from zoo.handlers import condition_states, decode, integrate_out
@@ -201,7 +201,7 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
         params = constrained(flat, states)
         z = draw_states_given(k_z, params, path)
         omega = draw_omega(k_omega, params, z, path)
-        dynamics, emission, y_seen = _linear_gaussian_parts(model, y, kwargs, site, params, z, path, omega)
+        dynamics, emission, y_seen = linear_gaussian_parts(model, y, kwargs, site, params, z, path, omega)
 
         def one(carry, k):
             z, omega = carry
@@ -209,7 +209,7 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
                                           emission.R), None
 
         z, omega = jax.lax.scan(one, (z, omega), jax.random.split(k_sweep, int(state_sweeps)))[0]
-        z = _shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
+        z = shift_boundaries(k_shift, z, lambda z: theta_logdensity(flat, (z, omega)), int(boundary_moves),
                               int(max_shift))
         return z, omega
 
