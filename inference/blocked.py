@@ -51,6 +51,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
 from inference.backends import Backend, RunResult
+from inference.blocked_parts import linear_gaussian_parts, shift_boundaries
 from inference.blocked_warmup import (
     adaptation_init,
     adaptation_update,
@@ -62,15 +63,14 @@ from inference.blocked_warmup import (
 from inference.devices import per_device, shard_chains
 from inference.program import inspect_program
 from inference.starts import initial_positions
-from zoo.collapsed_states import boundary_shift, sweep_states, window_sweep_states
-from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
+from zoo.collapsed_states import sweep_states, window_sweep_states
+from zoo.distributions import PathPosterior
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
 __all__ = ["Blocks", "SweepState", "build_blocks", "sweep", "start_state", "initial_inverse_mass",
            "chain_starts", "parameter_mask", "curvature_at_window_end", "pooled_curvature",
-           "BLOCKED_OPTIONS", "BACKENDS", "chunk_size", "chunk_lengths", "linear_gaussian_parts",
-           "shift_boundaries"]
+           "BLOCKED_OPTIONS", "BACKENDS", "chunk_size", "chunk_lengths"]
 
 BLOCKED_OPTIONS = frozenset({"target_accept_prob", "max_tree_depth", "dense_mass", "state_sampler",
                              "state_sweeps", "boundary_moves", "max_shift", "window_length",
@@ -316,66 +316,6 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
 
     return Blocks(theta_logdensity, draw_states, draw_path, record, unravel, remap, states_given_path,
                   shift_states)
-
-
-def shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):
-    """``moves`` Metropolis boundary shifts of z (:func:`zoo.collapsed_states.boundary_shift`)
-    for the target ``log_density`` (z -> scalar).
-
-    Parameters
-    ----------
-    key : jax.random key
-    states : int array (..., T)
-    log_density : callable
-    moves, max_shift : int
-
-    Returns
-    -------
-    int array (..., T)
-    """
-    if not moves:
-        return states
-
-    def shift(carry, k):
-        z, value = carry
-        z, value, _ = boundary_shift(k, z, log_density, max_shift, value)
-        return (z, value), None
-
-    carry = (states, log_density(states))
-    return jax.lax.scan(shift, carry, jax.random.split(key, moves))[0][0]
-
-
-def linear_gaussian_parts(model, y, kwargs, site, params, states, path, augmentation=None):
-    """The switching path's per-state distribution and the Kalman marginal's emission (H, d, R)
-    of one parameter draw, read off the program's own sites; and y as that site sees it.
-
-    Parameters
-    ----------
-    model, y, kwargs, site
-        The program, its data and arguments, the path site.
-    params : mapping
-        Constrained parameter values.
-    states : int array (..., T)
-    path : array (..., T, D)
-    augmentation : array (..., T-1, K-1), optional
-        Polya-gamma variables of stick-breaking transitions.
-
-    Returns
-    -------
-    dynamics : zoo.distributions.SwitchingLinearDynamics
-    emission : zoo.distributions.LinearGaussianSSM
-    y_seen : array
-    """
-    seeded = handlers.substitute(handlers.seed(model, 0), data={**params, site: path})
-    dynamics = handlers.trace(seeded).get_trace(y, **kwargs)[site]["fn"]
-    extra = {} if augmentation is None else {site: augmentation}
-    conditioned = integrate_out(condition_states(model, states={site: states}, augmentation=extra))
-    marginal = handlers.substitute(handlers.seed(conditioned, 0), data=params)
-    (obs,) = [s for s in handlers.trace(marginal).get_trace(y, **kwargs).values()
-              if s["type"] == "sample" and isinstance(s["fn"], LinearGaussianSSM)]
-    if not isinstance(dynamics, SwitchingLinearDynamics):
-        raise ValueError(f"site {site!r} is not a SwitchingLinearDynamics path: use state_sampler='ffbs'")
-    return dynamics, obs["fn"], obs["value"]
 
 
 def sweep(key, state: SweepState, blocks: Blocks, step_size, inverse_mass, max_tree_depth: int = 10):

@@ -23,7 +23,8 @@ from jax.scipy.linalg import solve_triangular
 from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 
-from inference.blocked import Blocks, linear_gaussian_parts, shift_boundaries
+from inference.blocked import Blocks
+from inference.blocked_parts import linear_gaussian_parts, shift_boundaries
 from zoo.collapsed_states import augmented_sweep_states
 from zoo.distributions import PathPosterior
 from zoo.handlers import condition_states, decode, integrate_out
