@@ -51,7 +51,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from tqdm.auto import tqdm
 
 from inference.backends import Backend, RunResult
-from inference.blocked_parts import linear_gaussian_parts, shift_boundaries
+from inference.blocked_parts import collapsed_path_draw, linear_gaussian_parts, shift_boundaries
 from inference.blocked_warmup import (
     adaptation_init,
     adaptation_update,
@@ -64,7 +64,6 @@ from inference.devices import per_device, shard_chains
 from inference.program import inspect_program
 from inference.starts import initial_positions
 from zoo.collapsed_states import sweep_states, window_sweep_states
-from zoo.distributions import PathPosterior
 from zoo.handlers import condition_states, decode, integrate_out
 from zoo.protocol import BlockedSpec
 
@@ -238,11 +237,7 @@ def build_blocks(model: Callable, y, model_kwargs: Mapping, spec: BlockedSpec, t
                                      int(max_shift))
 
         def draw_path(key, flat, states):
-            params = constrained(flat, states)
-            with decode(rng_key=key) as dec:
-                handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
-            (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
-            return post.sample
+            return collapsed_path_draw(collapsed(states), key, constrained(flat, states), y, kwargs)
 
         def record(flat, states, path):
             return {**constrained(flat, states), site: path, "z": states}

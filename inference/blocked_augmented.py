@@ -24,10 +24,9 @@ from numpyro import handlers
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from inference.blocked import Blocks
-from inference.blocked_parts import linear_gaussian_parts, shift_boundaries
+from inference.blocked_parts import collapsed_path_draw, linear_gaussian_parts, shift_boundaries
 from zoo.collapsed_states import augmented_sweep_states
-from zoo.distributions import PathPosterior
-from zoo.handlers import condition_states, decode, integrate_out
+from zoo.handlers import condition_states, integrate_out
 from zoo.polya_gamma import sample_pg1
 
 __all__ = ["augmented_blocks", "stick_regressions_step"]
@@ -215,11 +214,7 @@ def augmented_blocks(model, y, kwargs, site, unravel, draw_states_given, state_s
         return z, omega
 
     def draw_path(key, flat, states):
-        params = constrained(flat, states)
-        with decode(rng_key=key) as dec:
-            handlers.substitute(handlers.seed(collapsed(states), key), data=params)(y, **kwargs)
-        (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
-        return post.sample
+        return collapsed_path_draw(collapsed(states), key, constrained(flat, states), y, kwargs)
 
     def record(flat, states, path):
         return {**constrained(flat, states), site: path, "z": states[0]}

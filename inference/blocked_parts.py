@@ -10,10 +10,34 @@ import jax
 from numpyro import handlers
 
 from zoo.collapsed_states import boundary_shift
-from zoo.distributions import LinearGaussianSSM, SwitchingLinearDynamics
-from zoo.handlers import condition_states, integrate_out
+from zoo.distributions import LinearGaussianSSM, PathPosterior, SwitchingLinearDynamics
+from zoo.handlers import condition_states, decode, integrate_out
 
-__all__ = ["linear_gaussian_parts", "shift_boundaries"]
+__all__ = ["collapsed_path_draw", "linear_gaussian_parts", "shift_boundaries"]
+
+
+def collapsed_path_draw(program: Callable, key, params, y, kwargs) -> jax.Array:
+    """An exact draw of the path that ``program`` integrates out (its one
+    :class:`~zoo.distributions.PathPosterior`), given constrained ``params``.
+
+    Parameters
+    ----------
+    program : callable
+        A program whose path is integrated out (``integrate_out(condition_states(...))``).
+    key : jax.random key
+    params : mapping
+    y : array
+    kwargs : mapping
+        The program's arguments.
+
+    Returns
+    -------
+    array (..., T, D)
+    """
+    with decode(rng_key=key) as dec:
+        handlers.substitute(handlers.seed(program, key), data=params)(y, **kwargs)
+    (post,) = [p for p in dec.posteriors.values() if isinstance(p, PathPosterior)]
+    return post.sample
 
 
 def shift_boundaries(key, states, log_density: Callable, moves: int, max_shift: int):

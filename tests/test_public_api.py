@@ -103,7 +103,7 @@ MODULES = {
     "inference.blocked": ["BACKENDS", "BLOCKED_OPTIONS", "Blocks", "SweepState", "build_blocks",
                           "chain_starts", "chunk_lengths", "chunk_size", "curvature_at_window_end",
                           "initial_inverse_mass", "parameter_mask", "pooled_curvature", "start_state", "sweep"],
-    "inference.blocked_parts": ["linear_gaussian_parts", "shift_boundaries"],
+    "inference.blocked_parts": ["collapsed_path_draw", "linear_gaussian_parts", "shift_boundaries"],
     "inference.blocked_warmup": ["Adaptation", "adaptation_init", "adaptation_update",
                                  "curvature_inverse_mass", "curvature_mass", "final_step_size",
                                  "warmup_schedule"],

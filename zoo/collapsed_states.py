@@ -140,11 +140,11 @@ def _update(m, L, Jt, ht):
     return m + matvec(P, ht - matvec(Jt, m)), _sym(P)
 
 
-def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll, transition_info=None):
+def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll, next_factors=None):
     """What the state moves of one trial share: the working dtype, offsets (T, K, D), int32
     states, the present steps, the emission information (J, h) and the backward messages
-    (Omega, mu) of the current states (with ``transition_info``, the backward messages also
-    carry the transitions' factors under the current states)."""
+    (Omega, mu) of the current states (with ``next_factors`` (J, h) on each x_t, the backward
+    messages also carry the transitions' factors under the current states)."""
     T, D = y.shape[0], A.shape[-1]
     K = A.shape[0]
     dtype = jnp.result_type(A, y, jnp.float32)
@@ -152,10 +152,7 @@ def _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask, unroll, transition
     states = jnp.asarray(states, jnp.int32)
     present = jnp.ones(T, bool) if mask is None else jnp.asarray(mask, bool)
     J, h = emission_information(y.astype(dtype), H, d, r, present)
-    Jb, hb = J, h
-    if transition_info is not None:
-        Jn, hn = _next_transition_information(transition_info, states)
-        Jb, hb = J + Jn, h + hn
+    Jb, hb = (J, h) if next_factors is None else (J + next_factors[0], h + next_factors[1])
     Om, mu = _backward_messages(states, Jb, hb, A, b, Q_tril, unroll)
     return dtype, b, states, present, J, h, Om, mu
 
@@ -232,22 +229,23 @@ def single_move_states(key, states, y, log_init, log_trans, A, b, Q_tril, m0, P0
     """
     T, D = y.shape[0], A.shape[-1]
     K = log_init.shape[0]
+    states = jnp.asarray(states, jnp.int32)
+    # the factors on x_t of the transition out of t under the old z_{t+1}: the site sees them
+    # through its backward message; the forward filter leaves them out (the next site scores them)
+    next_factors = None if transition_info is None else _next_transition_information(transition_info, states)
     dtype, b, states, present, J, h, Om, mu = _filters_of_trial(states, y, A, b, Q_tril, H, d, r, mask,
-                                                                unroll, transition_info)
+                                                                unroll, next_factors)
     # transitions into t (from the new z_{t-1}) and out of t (to the old z_{t+1}); padded steps
     # add no transition terms
     into_ok = present
     out_ok = jnp.concatenate([present[1:], jnp.zeros(1, bool)])
     nxt = jnp.concatenate([states[1:], states[-1:]])
-    # the factors on x_t that the site sees through its backward message: the transition out of
-    # t under the old z_{t+1}; the forward filter leaves them out (the next site scores them)
     if transition_info is None:
         Jo, ho = J, h
         Jtr, htr, ctr = (jnp.zeros((T, K, D, D), dtype), jnp.zeros((T, K, D), dtype),
                          jnp.zeros((T, K), dtype))
     else:
-        Jn, hn = _next_transition_information(transition_info, states)
-        Jo, ho = J + Jn, h + hn
+        Jo, ho = J + next_factors[0], h + next_factors[1]
         Jtr, htr, ctr = (a.astype(dtype) for a in transition_info)
     augmented = transition_info is not None
     if refresh is not None:
